@@ -1,0 +1,180 @@
+//! Plumbing shared by the interaction handlers: bounded body reading, the submit pipeline
+//! (syntax → profile → FHIR base check), version preconditions and response building
+//! (FHIR R4 §3.1.0.1.3 versioning: `ETag`, `Last-Modified`, `Location`, `If-Match`;
+//! §3.1.0.1.8 `Prefer: return=minimal`).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::fhir::{codec, format};
+use crate::state::AppState;
+use crate::store::from_micros;
+
+/// Reads the request body, refusing more than the configured limit with 413.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than this server's limit of {limit} bytes"
+        ))
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => too_large(),
+            other => ApiError::Invalid(vec![crate::error::Issue::general(
+                "structure",
+                format!("the request body could not be read: {other}"),
+            )]),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Refuses early, from `Content-Length`, a body that is too large.
+pub fn check_length(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > limit => Err(ApiError::PayloadTooLarge(format!(
+            "the request body ({n} bytes) is larger than this server's limit of {limit} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The submit pipeline for one resource: read the body, check it is FHIR, check the CP-IS
+/// profile (all violations together, 422), then the FHIR R4 base definitions.
+pub async fn submitted(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    resource_type: &str,
+) -> Result<Value, ApiError> {
+    check_length(req, state.settings.body_limit)?;
+    let body = read_body(payload, state.settings.body_limit).await?;
+    let value = format::parse_body(req, &body, resource_type)?;
+    let issues = state.profiles.validate(resource_type, &value);
+    if !issues.is_empty() {
+        return Err(ApiError::Unprocessable(issues));
+    }
+    codec::check_json(&value).map_err(|i| ApiError::Invalid(vec![i]))?;
+    Ok(value)
+}
+
+/// The version named by `If-Match` (`W/"3"` or `"3"`), if the header is present.
+pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(h) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = h.to_str().unwrap_or_default().trim();
+    let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    inner.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::VersionConflict(format!(
+            "If-Match '{text}' is not a version ETag such as W/\"1\""
+        ))
+    })
+}
+
+/// Enforces `If-Match` against the current version.
+pub fn check_version(expected: Option<i64>, current: i64) -> Result<(), ApiError> {
+    match expected {
+        Some(v) if v != current => Err(ApiError::VersionConflict(format!(
+            "If-Match names version {v} but the current version is {current}; read the resource again and reapply your change"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A resource in the negotiated format with its version headers.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub version: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub location: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            version: None,
+            updated_at: None,
+            location: None,
+        }
+    }
+
+    pub fn versioned(mut self, version: i64, updated_at: i64) -> Self {
+        self.version = Some(version);
+        self.updated_at = Some(updated_at);
+        self
+    }
+
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn location(mut self, url: String) -> Self {
+        self.location = Some(url);
+        self
+    }
+
+    pub fn into_response(self, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
+        let format = format::negotiate(req)?;
+        let mut res = HttpResponse::build(self.status);
+        if let Some(v) = self.version {
+            res.insert_header((header::ETAG, format!("W/\"{v}\"")));
+        }
+        if let Some(t) = self.updated_at {
+            res.insert_header((
+                header::LAST_MODIFIED,
+                from_micros(t)
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string(),
+            ));
+        }
+        if let Some(l) = &self.location {
+            res.insert_header((header::LOCATION, l.clone()));
+            if self.status == StatusCode::CREATED {
+                res.insert_header((header::CONTENT_LOCATION, l.clone()));
+            }
+        }
+        if prefers_minimal(req)
+            && (req.method() == actix_web::http::Method::POST
+                || req.method() == actix_web::http::Method::PUT)
+        {
+            return Ok(res.finish());
+        }
+        let bytes = format::render(&self.body, format)?;
+        Ok(res
+            .insert_header((header::CONTENT_TYPE, format.content_type()))
+            .body(bytes))
+    }
+}
+
+fn prefers_minimal(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("Prefer")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.split(',').any(|x| x.trim() == "return=minimal"))
+}
+
+/// The version-specific URL of a resource (used in `Location`).
+pub fn history_url(state: &AppState, resource: &str, id: &str, version: i64) -> String {
+    format!(
+        "{}/{resource}/{id}/_history/{version}",
+        state.settings.base_url
+    )
+}

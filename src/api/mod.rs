@@ -1,0 +1,176 @@
+//! The FHIR REST surface: one file per interaction, and every route registered here, in one
+//! table that the CapabilityStatement is generated from (FHIR R4 §3.1.0 "RESTful API").
+
+pub mod conformance;
+pub mod create;
+pub mod delete;
+pub mod history;
+pub mod http;
+pub mod metadata;
+pub mod read;
+pub mod rules;
+pub mod update;
+pub mod vread;
+
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiError;
+
+/// One route: what it is to FHIR, and how actix serves it.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// The resource type it serves (`None` for system-level endpoints).
+    pub resource: Option<&'static str>,
+    /// The FHIR interaction code (`read`, `vread`, `update`, `delete`, `history-instance`,
+    /// `create`, `capabilities`).
+    pub interaction: &'static str,
+    route: fn() -> actix_web::Route,
+}
+
+macro_rules! endpoint {
+    ($method:ident, $path:expr, $resource:expr, $interaction:expr, $handler:path) => {
+        Endpoint {
+            method: stringify!($method),
+            path: $path,
+            resource: $resource,
+            interaction: $interaction,
+            route: || web::$method().to($handler),
+        }
+    };
+}
+
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint!(get, "/metadata", None, "capabilities", metadata::metadata),
+    endpoint!(
+        post,
+        "/Patient",
+        Some("Patient"),
+        "create",
+        create::create_patient
+    ),
+    endpoint!(
+        get,
+        "/Patient/{id}",
+        Some("Patient"),
+        "read",
+        read::read_patient
+    ),
+    endpoint!(
+        put,
+        "/Patient/{id}",
+        Some("Patient"),
+        "update",
+        update::update_patient
+    ),
+    endpoint!(post, "/Flag", Some("Flag"), "create", create::create_flag),
+    endpoint!(get, "/Flag/{id}", Some("Flag"), "read", read::read_flag),
+    endpoint!(
+        put,
+        "/Flag/{id}",
+        Some("Flag"),
+        "update",
+        update::update_flag
+    ),
+    endpoint!(
+        delete,
+        "/Flag/{id}",
+        Some("Flag"),
+        "delete",
+        delete::delete_flag
+    ),
+    endpoint!(
+        get,
+        "/Flag/{id}/_history",
+        Some("Flag"),
+        "history-instance",
+        history::flag_history
+    ),
+    endpoint!(
+        get,
+        "/Flag/{id}/_history/{vid}",
+        Some("Flag"),
+        "vread",
+        vread::vread_flag
+    ),
+    endpoint!(
+        post,
+        "/Organization",
+        Some("Organization"),
+        "create",
+        create::create_organization
+    ),
+    endpoint!(
+        get,
+        "/Organization/{id}",
+        Some("Organization"),
+        "read",
+        read::read_organization
+    ),
+    endpoint!(
+        put,
+        "/Organization/{id}",
+        Some("Organization"),
+        "update",
+        update::update_organization
+    ),
+    endpoint!(
+        get,
+        "/StructureDefinition/{id}",
+        Some("StructureDefinition"),
+        "read",
+        conformance::read_structure_definition
+    ),
+    endpoint!(
+        get,
+        "/ValueSet/{id}",
+        Some("ValueSet"),
+        "read",
+        conformance::read_value_set
+    ),
+    endpoint!(
+        get,
+        "/CodeSystem/{id}",
+        Some("CodeSystem"),
+        "read",
+        conformance::read_code_system
+    ),
+];
+
+/// Registers every endpoint: one resource per path, so a known path with an unsupported method
+/// answers 405 rather than 404.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let mut seen: Vec<&str> = Vec::new();
+    for e in ENDPOINTS {
+        if seen.contains(&e.path) {
+            continue;
+        }
+        seen.push(e.path);
+        let resource = ENDPOINTS
+            .iter()
+            .filter(|x| x.path == e.path)
+            .fold(web::resource(e.path), |r, x| r.route((x.route)()))
+            .default_service(web::to(method_not_allowed));
+        cfg.service(resource);
+    }
+}
+
+async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allowed: Vec<String> = ENDPOINTS
+        .iter()
+        .filter(|e| req.match_pattern().as_deref() == Some(e.path))
+        .map(|e| e.method.to_ascii_uppercase())
+        .collect();
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not supported here; allowed: {}",
+        req.method(),
+        allowed.join(", ")
+    )))
+}
+
+/// Anything no route matches.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(
+        "no such endpoint; GET /metadata lists what this server supports".into(),
+    ))
+}

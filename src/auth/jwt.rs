@@ -1,0 +1,130 @@
+//! Bearer-token verification with jsonwebtoken: the algorithm is pinned per trusted key, and
+//! `exp`, `iss`, `aud` and `sub` are required (STACK.md "jsonwebtoken"), so `alg=none`, stripped
+//! signatures, a wrong audience and HMAC tokens signed with a public key are all refused.
+
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::domain::{OdsCode, Role};
+use crate::error::ApiError;
+
+/// The claims a CP-IS token carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// One of clinician, clinician-scheduled, council, auditor, admin.
+    pub role: String,
+    /// The caller's organisation ODS code.
+    pub org: String,
+}
+
+struct TrustedKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The keys this server trusts, each tied to one issuer and one algorithm.
+#[derive(Default)]
+pub struct Verifier {
+    keys: Vec<TrustedKey>,
+}
+
+impl Verifier {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Trusts `pem` (a public key) for tokens from `issuer` to `audience`, signed with `algorithm`.
+    pub fn add_key(
+        &mut self,
+        pem: &[u8],
+        algorithm: Algorithm,
+        issuer: &str,
+        audience: &str,
+        kid: Option<String>,
+    ) -> Result<(), String> {
+        let key = match algorithm {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            _ => DecodingKey::from_rsa_pem(pem),
+        }
+        .map_err(|e| format!("the public key cannot be read: {e}"))?;
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        self.keys.push(TrustedKey {
+            kid,
+            algorithm,
+            key,
+            validation,
+        });
+        Ok(())
+    }
+
+    /// Verifies a token and returns who is calling.
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let unauth =
+            |why: &str| ApiError::Unauthenticated(format!("the bearer token was refused: {why}"));
+        let header = decode_header(token).map_err(|_| unauth("it is not a well-formed JWT"))?;
+        let candidates = self.keys.iter().filter(|k| {
+            k.algorithm == header.alg
+                && match (&k.kid, &header.kid) {
+                    (Some(a), Some(b)) => a == b,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                }
+        });
+        let mut last = "no trusted key matches its algorithm and key id".to_owned();
+        for k in candidates {
+            match decode::<Claims>(token, &k.key, &k.validation) {
+                Ok(data) => return caller_from(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                            "it has expired".into()
+                        }
+                        jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience".into(),
+                        jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".into(),
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature".into(),
+                        jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => {
+                            format!("the {c} claim is missing")
+                        }
+                        _ => "it could not be verified".into(),
+                    }
+                }
+            }
+        }
+        Err(unauth(&last))
+    }
+}
+
+fn caller_from(c: Claims) -> Result<Caller, ApiError> {
+    let role = Role::parse(&c.role).ok_or_else(|| {
+        ApiError::Forbidden(format!("the token's role '{}' is not a CP-IS role", c.role))
+    })?;
+    let org = OdsCode::parse(&c.org)
+        .ok_or_else(|| ApiError::Forbidden("the token's org claim is not an ODS code".into()))?;
+    if c.sub.trim().is_empty() {
+        return Err(ApiError::Unauthenticated(
+            "the token's sub claim is empty".into(),
+        ));
+    }
+    Ok(Caller {
+        user_id: c.sub,
+        name: c.name,
+        role,
+        org,
+        issuer: c.iss,
+    })
+}

@@ -1,0 +1,277 @@
+//! The `cpis-fhir` command line: `serve`, `token`, `migrate`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::dev::{self, TokenRequest};
+use crate::config::{CliOverrides, Settings};
+use crate::demo;
+use crate::domain::{OdsCode, Role};
+use crate::startup::{build_state, Application};
+use crate::state::system_clock;
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(name = "cpis-fhir", version, about = "CP-IS FHIR R4 server")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a JWT signed with the data directory's dev key (local use and tests only).
+    Token(TokenArgs),
+    /// Run database migrations and exit.
+    Migrate(CommonArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Database: a SQLite file path (or sqlite://path) or a postgres:// URL.
+    #[arg(long)]
+    database: Option<String>,
+    /// Directory for the embedded database and dev keys.
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address and port to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Development mode: create and trust a local signing key, load demo data, print tokens.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// clinician | clinician-scheduled | council | auditor | admin
+    #[arg(long)]
+    role: String,
+    /// The caller's organisation ODS code.
+    #[arg(long)]
+    org: String,
+    /// User id (the token subject).
+    #[arg(long, default_value = "dev-user")]
+    user: String,
+    /// Display name of the user.
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+}
+
+fn overrides(c: &CommonArgs, listen: Option<String>, dev: bool) -> CliOverrides {
+    CliOverrides {
+        config_file: c.config.clone(),
+        listen,
+        database_url: c.database.clone(),
+        data_dir: c.data_dir.clone(),
+        dev,
+    }
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Token(a) => token(a),
+        Command::Migrate(a) => migrate(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cpis-fhir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(a: CommonArgs) -> Result<(), String> {
+    let settings = Settings::load(&overrides(&a, None, false)).map_err(|e| e.to_string())?;
+    if Store::needs_data_dir(&settings.database_url) {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| e.to_string())?;
+    }
+    Store::open(&settings.database_url, 1)?;
+    println!("database is up to date");
+    Ok(())
+}
+
+fn token(a: TokenArgs) -> Result<(), String> {
+    let settings = Settings::load(&overrides(&a.common, None, true)).map_err(|e| e.to_string())?;
+    let role = Role::parse(&a.role).ok_or_else(|| {
+        format!(
+            "--role must be one of: {}",
+            Role::ALL.map(Role::as_str).join(", ")
+        )
+    })?;
+    let org = OdsCode::parse(&a.org)
+        .ok_or("--org must be an ODS code (3 to 10 upper-case letters and digits)")?;
+    let token = dev::mint(
+        &settings.data_dir,
+        &TokenRequest {
+            role,
+            org,
+            user: a.user,
+            name: a.name,
+            ttl_secs: a.ttl,
+            audience: settings.auth.audience,
+        },
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    let settings =
+        Settings::load(&overrides(&a.common, a.listen, a.dev)).map_err(|e| e.to_string())?;
+    let listen = settings.listen;
+    let dev_mode = settings.dev;
+    let state = build_state(settings, system_clock())?;
+    let banner = if dev_mode {
+        let records = demo::load(&state.store, state.now()).map_err(|e| e.to_string())?;
+        Some(dev_banner(&state.settings, &records)?)
+    } else {
+        None
+    };
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(state, listener).map_err(|e| e.to_string())?;
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        log::info!("listening on {listen}");
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    })
+}
+
+/// The dev start-up text: who can do what, with tokens and commands ready to paste.
+fn dev_banner(settings: &Settings, records: &[demo::DemoRecord]) -> Result<String, String> {
+    let base = &settings.base_url;
+    let mint = |role: Role, org: &str, user: &str, name: &str| -> Result<String, String> {
+        dev::mint(
+            &settings.data_dir,
+            &TokenRequest {
+                role,
+                org: OdsCode::parse(org).ok_or("bad demo ODS code")?,
+                user: user.into(),
+                name: Some(name.into()),
+                ttl_secs: 12 * 3600,
+                audience: settings.auth.audience.clone(),
+            },
+        )
+    };
+    let tokens = [
+        (
+            "COUNCIL_LA901",
+            mint(
+                Role::Council,
+                "LA901",
+                "la901-case-system",
+                "Northmoor case system",
+            )?,
+        ),
+        (
+            "COUNCIL_LA902",
+            mint(
+                Role::Council,
+                "LA902",
+                "la902-case-system",
+                "Eastvale case system",
+            )?,
+        ),
+        (
+            "COUNCIL_LA903",
+            mint(
+                Role::Council,
+                "LA903",
+                "la903-case-system",
+                "Westbridge case system",
+            )?,
+        ),
+        (
+            "CLINICIAN",
+            mint(Role::Clinician, "RDE01", "555000000001", "Dr Alex Morgan")?,
+        ),
+        (
+            "CLINICIAN_SCHEDULED",
+            mint(
+                Role::ClinicianScheduled,
+                "GPX01",
+                "555000000002",
+                "Dr Kim Lee",
+            )?,
+        ),
+        (
+            "AUDITOR",
+            mint(Role::Auditor, "X26", "555000000003", "Audit Team")?,
+        ),
+        (
+            "ADMIN",
+            mint(Role::Admin, "X26", "555000000004", "Service Admin")?,
+        ),
+    ];
+    let env_file = settings.data_dir.join("dev-tokens.env");
+    let env_text: String = tokens
+        .iter()
+        .map(|(k, t)| format!("export TOKEN_{k}={t}\n"))
+        .collect();
+    std::fs::write(&env_file, env_text)
+        .map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\ncpis-fhir (dev mode) on {base}\nDemo tokens (valid 12 hours) are also in {} — `source` it to use $TOKEN_…\n\n",
+        env_file.display()
+    ));
+    for (k, t) in &tokens {
+        out.push_str(&format!("TOKEN_{k}={t}\n\n"));
+    }
+    out.push_str("Demo records (NHS test numbers):\n");
+    for r in records {
+        out.push_str(&format!(
+            "  {}  {:<14} {:<46} {}  Flag/{}\n",
+            r.nhs_number,
+            r.name,
+            format!(
+                "{}{}",
+                r.plan.display(),
+                if r.ended { " (ended)" } else { "" }
+            ),
+            r.council,
+            r.flag_id
+        ));
+    }
+    if let Some(first) = records.first() {
+        let la = tokens[0].1.as_str();
+        out.push_str(&format!(
+            "\nTry (council LA901 reads its Flag):\n  curl -s -H 'Authorization: Bearer {la}' {base}/Flag/{}\n",
+            first.flag_id
+        ));
+        out.push_str(&format!(
+            "\nThe council's phone numbers (any token):\n  curl -s -H 'Authorization: Bearer {}' {base}/Organization/{}\n",
+            tokens[3].1, first.council
+        ));
+        out.push_str(&format!(
+            "\nCapabilityStatement (no token):\n  curl -s {base}/metadata\n"
+        ));
+    }
+    Ok(out)
+}

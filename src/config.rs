@@ -1,0 +1,337 @@
+//! Typed settings: a TOML file, then `CPIS_*` environment variables (the environment wins), then
+//! command-line flags. Every key is listed once in [`KEYS`]; an unknown key or a bad value is a
+//! start-up error that names the key, never a silent default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::Algorithm;
+
+/// Every setting: its dotted name in the TOML file and what it means. The environment variable
+/// is `CPIS_` + the name upper-cased with `.` replaced by `_` (for example `CPIS_AUTH_ISSUER`).
+pub const KEYS: &[(&str, &str)] = &[
+    ("listen", "address and port to listen on (default 127.0.0.1:8080)"),
+    ("data_dir", "directory for the SQLite database and dev keys (default ./cpis-data)"),
+    ("database_url", "sqlite file path or sqlite://path, or postgres://… (default <data_dir>/cpis.db)"),
+    ("base_url", "public base URL used in Location headers and Bundle links (default http://<listen>)"),
+    ("body_limit", "largest accepted request body in bytes (default 10485760 = 10 MiB)"),
+    ("allow_test_nhs_numbers", "accept NHS test numbers 999 000 0000–999 999 9999 (default false; true with --dev)"),
+    ("workers", "HTTP worker threads (default: number of cores)"),
+    ("db_read_pool_size", "database read connections (default 8)"),
+    ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
+    ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
+    ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
+    ("auth.algorithm", "signature algorithm of that key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 (default RS512)"),
+    ("auth.kid", "key id expected in the token header for that key (optional)"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn env_name(key: &str) -> String {
+    format!("CPIS_{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("`{key}` ({}): {why}", env_name(key)))
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub issuer: Option<String>,
+    pub audience: String,
+    pub public_key_file: Option<PathBuf>,
+    pub algorithm: Algorithm,
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub base_url: String,
+    pub body_limit: usize,
+    pub allow_test_nhs_numbers: bool,
+    pub workers: usize,
+    pub db_read_pool_size: u32,
+    pub auth: AuthSettings,
+    /// Development mode: trust the data directory's dev key and load demo data.
+    pub dev: bool,
+}
+
+/// Values given on the command line; they win over file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub dev: bool,
+}
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            toml::Value::Integer(i) => {
+                out.insert(key, i.to_string());
+            }
+            toml::Value::Boolean(b) => {
+                out.insert(key, b.to_string());
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "`{key}`: use a string, a number or true/false"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Loads settings from the process environment and an optional file.
+    pub fn load(cli: &CliOverrides) -> Result<Self, ConfigError> {
+        Self::load_from(cli, std::env::vars())
+    }
+
+    /// Loads settings from the given environment (tests pass their own).
+    pub fn load_from(
+        cli: &CliOverrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = BTreeMap::new();
+        if let Some(path) = &cli.config_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read the configuration file: {e}")))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigError(format!("the configuration file is not valid TOML: {e}"))
+            })?;
+            flatten("", &table, &mut raw)?;
+            if let Some(unknown) = raw.keys().find(|k| !KEYS.iter().any(|(n, _)| n == k)) {
+                return Err(ConfigError(format!(
+                    "unknown key `{unknown}` in the configuration file; known keys: {}",
+                    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for (key, _) in KEYS {
+            if let Some(v) = env.get(&env_name(key)) {
+                raw.insert((*key).to_owned(), v.clone());
+            }
+        }
+        if let Some(unknown) = env
+            .keys()
+            .filter(|k| k.starts_with("CPIS_") && !k.starts_with("CPIS_TEST_"))
+            .find(|k| !KEYS.iter().any(|(n, _)| env_name(n) == **k))
+        {
+            return Err(ConfigError(format!(
+                "unknown environment variable {unknown}"
+            )));
+        }
+        for (key, v) in [
+            ("listen", &cli.listen),
+            ("database_url", &cli.database_url),
+            ("data_dir", &cli.data_dir),
+        ] {
+            if let Some(v) = v {
+                raw.insert(key.to_owned(), v.clone());
+            }
+        }
+        Self::from_raw(&raw, cli.dev)
+    }
+
+    fn from_raw(raw: &BTreeMap<String, String>, dev: bool) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            raw.get(k)
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let parse_bool = |k: &str, default: bool| -> Result<bool, ConfigError> {
+            match get(k).as_deref() {
+                None => Ok(default),
+                Some("true" | "1" | "yes") => Ok(true),
+                Some("false" | "0" | "no") => Ok(false),
+                Some(v) => Err(bad(k, format!("'{v}' is not true or false"))),
+            }
+        };
+        let parse_num = |k: &str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => Err(bad(
+                        k,
+                        format!("'{v}' is not a whole number of at least {min}"),
+                    )),
+                },
+            }
+        };
+        let listen_text = get("listen").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            bad(
+                "listen",
+                format!("'{listen_text}' is not an address:port such as 127.0.0.1:8080"),
+            )
+        })?;
+        let data_dir = PathBuf::from(get("data_dir").unwrap_or_else(|| "./cpis-data".to_owned()));
+        let database_url = get("database_url")
+            .unwrap_or_else(|| data_dir.join("cpis.db").to_string_lossy().into_owned());
+        let base_url = get("base_url")
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(bad("base_url", "must start with http:// or https://"));
+        }
+        let algorithm = match get("auth.algorithm").as_deref().unwrap_or("RS512") {
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            other => {
+                return Err(bad(
+                    "auth.algorithm",
+                    format!("'{other}' is not a supported public-key algorithm"),
+                ))
+            }
+        };
+        let public_key_file = get("auth.public_key_file").map(PathBuf::from);
+        let issuer = get("auth.issuer");
+        if public_key_file.is_some() && issuer.is_none() {
+            return Err(bad(
+                "auth.issuer",
+                "is required when auth.public_key_file is set",
+            ));
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Settings {
+            listen,
+            data_dir,
+            database_url,
+            base_url,
+            body_limit: usize::try_from(parse_num("body_limit", 10 * 1024 * 1024, 1024)?)
+                .map_err(|_| bad("body_limit", "too large"))?,
+            allow_test_nhs_numbers: parse_bool("allow_test_nhs_numbers", dev)?,
+            workers: usize::try_from(parse_num("workers", cores as u64, 1)?)
+                .map_err(|_| bad("workers", "too large"))?,
+            db_read_pool_size: u32::try_from(parse_num("db_read_pool_size", 8, 1)?)
+                .map_err(|_| bad("db_read_pool_size", "too large"))?,
+            auth: AuthSettings {
+                issuer,
+                audience: get("auth.audience").unwrap_or_else(|| "cpis-fhir".to_owned()),
+                public_key_file,
+                algorithm,
+                kid: get("auth.kid"),
+            },
+            dev,
+        })
+    }
+
+    /// Settings for tests and tools: defaults over the given data directory.
+    pub fn for_data_dir(data_dir: &Path, dev: bool) -> Result<Self, ConfigError> {
+        let mut raw = BTreeMap::new();
+        raw.insert(
+            "data_dir".to_owned(),
+            data_dir.to_string_lossy().into_owned(),
+        );
+        Self::from_raw(&raw, dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], cli: CliOverrides) -> Result<Settings, ConfigError> {
+        Settings::load_from(
+            &cli,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_with_sqlite_in_the_data_dir() {
+        let s = load(&[], CliOverrides::default()).ok();
+        let s = s.as_ref();
+        assert_eq!(
+            s.map(|s| s.listen.to_string()),
+            Some("127.0.0.1:8080".to_owned())
+        );
+        assert!(s.is_some_and(|s| s.database_url.ends_with("cpis.db")));
+        assert_eq!(s.map(|s| s.body_limit), Some(10 * 1024 * 1024));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let e = load(&[("CPIS_BODY_LIMIT", "lots")], CliOverrides::default()).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("body_limit")));
+    }
+
+    #[test]
+    fn an_unknown_variable_is_refused() {
+        let e = load(&[("CPIS_LISTN", "x")], CliOverrides::default()).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("CPIS_LISTN")));
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_flags_win_over_both() {
+        let dir = tempfile::tempdir().ok();
+        let Some(dir) = dir else { return };
+        let file = dir.path().join("c.toml");
+        let _ = std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[auth]\naudience = \"file\"\n",
+        );
+        let cli = CliOverrides {
+            config_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let s = load(&[("CPIS_AUTH_AUDIENCE", "env")], cli).ok();
+        assert_eq!(s.as_ref().map(|s| s.auth.audience.as_str()), Some("env"));
+        assert_eq!(s.map(|s| s.listen.port()), Some(1));
+        let cli = CliOverrides {
+            config_file: Some(file),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let s = load(&[("CPIS_LISTEN", "127.0.0.1:3")], cli).ok();
+        assert_eq!(s.map(|s| s.listen.port()), Some(2));
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().ok();
+        let Some(dir) = dir else { return };
+        let file = dir.path().join("c.toml");
+        let _ = std::fs::write(&file, "lisen = \"x\"\n");
+        let cli = CliOverrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let e = load(&[], cli).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("lisen")));
+    }
+}

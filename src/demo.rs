@@ -1,0 +1,196 @@
+//! Demo data for `serve --dev`: three councils, a child under each plan type, an unborn-child
+//! plan on a mother's record, a child with plans from two councils, and an ended plan. Every NHS
+//! number is from the 999 test range, so no real person's number is ever used.
+
+use chrono::{Duration, NaiveDate};
+
+use crate::domain::{FlagStatus, PlanType};
+use crate::error::ApiError;
+use crate::nhs_number::NhsNumber;
+use crate::store::councils::{self, CouncilRow};
+use crate::store::flags::{self, FlagRow};
+use crate::store::patients::{self, PatientRow};
+use crate::store::{micros, DbConn, Store};
+
+/// Councils: ODS code, name, office-hours phone, emergency-duty phone (Ofcom drama numbers).
+pub const COUNCILS: &[(&str, &str, &str, &str)] = &[
+    (
+        "LA901",
+        "Northmoor Borough Council",
+        "01632 960001",
+        "01632 960101",
+    ),
+    (
+        "LA902",
+        "Eastvale County Council",
+        "01632 960002",
+        "01632 960102",
+    ),
+    (
+        "LA903",
+        "Westbridge City Council",
+        "01632 960003",
+        "01632 960103",
+    ),
+];
+
+struct DemoPerson {
+    index: u32,
+    family: &'static str,
+    given: &'static str,
+    birth: &'static str,
+    /// (council, plan, days since start, days since end)
+    plans: &'static [(&'static str, PlanType, i64, Option<i64>)],
+}
+
+const PEOPLE: &[DemoPerson] = &[
+    DemoPerson {
+        index: 101,
+        family: "Carter",
+        given: "Ellis",
+        birth: "2016-03-14",
+        plans: &[("LA901", PlanType::ChildProtection, 60, None)],
+    },
+    DemoPerson {
+        index: 202,
+        family: "Price",
+        given: "Jordan",
+        birth: "2012-09-30",
+        plans: &[("LA902", PlanType::LookedAfter, 380, None)],
+    },
+    DemoPerson {
+        index: 303,
+        family: "Shah",
+        given: "Amira",
+        birth: "1999-05-21",
+        plans: &[("LA901", PlanType::UnbornChildProtection, 30, None)],
+    },
+    DemoPerson {
+        index: 404,
+        family: "Owen",
+        given: "Riley",
+        birth: "2014-01-08",
+        plans: &[("LA903", PlanType::ChildProtection, 400, Some(90))],
+    },
+    DemoPerson {
+        index: 505,
+        family: "Taylor",
+        given: "Sam",
+        birth: "2019-07-19",
+        plans: &[
+            ("LA901", PlanType::ChildProtection, 20, None),
+            ("LA902", PlanType::LookedAfter, 10, None),
+        ],
+    },
+];
+
+/// A demo record, for the start-up banner.
+pub struct DemoRecord {
+    pub nhs_number: String,
+    pub name: String,
+    pub flag_id: String,
+    pub council: String,
+    pub plan: PlanType,
+    pub ended: bool,
+}
+
+/// Loads the demo data unless the councils already exist; returns the demo records either way.
+pub fn load(
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<DemoRecord>, ApiError> {
+    store.write_blocking(|conn| {
+        if councils::get(conn, COUNCILS[0].0)?.is_none() {
+            insert_all(conn, now)?;
+        }
+        records(conn)
+    })
+}
+
+fn insert_all(conn: &mut DbConn, now: chrono::DateTime<chrono::Utc>) -> Result<(), ApiError> {
+    let at = micros(now);
+    let today = now.date_naive();
+    for (ods, name, office, edt) in COUNCILS {
+        councils::insert(
+            conn,
+            &CouncilRow {
+                ods_code: (*ods).into(),
+                name: (*name).into(),
+                office_phone: (*office).into(),
+                emergency_phone: (*edt).into(),
+                active: true,
+                version: 1,
+                updated_at: at,
+            },
+        )?;
+    }
+    for p in PEOPLE {
+        let nhs = NhsNumber::test_number(p.index);
+        patients::insert(
+            conn,
+            &PatientRow {
+                nhs_number: nhs.as_str().into(),
+                family: p.family.into(),
+                given: serde_json::json!([p.given]).to_string(),
+                birth_date: p.birth.into(),
+                address_lines: None,
+                address_city: None,
+                address_district: None,
+                address_postal_code: None,
+                created_by: p.plans[0].0.into(),
+                version: 1,
+                updated_at: at,
+            },
+        )?;
+        for (i, (ods, plan, since_start, since_end)) in p.plans.iter().enumerate() {
+            let day = |d: i64| -> NaiveDate { today - Duration::days(d) };
+            let status = if since_end.is_some() {
+                FlagStatus::Inactive
+            } else {
+                FlagStatus::Active
+            };
+            flags::insert(
+                conn,
+                &FlagRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    nhs_number: nhs.as_str().into(),
+                    la_ods: (*ods).into(),
+                    local_ref_system: format!(
+                        "https://{}.example.org/Id/plan",
+                        ods.to_ascii_lowercase()
+                    ),
+                    local_ref_value: format!("PLAN-{}-{}", p.index, i + 1),
+                    plan_type: plan.snomed().into(),
+                    status: status.as_str().into(),
+                    period_start: day(*since_start).to_string(),
+                    period_end: since_end.map(|d| day(d).to_string()),
+                    version: 1,
+                    updated_at: at,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn records(conn: &mut DbConn) -> Result<Vec<DemoRecord>, ApiError> {
+    let mut out = Vec::new();
+    for p in PEOPLE {
+        let nhs = NhsNumber::test_number(p.index);
+        for (i, (ods, plan, _, end)) in p.plans.iter().enumerate() {
+            let system = format!("https://{}.example.org/Id/plan", ods.to_ascii_lowercase());
+            let value = format!("PLAN-{}-{}", p.index, i + 1);
+            if let Some(f) = flags::find_by_identifier(conn, ods, &system, &value)? {
+                out.push(DemoRecord {
+                    nhs_number: nhs.as_str().into(),
+                    name: format!("{} {}", p.given, p.family),
+                    flag_id: f.id,
+                    council: (*ods).into(),
+                    plan: *plan,
+                    ended: end.is_some(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,174 @@
+//! The small CP-IS domain the FHIR facade is built over (DESIGN.md "Domain tables").
+//!
+//! Values here are already valid: they are produced by parsing at the edge (FHIR bodies, tokens,
+//! configuration) and never re-validated downstream. The code lists are DOMAIN.md "Codes and
+//! identifier systems".
+
+use std::fmt;
+
+pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+pub const ODS_ORG_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+pub const SDS_USER_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
+pub const SNOMED_SYSTEM: &str = "http://snomed.info/sct";
+pub const FLAG_CATEGORY_SYSTEM: &str =
+    "https://fhir.nhs.uk/England/CodeSystem/England-FlagCategoryPatient";
+pub const FLAG_CATEGORY_CODE: &str = "child-protection-information-system-flag";
+pub const VERIFICATION_EXTENSION: &str =
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
+pub const VERIFICATION_SYSTEM: &str =
+    "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland";
+pub const ORG_ROLE_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/organisation-role";
+pub const COUNCIL_ROLE_CODE: &str = "RO141";
+/// Canonical base of this project's own conformance resources (`fhir-profiles/`).
+pub const PROFILE_BASE: &str = "https://cpis-fhir.example.org/fhir";
+pub const CONTACT_PURPOSE_SYSTEM: &str =
+    "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-CouncilContactPurpose";
+
+/// The three kinds of CP-IS record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlanType {
+    /// Child protection plan (legacy v3 `CPPI`).
+    ChildProtection,
+    /// Looked-after child (legacy v3 `LACI`).
+    LookedAfter,
+    /// Unborn child protection plan, held on the mother's record (legacy v3 `UCPI`).
+    UnbornChildProtection,
+}
+
+impl PlanType {
+    pub const ALL: [PlanType; 3] = [
+        PlanType::ChildProtection,
+        PlanType::LookedAfter,
+        PlanType::UnbornChildProtection,
+    ];
+
+    pub fn snomed(self) -> &'static str {
+        match self {
+            PlanType::ChildProtection => "342191000000101",
+            PlanType::LookedAfter => "764841000000100",
+            PlanType::UnbornChildProtection => "818901000000100",
+        }
+    }
+
+    pub fn display(self) -> &'static str {
+        match self {
+            PlanType::ChildProtection => "Subject to child protection plan",
+            PlanType::LookedAfter => "Looked after child",
+            PlanType::UnbornChildProtection => "Unborn child subject to child protection plan",
+        }
+    }
+
+    pub fn from_snomed(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.snomed() == code)
+    }
+}
+
+/// `Flag.status` (FHIR R4 flag-status value set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagStatus {
+    Active,
+    Inactive,
+    EnteredInError,
+}
+
+impl FlagStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagStatus::Active => "active",
+            FlagStatus::Inactive => "inactive",
+            FlagStatus::EnteredInError => "entered-in-error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(FlagStatus::Active),
+            "inactive" => Some(FlagStatus::Inactive),
+            "entered-in-error" => Some(FlagStatus::EnteredInError),
+            _ => None,
+        }
+    }
+}
+
+/// An ODS organisation code: 3 to 10 upper-case letters and digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OdsCode(String);
+
+impl OdsCode {
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = (3..=10).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OdsCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A caller's role, carried in the token (DOMAIN.md "Who may do what").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Unscheduled care (activity B0107): look-ups notify the council.
+    Clinician,
+    /// Scheduled care (activity B0170): silent reads.
+    ClinicianScheduled,
+    /// A council's case system: submits and maintains its own records.
+    Council,
+    /// The audit team: reads the audit trail.
+    Auditor,
+    /// Service administrators: register councils.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Clinician,
+        Role::ClinicianScheduled,
+        Role::Council,
+        Role::Auditor,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinician => "clinician",
+            Role::ClinicianScheduled => "clinician-scheduled",
+            Role::Council => "council",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_types_round_trip_through_their_snomed_codes() {
+        for p in PlanType::ALL {
+            assert_eq!(PlanType::from_snomed(p.snomed()), Some(p));
+        }
+        assert_eq!(PlanType::from_snomed("12345"), None);
+    }
+
+    #[test]
+    fn ods_codes_are_upper_case_alphanumerics() {
+        assert!(OdsCode::parse("LA901").is_some());
+        assert!(OdsCode::parse("la901").is_none());
+        assert!(OdsCode::parse("L").is_none());
+        assert!(OdsCode::parse("LA 901").is_none());
+    }
+}

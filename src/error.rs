@@ -1,0 +1,285 @@
+//! One error type for the whole API and the one table that maps it to an HTTP status and a
+//! FHIR OperationOutcome (FHIR R4 §3.1.0.4 "OperationOutcome", §3.1.0.4.1 issue-type codes;
+//! error codes from DOMAIN.md "Errors": `INVALID_SEARCH_DATA`, `PRECONDITION_FAILED`,
+//! `ACCESS_DENIED`).
+//!
+//! The body is not written here: the response carries an [`Outcome`] extension which the
+//! request middleware renders in the negotiated format (JSON or XML) and, for 5xx, with the
+//! request id. Internal detail of a 5xx is logged, never sent.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Value};
+
+/// The NHS Spine error code system used in `OperationOutcome.issue.details`.
+pub const SPINE_ERROR_SYSTEM: &str = "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode";
+
+/// One problem found in a request, pointing at the element (`expression`) where it applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    /// FHIR issue-type code, e.g. `invalid`, `required`, `structure`, `value`, `business-rule`.
+    pub code: &'static str,
+    pub diagnostics: String,
+    pub expression: Option<String>,
+}
+
+impl Issue {
+    pub fn new(code: &'static str, expression: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            diagnostics: text.into(),
+            expression: Some(expression.into()),
+        }
+    }
+
+    pub fn general(code: &'static str, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            diagnostics: text.into(),
+            expression: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is not well-formed FHIR (syntax, structure, base types).
+    #[error("invalid request")]
+    Invalid(Vec<Issue>),
+    /// Well-formed, but breaks the CP-IS profiles or business rules; nothing was stored.
+    #[error("unprocessable resource")]
+    Unprocessable(Vec<Issue>),
+    /// A search or read named an invalid NHS number or search value.
+    #[error("invalid search data: {0}")]
+    InvalidSearch(String),
+    /// A required header is missing or invalid.
+    #[error("precondition failed: {0}")]
+    PreconditionHeader(String),
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// `If-Match` did not match the current version.
+    #[error("version conflict: {0}")]
+    VersionConflict(String),
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The service cannot safely answer now (for example the audit trail cannot be written).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A fault of ours. The text is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a response error means on the wire: status, issue code, Spine details code.
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    details: Option<(&'static str, &'static str)>,
+}
+
+impl ApiError {
+    /// The table: every variant's status and OperationOutcome codes, in one place.
+    fn row(&self) -> Row {
+        use ApiError::*;
+        let (status, code, details) = match self {
+            Invalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some(("INVALID_RESOURCE", "Invalid resource")),
+            ),
+            Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "processing",
+                Some(("INVALID_RESOURCE", "Invalid resource")),
+            ),
+            InvalidSearch(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some(("INVALID_SEARCH_DATA", "Invalid search data")),
+            ),
+            PreconditionHeader(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some(("PRECONDITION_FAILED", "Precondition failed")),
+            ),
+            Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "login",
+                Some(("ACCESS_DENIED", "Access denied")),
+            ),
+            Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Some(("ACCESS_DENIED", "Access denied")),
+            ),
+            NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "not-found",
+                Some(("RESOURCE_NOT_FOUND", "Resource not found")),
+            ),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "not-supported", None),
+            NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not-supported", None),
+            Conflict(_) => (StatusCode::CONFLICT, "duplicate", None),
+            VersionConflict(_) => (StatusCode::PRECONDITION_FAILED, "conflict", None),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly", None),
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", None),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                Some(("SERVICE_UNAVAILABLE", "Service unavailable")),
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                Some(("INTERNAL_SERVER_ERROR", "Internal server error")),
+            ),
+        };
+        Row {
+            status,
+            code,
+            details,
+        }
+    }
+
+    fn issues(&self) -> Vec<Issue> {
+        use ApiError::*;
+        let code = self.row().code;
+        match self {
+            Invalid(v) | Unprocessable(v) => v.clone(),
+            Internal(_) => vec![Issue::general(code, "An internal error occurred; quote the request id to the service desk.")],
+            Unavailable(_) => vec![Issue::general(code, "The service cannot process this request safely just now; nothing was disclosed or stored. Retry shortly, quoting the request id if it persists.")],
+            InvalidSearch(text) | PreconditionHeader(text)
+            | Unauthenticated(text) | Forbidden(text) | NotFound(text) | MethodNotAllowed(text)
+            | NotAcceptable(text) | Conflict(text) | VersionConflict(text) | PayloadTooLarge(text)
+            | UnsupportedMediaType(text) => vec![Issue::general(code, text.clone())],
+        }
+    }
+
+    /// The OperationOutcome this error is shown as.
+    pub fn outcome(&self) -> Outcome {
+        let row = self.row();
+        Outcome::from_issues(&self.issues(), row.details)
+    }
+}
+
+/// A rendered OperationOutcome waiting for the middleware to choose its wire format.
+#[derive(Debug, Clone)]
+pub struct Outcome(pub Value);
+
+impl Outcome {
+    pub fn from_issues(issues: &[Issue], details: Option<(&str, &str)>) -> Self {
+        let issues: Vec<Value> = issues
+            .iter()
+            .map(|i| {
+                let mut v = json!({ "severity": "error", "code": i.code });
+                if let Some((code, display)) = details {
+                    v["details"] = json!({
+                        "coding": [{ "system": SPINE_ERROR_SYSTEM, "code": code, "display": display }]
+                    });
+                }
+                v["diagnostics"] = json!(i.diagnostics);
+                if let Some(e) = &i.expression {
+                    v["expression"] = json!([e]);
+                }
+                v
+            })
+            .collect();
+        Outcome(json!({ "resourceType": "OperationOutcome", "issue": issues }))
+    }
+
+    /// An outcome for a status produced outside our handlers (unknown route, wrong method).
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, text) = match status.as_u16() {
+            404 => (
+                "not-found",
+                "No such endpoint; GET /metadata lists what this server supports.",
+            ),
+            405 => (
+                "not-supported",
+                "That method is not supported on this endpoint; see GET /metadata.",
+            ),
+            413 => ("too-costly", "The request body is too large."),
+            400 => ("invalid", "The request could not be understood."),
+            s if s >= 500 => (
+                "exception",
+                "An internal error occurred; quote the request id to the service desk.",
+            ),
+            _ => ("processing", "The request could not be processed."),
+        };
+        Self::from_issues(&[Issue::general(code, text)], None)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.row().status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            // Detail goes to the log only; it may name tables or paths.
+            log::error!("{self}");
+        } else {
+            log::debug!("{self}");
+        }
+        let mut res = HttpResponse::build(status);
+        if matches!(self, ApiError::Unauthenticated(_)) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"cpis-fhir\""));
+        }
+        let mut res = res.finish();
+        res.extensions_mut().insert(self.outcome());
+        res
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<r2d2::Error> for ApiError {
+    fn from(e: r2d2::Error) -> Self {
+        ApiError::Unavailable(format!("database connection unavailable: {e}"))
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_never_show_their_detail() {
+        let o = ApiError::Internal("secret table name".into()).outcome();
+        assert!(!o.0.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn invalid_search_data_carries_the_spine_code() {
+        let o = ApiError::InvalidSearch("bad".into()).outcome();
+        assert_eq!(
+            o.0["issue"][0]["details"]["coding"][0]["code"],
+            "INVALID_SEARCH_DATA"
+        );
+        assert_eq!(o.0["issue"][0]["code"], "invalid");
+    }
+}

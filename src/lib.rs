@@ -1,0 +1,17 @@
+//! cpis-fhir: a FHIR R4 server doing the job of England's Child Protection – Information Sharing
+//! (CP-IS) service. A FHIR facade over a small domain schema (see DESIGN.md): councils submit
+//! Patients and Flags; clinicians look children up by NHS number; every look-up is audited.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod fhir;
+pub mod middleware;
+pub mod nhs_number;
+pub mod startup;
+pub mod state;
+pub mod store;

@@ -1,0 +1,102 @@
+//! Builds the application from settings — used by `main` and by the tests alike — and runs it.
+
+use std::net::TcpListener;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::api;
+use crate::auth::{dev, jwt::Verifier};
+use crate::config::Settings;
+use crate::fhir::profile::Profiles;
+use crate::middleware::envelope;
+use crate::state::{AppState, Clock};
+use crate::store::Store;
+
+/// Opens the store, loads the profiles and the trusted keys. Refuses to start without keys
+/// unless in dev mode.
+pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String> {
+    let profiles = Profiles::load()?;
+    let mut verifier = Verifier::default();
+    if let (Some(file), Some(issuer)) = (&settings.auth.public_key_file, &settings.auth.issuer) {
+        let pem = std::fs::read(file).map_err(|e| {
+            format!("configuration: `auth.public_key_file` (CPIS_AUTH_PUBLIC_KEY_FILE): cannot read {}: {e}", file.display())
+        })?;
+        verifier
+            .add_key(
+                &pem,
+                settings.auth.algorithm,
+                issuer,
+                &settings.auth.audience,
+                settings.auth.kid.clone(),
+            )
+            .map_err(|e| format!("configuration: `auth.public_key_file`: {e}"))?;
+    }
+    if settings.dev {
+        let pem = dev::ensure_key(&settings.data_dir)?;
+        verifier.add_key(
+            &pem,
+            dev::DEV_ALGORITHM,
+            dev::DEV_ISSUER,
+            &settings.auth.audience,
+            Some(dev::DEV_KID.to_owned()),
+        )?;
+    }
+    if verifier.is_empty() {
+        return Err(
+            "no token verification key is configured: set auth.public_key_file and auth.issuer \
+             (CPIS_AUTH_PUBLIC_KEY_FILE, CPIS_AUTH_ISSUER), or run with --dev for local use"
+                .into(),
+        );
+    }
+    if Store::needs_data_dir(&settings.database_url) {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            format!(
+                "cannot create the data directory {}: {e}",
+                settings.data_dir.display()
+            )
+        })?;
+    }
+    let store = Store::open(&settings.database_url, settings.db_read_pool_size)?;
+    Ok(AppState {
+        store,
+        verifier,
+        profiles,
+        settings,
+        clock,
+    })
+}
+
+/// A bound, not yet running, server.
+pub struct Application {
+    pub port: u16,
+    server: actix_web::dev::Server,
+}
+
+impl Application {
+    /// Binds the listener and builds the server over `state`.
+    pub fn build(state: AppState, listener: TcpListener) -> std::io::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let workers = state.settings.workers;
+        let data = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(from_fn(envelope))
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn server(self) -> actix_web::dev::Server {
+        self.server
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,32 @@
+//! What every request handler shares: the store, the token verifier, the profiles, the settings
+//! and the clock (injected so date rules can be tested at their boundaries).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::jwt::Verifier;
+use crate::config::Settings;
+use crate::fhir::profile::Profiles;
+use crate::store::Store;
+
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub struct AppState {
+    pub store: Store,
+    pub verifier: Verifier,
+    pub profiles: Profiles,
+    pub settings: Settings,
+    pub clock: Clock,
+}
+
+impl AppState {
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+}
+
+/// The real clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}

@@ -1,0 +1,44 @@
+//! Councils (local authorities, ODS role RO141) and their phone numbers.
+
+use diesel::prelude::*;
+
+use super::schema::local_authorities;
+use super::DbConn;
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
+#[diesel(table_name = local_authorities)]
+pub struct CouncilRow {
+    pub ods_code: String,
+    pub name: String,
+    pub office_phone: String,
+    pub emergency_phone: String,
+    pub active: bool,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+pub fn get(conn: &mut DbConn, ods: &str) -> QueryResult<Option<CouncilRow>> {
+    local_authorities::table
+        .find(ods)
+        .select(CouncilRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn insert(conn: &mut DbConn, row: &CouncilRow) -> QueryResult<()> {
+    diesel::insert_into(local_authorities::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn update(conn: &mut DbConn, row: &CouncilRow) -> QueryResult<()> {
+    diesel::update(local_authorities::table.find(&row.ods_code))
+        .set(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
+    local_authorities::table.count().get_result(conn)
+}

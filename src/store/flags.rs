@@ -1,0 +1,155 @@
+//! Flags (one per plan) and every version of each, so a disclosure can be shown exactly as it
+//! was (DESIGN.md "flag_versions").
+
+use diesel::prelude::*;
+
+use super::schema::{flag_versions, flags};
+use super::DbConn;
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
+#[diesel(table_name = flags)]
+#[diesel(treat_none_as_null = true)]
+pub struct FlagRow {
+    pub id: String,
+    pub nhs_number: String,
+    pub la_ods: String,
+    pub local_ref_system: String,
+    pub local_ref_value: String,
+    pub plan_type: String,
+    pub status: String,
+    pub period_start: String,
+    pub period_end: Option<String>,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+impl FlagRow {
+    /// True when what a council submitted is unchanged (ids and bookkeeping aside).
+    pub fn same_content(&self, other: &FlagRow) -> bool {
+        self.nhs_number == other.nhs_number
+            && self.la_ods == other.la_ods
+            && self.local_ref_system == other.local_ref_system
+            && self.local_ref_value == other.local_ref_value
+            && self.plan_type == other.plan_type
+            && self.status == other.status
+            && self.period_start == other.period_start
+            && self.period_end == other.period_end
+    }
+
+    fn snapshot(&self, method: &str) -> FlagVersionRow {
+        FlagVersionRow {
+            flag_id: self.id.clone(),
+            version: self.version,
+            nhs_number: self.nhs_number.clone(),
+            la_ods: self.la_ods.clone(),
+            local_ref_system: self.local_ref_system.clone(),
+            local_ref_value: self.local_ref_value.clone(),
+            plan_type: self.plan_type.clone(),
+            status: self.status.clone(),
+            period_start: self.period_start.clone(),
+            period_end: self.period_end.clone(),
+            recorded_at: self.updated_at,
+            method: method.to_owned(),
+        }
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = flag_versions)]
+pub struct FlagVersionRow {
+    pub flag_id: String,
+    pub version: i64,
+    pub nhs_number: String,
+    pub la_ods: String,
+    pub local_ref_system: String,
+    pub local_ref_value: String,
+    pub plan_type: String,
+    pub status: String,
+    pub period_start: String,
+    pub period_end: Option<String>,
+    pub recorded_at: i64,
+    /// The interaction that made this version: POST, PUT or DELETE.
+    pub method: String,
+}
+
+impl FlagVersionRow {
+    /// The version as a row, for rendering.
+    pub fn as_flag(&self) -> FlagRow {
+        FlagRow {
+            id: self.flag_id.clone(),
+            nhs_number: self.nhs_number.clone(),
+            la_ods: self.la_ods.clone(),
+            local_ref_system: self.local_ref_system.clone(),
+            local_ref_value: self.local_ref_value.clone(),
+            plan_type: self.plan_type.clone(),
+            status: self.status.clone(),
+            period_start: self.period_start.clone(),
+            period_end: self.period_end.clone(),
+            version: self.version,
+            updated_at: self.recorded_at,
+        }
+    }
+}
+
+pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<FlagRow>> {
+    flags::table
+        .find(id)
+        .select(FlagRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The Flag a council knows by its own plan reference.
+pub fn find_by_identifier(
+    conn: &mut DbConn,
+    ods: &str,
+    system: &str,
+    value: &str,
+) -> QueryResult<Option<FlagRow>> {
+    flags::table
+        .filter(flags::la_ods.eq(ods))
+        .filter(flags::local_ref_system.eq(system))
+        .filter(flags::local_ref_value.eq(value))
+        .select(FlagRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Inserts a new Flag (version 1) and its first history entry.
+pub fn insert(conn: &mut DbConn, row: &FlagRow) -> QueryResult<()> {
+    diesel::insert_into(flags::table)
+        .values(row)
+        .execute(conn)?;
+    diesel::insert_into(flag_versions::table)
+        .values(row.snapshot("POST"))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Stores `row` (whose version the caller has already advanced) and records it in the history.
+pub fn update(conn: &mut DbConn, row: &FlagRow, method: &str) -> QueryResult<()> {
+    diesel::update(flags::table.find(&row.id))
+        .set(row)
+        .execute(conn)?;
+    diesel::insert_into(flag_versions::table)
+        .values(row.snapshot(method))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Every version of a Flag, newest first (FHIR R4 §3.1.0.9 "history").
+pub fn versions(conn: &mut DbConn, id: &str) -> QueryResult<Vec<FlagVersionRow>> {
+    flag_versions::table
+        .filter(flag_versions::flag_id.eq(id))
+        .order(flag_versions::version.desc())
+        .select(FlagVersionRow::as_select())
+        .load(conn)
+}
+
+pub fn version(conn: &mut DbConn, id: &str, version: i64) -> QueryResult<Option<FlagVersionRow>> {
+    flag_versions::table
+        .find((id, version))
+        .select(FlagVersionRow::as_select())
+        .first(conn)
+        .optional()
+}

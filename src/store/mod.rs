@@ -1,0 +1,188 @@
+//! Storage: Diesel over SQLite (the embedded default) or PostgreSQL (scale-out), one code path
+//! (DESIGN.md "Storage"). SQL dialect differences stay inside this module.
+//!
+//! SQLite has a single writer, so writes go through a pool of one connection: writers queue in
+//! our process instead of sleeping in SQLite's busy handler, and readers (WAL) never block them.
+//! `synchronous=FULL` keeps every acknowledged write, the audit trail included, across power loss.
+
+pub mod councils;
+pub mod flags;
+pub mod patients;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::error::ApiError;
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend. PostgreSQL is listed first: SQLite accepts any string as a
+/// path, so it must be the fallback (STACK.md).
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+pub type DbPool = Pool<ConnectionManager<DbConn>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// Applied to every pooled SQLite connection; pragmas are per connection (STACK.md).
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        if let DbConn::Sqlite(c) = conn {
+            c.batch_execute(
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// The database: a read pool and a write pool over the same URL.
+#[derive(Clone)]
+pub struct Store {
+    read: DbPool,
+    write: DbPool,
+    pub backend: Backend,
+}
+
+/// Turns a configured database location into what the driver expects.
+fn driver_url(url: &str) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => path.to_owned(),
+        None => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Opens the database and runs pending migrations.
+    pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
+        let backend = Backend::of_url(url);
+        let target = driver_url(url);
+        let build = |size: u32| -> Result<DbPool, String> {
+            Pool::builder()
+                .max_size(size)
+                .min_idle(Some(1))
+                .connection_timeout(Duration::from_secs(15))
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(ConnectionManager::<DbConn>::new(target.clone()))
+                .map_err(|e| format!("cannot open the database: {e}"))
+        };
+        let write = build(match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => read_pool_size.max(2),
+        })?;
+        {
+            let mut conn = write
+                .get()
+                .map_err(|e| format!("cannot open the database: {e}"))?;
+            run_migrations(&mut conn)?;
+        }
+        let read = build(read_pool_size.max(1))?;
+        Ok(Self {
+            read,
+            write,
+            backend,
+        })
+    }
+
+    /// Whether this database lives in a local file (whose directory must exist).
+    pub fn needs_data_dir(url: &str) -> bool {
+        Backend::of_url(url) == Backend::Sqlite
+    }
+
+    /// Runs `f` on a read connection, off the async executor.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        let pool = self.read.clone();
+        actix_web::web::block(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// Runs `f` inside one write transaction: all of it commits or none of it does.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        let pool = self.write.clone();
+        actix_web::web::block(move || {
+            let mut conn = pool.get()?;
+            conn.transaction(|c| f(c))
+        })
+        .await?
+    }
+
+    /// A write connection for start-up tasks (demo data) outside any request.
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut conn = self.write.get()?;
+        conn.transaction(|c| f(c))
+    }
+}
+
+fn run_migrations(conn: &mut DbConn) -> Result<(), String> {
+    let applied = match conn {
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        DbConn::Pg(c) => c
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|v| v.len()),
+    }
+    .map_err(|e| format!("database migrations failed: {e}"))?;
+    if applied > 0 {
+        log::info!("applied {applied} database migration(s)");
+    }
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch: how instants are stored (portable across both backends).
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(m: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(m).unwrap_or_default()
+}
+
+/// True when a Diesel error is a unique-constraint violation.
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}

@@ -1,0 +1,71 @@
+//! People with a CP-IS record: name, date of birth, optional address (DOMAIN.md "Data held").
+
+use diesel::prelude::*;
+
+use super::schema::{flags, patients};
+use super::DbConn;
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
+#[diesel(table_name = patients)]
+#[diesel(treat_none_as_null = true)]
+pub struct PatientRow {
+    pub nhs_number: String,
+    pub family: String,
+    /// Given names as a JSON array of strings.
+    pub given: String,
+    pub birth_date: String,
+    /// Address lines as a JSON array of strings.
+    pub address_lines: Option<String>,
+    pub address_city: Option<String>,
+    pub address_district: Option<String>,
+    pub address_postal_code: Option<String>,
+    /// ODS code of the organisation that first submitted the person.
+    pub created_by: String,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+impl PatientRow {
+    /// True when the demographic content (not the bookkeeping) is the same.
+    pub fn same_content(&self, other: &PatientRow) -> bool {
+        self.family == other.family
+            && self.given == other.given
+            && self.birth_date == other.birth_date
+            && self.address_lines == other.address_lines
+            && self.address_city == other.address_city
+            && self.address_district == other.address_district
+            && self.address_postal_code == other.address_postal_code
+    }
+}
+
+pub fn get(conn: &mut DbConn, nhs: &str) -> QueryResult<Option<PatientRow>> {
+    patients::table
+        .find(nhs)
+        .select(PatientRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn insert(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
+    diesel::insert_into(patients::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn update(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
+    diesel::update(patients::table.find(&row.nhs_number))
+        .set(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Whether `ods` is the responsible council for any of the person's Flags.
+pub fn council_holds_flag(conn: &mut DbConn, nhs: &str, ods: &str) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        flags::table
+            .filter(flags::nhs_number.eq(nhs))
+            .filter(flags::la_ods.eq(ods)),
+    ))
+    .get_result(conn)
+}

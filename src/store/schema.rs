@@ -1,0 +1,66 @@
+//! Diesel table definitions; kept by hand in step with `migrations/` (both backends share them).
+
+diesel::table! {
+    local_authorities (ods_code) {
+        ods_code -> Text,
+        name -> Text,
+        office_phone -> Text,
+        emergency_phone -> Text,
+        active -> Bool,
+        version -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    patients (nhs_number) {
+        nhs_number -> Text,
+        family -> Text,
+        given -> Text,
+        birth_date -> Text,
+        address_lines -> Nullable<Text>,
+        address_city -> Nullable<Text>,
+        address_district -> Nullable<Text>,
+        address_postal_code -> Nullable<Text>,
+        created_by -> Text,
+        version -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    flags (id) {
+        id -> Text,
+        nhs_number -> Text,
+        la_ods -> Text,
+        local_ref_system -> Text,
+        local_ref_value -> Text,
+        plan_type -> Text,
+        status -> Text,
+        period_start -> Text,
+        period_end -> Nullable<Text>,
+        version -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    flag_versions (flag_id, version) {
+        flag_id -> Text,
+        version -> BigInt,
+        nhs_number -> Text,
+        la_ods -> Text,
+        local_ref_system -> Text,
+        local_ref_value -> Text,
+        plan_type -> Text,
+        status -> Text,
+        period_start -> Text,
+        period_end -> Nullable<Text>,
+        recorded_at -> BigInt,
+        method -> Text,
+    }
+}
+
+diesel::joinable!(flags -> patients (nhs_number));
+diesel::joinable!(flags -> local_authorities (la_ods));
+diesel::allow_tables_to_appear_in_same_query!(local_authorities, patients, flags, flag_versions);

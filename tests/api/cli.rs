@@ -1,0 +1,178 @@
+//! The command line: `serve --dev` prints tokens and a curl command that work; `token` mints a
+//! token the dev server accepts; `serve` without keys refuses to start; `migrate` migrates.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::http::Method;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cpis-fhir"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_rt::test]
+async fn serve_dev_prints_a_curl_command_that_returns_a_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Killed(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut curl = None;
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.trim_start().starts_with("curl") && line.contains("/Flag/") {
+            curl = Some(line);
+            break;
+        }
+    }
+    let curl = curl.expect("a curl command for a Flag");
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("token");
+    let url = curl.split_whitespace().last().expect("url");
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/Flag/")),
+        "{url}"
+    );
+    let client = awc::Client::default();
+    let mut res = None;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .get(url)
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .send()
+            .await
+        {
+            res = Some(r);
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut res = res.expect("server answered");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value =
+        serde_json::from_slice(&res.body().await.expect("body")).expect("json");
+    assert_eq!(body["resourceType"], "Flag");
+    assert_eq!(body["author"]["reference"], "Organization/LA901");
+    // The token command mints tokens the same server accepts.
+    let out = bin()
+        .args([
+            "token",
+            "--role",
+            "clinician",
+            "--org",
+            "RDE01",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("token");
+    assert!(out.status.success());
+    let minted = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut r = client
+        .get(format!("http://127.0.0.1:{port}/Organization/LA902"))
+        .insert_header(("Authorization", format!("Bearer {minted}")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    let org: serde_json::Value =
+        serde_json::from_slice(&r.body().await.expect("body")).expect("json");
+    assert_eq!(org["name"], "Eastvale County Council");
+    drop(child);
+    let _ = Method::GET;
+}
+
+#[test]
+fn serve_without_keys_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.public_key_file") && err.contains("--dev"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_setting_is_a_start_up_error_naming_the_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = bin()
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(dir.path())
+        .env("CPIS_BODY_LIMIT", "ten")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("body_limit"), "{err}");
+}
+
+#[test]
+fn migrate_creates_the_database_and_is_repeatable() {
+    let dir = tempfile::tempdir().expect("dir");
+    for _ in 0..2 {
+        let out = bin()
+            .args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(dir.path().join("cpis.db").exists());
+}
+
+#[test]
+fn token_refuses_an_unknown_role() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = bin()
+        .args(["token", "--role", "wizard", "--org", "LA901", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clinician"));
+}

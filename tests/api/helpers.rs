@@ -1,0 +1,288 @@
+//! Fixture builders and an HTTP client against a real server on 127.0.0.1, one temp database
+//! per test.
+
+use std::net::TcpListener;
+
+use actix_web::http::Method;
+use cpis_fhir::auth::dev::{self, TokenRequest};
+use cpis_fhir::config::Settings;
+use cpis_fhir::domain::{OdsCode, Role};
+use cpis_fhir::startup::{build_state, Application};
+use cpis_fhir::state::system_clock;
+use serde_json::{json, Value};
+
+pub const LA_A: &str = "LA901";
+pub const LA_B: &str = "LA902";
+/// Valid NHS numbers from DOMAIN.md.
+pub const NHS_1: &str = "9449306753";
+pub const NHS_2: &str = "9000000009";
+pub const NHS_3: &str = "9434765919";
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The expressions named by an OperationOutcome.
+    pub fn expressions(&self) -> Vec<String> {
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{v}");
+        v["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Asserts an OperationOutcome with this status and issue code.
+    pub fn assert_outcome(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{v}");
+        assert!(
+            v["issue"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["code"] == code)),
+            "expected issue code {code}: {v}"
+        );
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    client: awc::Client,
+}
+
+impl TestApp {
+    /// A server in dev mode (test NHS numbers allowed) with councils LA901 and LA902.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        settings.workers = 1;
+        settings.base_url = format!("http://127.0.0.1:{port}");
+        tweak(&mut settings);
+        let state = build_state(settings, system_clock()).expect("state");
+        let app = Application::build(state, listener).expect("server");
+        actix_rt::spawn(app.server());
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .finish();
+        let t = TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client,
+        };
+        for (ods, name) in [
+            (LA_A, "Northmoor Borough Council"),
+            (LA_B, "Eastvale County Council"),
+        ] {
+            let r = t
+                .put_json(
+                    &format!("/Organization/{ods}"),
+                    &t.admin(),
+                    &org_json(ods, name),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+        t
+    }
+
+    pub fn token(&self, role: Role, org: &str) -> String {
+        dev::mint(
+            self.dir.path(),
+            &TokenRequest {
+                role,
+                org: OdsCode::parse(org).expect("ods"),
+                user: format!("user-{}", role.as_str()),
+                name: Some("Test User".into()),
+                ttl_secs: 600,
+                audience: "cpis-fhir".into(),
+            },
+        )
+        .expect("token")
+    }
+
+    pub fn council(&self, ods: &str) -> String {
+        self.token(Role::Council, ods)
+    }
+
+    pub fn admin(&self) -> String {
+        self.token(Role::Admin, "X26")
+    }
+
+    pub fn clinician(&self) -> String {
+        self.token(Role::Clinician, "RDE01")
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.insert_header(("Authorization", format!("Bearer {t}")));
+        }
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut res = match body {
+            Some(b) => req.send_body(b).await,
+            None => req.send().await,
+        }
+        .expect("request sent");
+        let body = res.body().limit(64 * 1024 * 1024).await.expect("body");
+        Resp {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: body.to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.request(Method::GET, path, Some(token), &[], None)
+            .await
+    }
+
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        v: &Value,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut h = vec![("Content-Type", "application/fhir+json")];
+        h.extend_from_slice(headers);
+        self.request(
+            method,
+            path,
+            Some(token),
+            &h,
+            Some(v.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn put_json(&self, path: &str, token: &str, v: &Value) -> Resp {
+        self.send_json(Method::PUT, path, token, v, &[]).await
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, v: &Value) -> Resp {
+        self.send_json(Method::POST, path, token, v, &[]).await
+    }
+
+    /// Registers a person on behalf of `council`.
+    pub async fn given_patient(&self, council: &str, nhs: &str) {
+        let r = self
+            .put_json(
+                &format!("/Patient/{nhs}"),
+                &self.council(council),
+                &patient_json(nhs),
+            )
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    }
+
+    /// Registers a person and a plan for them; returns the new Flag.
+    pub async fn given_flag(&self, council: &str, nhs: &str, plan_ref: &str) -> Value {
+        self.given_patient(council, nhs).await;
+        let r = self
+            .post_json(
+                "/Flag",
+                &self.council(council),
+                &flag_json(nhs, council, plan_ref),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    }
+}
+
+pub fn patient_json(nhs: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": nhs,
+        "identifier": [{
+            "extension": [{
+                "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+                "valueCodeableConcept": { "coding": [{
+                    "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland",
+                    "code": "01",
+                }]},
+            }],
+            "system": "https://fhir.nhs.uk/Id/nhs-number",
+            "value": nhs,
+        }],
+        "name": [{ "family": "Carter", "given": ["Ellis", "James"] }],
+        "birthDate": "2016-03-14",
+        "address": [{ "line": ["1 High Street"], "city": "Northmoor", "postalCode": "NM1 1AA" }],
+    })
+}
+
+pub fn flag_json(nhs: &str, council: &str, plan_ref: &str) -> Value {
+    json!({
+        "resourceType": "Flag",
+        "identifier": [{ "system": format!("https://{}.example.org/Id/plan", council.to_ascii_lowercase()), "value": plan_ref }],
+        "status": "active",
+        "category": [{ "coding": [{
+            "system": "https://fhir.nhs.uk/England/CodeSystem/England-FlagCategoryPatient",
+            "code": "child-protection-information-system-flag",
+        }]}],
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "342191000000101" }] },
+        "subject": { "reference": format!("Patient/{nhs}") },
+        "period": { "start": "2026-01-05" },
+        "author": { "reference": format!("Organization/{council}") },
+    })
+}
+
+pub fn org_json(ods: &str, name: &str) -> Value {
+    json!({
+        "resourceType": "Organization",
+        "id": ods,
+        "identifier": [{ "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods }],
+        "active": true,
+        "name": name,
+        "contact": [
+            {
+                "purpose": { "coding": [{ "system": "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-CouncilContactPurpose", "code": "office-hours" }] },
+                "telecom": [{ "system": "phone", "value": "01632 960001" }],
+            },
+            {
+                "purpose": { "coding": [{ "system": "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-CouncilContactPurpose", "code": "emergency-duty" }] },
+                "telecom": [{ "system": "phone", "value": "01632 960101" }],
+            },
+        ],
+    })
+}

@@ -1,0 +1,12 @@
+//! Behaviour of the server through its public HTTP surface and its command line.
+
+// Test code: a failed expectation is meant to stop the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod access;
+mod cli;
+mod helpers;
+mod resources;
+mod robustness;
+mod validation;
+mod versioning;
