@@ -19,6 +19,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("allow_test_nhs_numbers", "accept NHS test numbers 999 000 0000–999 999 9999 (default false; true with --dev)"),
     ("workers", "HTTP worker threads (default: number of cores)"),
     ("db_read_pool_size", "database read connections (default 8)"),
+    ("retention_months", "months a record stays visible after its plan ends (default 12)"),
+    ("max_page_size", "largest _count a search may ask for (default 100)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
     ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
@@ -57,6 +59,9 @@ pub struct Settings {
     pub allow_test_nhs_numbers: bool,
     pub workers: usize,
     pub db_read_pool_size: u32,
+    /// DOMAIN.md "Retention": visible for this many months after the plan ends.
+    pub retention_months: u32,
+    pub max_page_size: usize,
     pub auth: AuthSettings,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
@@ -239,6 +244,10 @@ impl Settings {
                 .map_err(|_| bad("workers", "too large"))?,
             db_read_pool_size: u32::try_from(parse_num("db_read_pool_size", 8, 1)?)
                 .map_err(|_| bad("db_read_pool_size", "too large"))?,
+            retention_months: u32::try_from(parse_num("retention_months", 12, 1)?)
+                .map_err(|_| bad("retention_months", "too large"))?,
+            max_page_size: usize::try_from(parse_num("max_page_size", 100, 1)?)
+                .map_err(|_| bad("max_page_size", "too large"))?,
             auth: AuthSettings {
                 issuer,
                 audience: get("auth.audience").unwrap_or_else(|| "cpis-fhir".to_owned()),

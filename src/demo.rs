@@ -99,7 +99,7 @@ pub fn load(
     store: &Store,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<DemoRecord>, ApiError> {
-    store.write_blocking(|conn| {
+    store.write_blocking(move |conn| {
         if councils::get(conn, COUNCILS[0].0)?.is_none() {
             insert_all(conn, now)?;
         }

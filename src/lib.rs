@@ -3,6 +3,7 @@
 //! Patients and Flags; clinicians look children up by NHS number; every look-up is audited.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

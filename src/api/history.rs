@@ -1,11 +1,13 @@
 //! `history` of one instance (FHIR R4 §3.1.0.9): `GET /Flag/{id}/_history` — a `history` Bundle
-//! of every version, newest first, each with the method that made it.
+//! of every version, newest first, each with the method that made it. Audited; not for
+//! clinicians.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::api::http::Reply;
-use crate::auth::{policy, Caller};
+use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
+use crate::auth::policy;
 use crate::error::ApiError;
 use crate::fhir::{flag, instant};
 use crate::state::AppState;
@@ -13,25 +15,33 @@ use crate::store::{councils, flags};
 
 pub async fn flag_history(
     req: HttpRequest,
-    caller: Caller,
+    ctx: AccessContext,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_record_reader(&caller)?;
     let id = path.into_inner();
     let lookup = id.clone();
-    let (versions, council) = state
-        .store
-        .read(move |conn| {
-            let current = flags::get(conn, &lookup)?
-                .ok_or_else(|| ApiError::NotFound(format!("Flag/{lookup} does not exist")))?;
-            let council = councils::get(conn, &current.la_ods)?;
-            Ok((flags::versions(conn, &lookup)?, (current.la_ods, council)))
-        })
-        .await?;
-    policy::require_responsible(&caller, &council.0)?;
+    let what = Interaction {
+        resource_type: "Flag",
+        subtype: "history-instance",
+        listable: false,
+    };
+    let (versions, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
+        policy::require_history_reader(&ctx.caller)?;
+        let current = flags::get(conn, &lookup)?
+            .ok_or_else(|| ApiError::NotFound(format!("Flag/{lookup} does not exist")))?;
+        policy::require_responsible(&ctx.caller, &current.la_ods)?;
+        let council = councils::get(conn, &current.la_ods)?;
+        let versions = flags::versions(conn, &lookup)?;
+        let mut d = Disclosure::about(Some(current.nhs_number.clone()));
+        for v in &versions {
+            d.flag(&v.flag_id, v.version, &v.la_ods);
+        }
+        Ok(((versions, council), d))
+    })
+    .await?;
     let base = &state.settings.base_url;
-    let name = council.1.as_ref().map(|c| c.name.as_str());
+    let name = council.as_ref().map(|c| c.name.as_str());
     let entries: Vec<_> = versions
         .iter()
         .map(|v| {

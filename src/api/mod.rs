@@ -9,6 +9,7 @@ pub mod http;
 pub mod metadata;
 pub mod read;
 pub mod rules;
+pub mod search;
 pub mod update;
 pub mod vread;
 
@@ -40,101 +41,34 @@ macro_rules! endpoint {
     };
 }
 
+#[rustfmt::skip]
 pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/metadata", None, "capabilities", metadata::metadata),
-    endpoint!(
-        post,
-        "/Patient",
-        Some("Patient"),
-        "create",
-        create::create_patient
-    ),
-    endpoint!(
-        get,
-        "/Patient/{id}",
-        Some("Patient"),
-        "read",
-        read::read_patient
-    ),
-    endpoint!(
-        put,
-        "/Patient/{id}",
-        Some("Patient"),
-        "update",
-        update::update_patient
-    ),
+    // `_search` paths come before `{id}` paths, which would otherwise match them.
+    endpoint!(post, "/Patient/_search", Some("Patient"), "search-type", search::search_patients_post),
+    endpoint!(post, "/Flag/_search", Some("Flag"), "search-type", search::search_flags_post),
+    endpoint!(post, "/Organization/_search", Some("Organization"), "search-type", search::search_organizations_post),
+    endpoint!(post, "/AuditEvent/_search", Some("AuditEvent"), "search-type", search::search_audit_events_post),
+    endpoint!(get, "/Patient", Some("Patient"), "search-type", search::search_patients),
+    endpoint!(post, "/Patient", Some("Patient"), "create", create::create_patient),
+    endpoint!(get, "/Patient/{id}", Some("Patient"), "read", read::read_patient),
+    endpoint!(put, "/Patient/{id}", Some("Patient"), "update", update::update_patient),
+    endpoint!(get, "/Flag", Some("Flag"), "search-type", search::search_flags),
     endpoint!(post, "/Flag", Some("Flag"), "create", create::create_flag),
     endpoint!(get, "/Flag/{id}", Some("Flag"), "read", read::read_flag),
-    endpoint!(
-        put,
-        "/Flag/{id}",
-        Some("Flag"),
-        "update",
-        update::update_flag
-    ),
-    endpoint!(
-        delete,
-        "/Flag/{id}",
-        Some("Flag"),
-        "delete",
-        delete::delete_flag
-    ),
-    endpoint!(
-        get,
-        "/Flag/{id}/_history",
-        Some("Flag"),
-        "history-instance",
-        history::flag_history
-    ),
-    endpoint!(
-        get,
-        "/Flag/{id}/_history/{vid}",
-        Some("Flag"),
-        "vread",
-        vread::vread_flag
-    ),
-    endpoint!(
-        post,
-        "/Organization",
-        Some("Organization"),
-        "create",
-        create::create_organization
-    ),
-    endpoint!(
-        get,
-        "/Organization/{id}",
-        Some("Organization"),
-        "read",
-        read::read_organization
-    ),
-    endpoint!(
-        put,
-        "/Organization/{id}",
-        Some("Organization"),
-        "update",
-        update::update_organization
-    ),
-    endpoint!(
-        get,
-        "/StructureDefinition/{id}",
-        Some("StructureDefinition"),
-        "read",
-        conformance::read_structure_definition
-    ),
-    endpoint!(
-        get,
-        "/ValueSet/{id}",
-        Some("ValueSet"),
-        "read",
-        conformance::read_value_set
-    ),
-    endpoint!(
-        get,
-        "/CodeSystem/{id}",
-        Some("CodeSystem"),
-        "read",
-        conformance::read_code_system
-    ),
+    endpoint!(put, "/Flag/{id}", Some("Flag"), "update", update::update_flag),
+    endpoint!(delete, "/Flag/{id}", Some("Flag"), "delete", delete::delete_flag),
+    endpoint!(get, "/Flag/{id}/_history", Some("Flag"), "history-instance", history::flag_history),
+    endpoint!(get, "/Flag/{id}/_history/{vid}", Some("Flag"), "vread", vread::vread_flag),
+    endpoint!(get, "/Organization", Some("Organization"), "search-type", search::search_organizations),
+    endpoint!(post, "/Organization", Some("Organization"), "create", create::create_organization),
+    endpoint!(get, "/Organization/{id}", Some("Organization"), "read", read::read_organization),
+    endpoint!(put, "/Organization/{id}", Some("Organization"), "update", update::update_organization),
+    endpoint!(get, "/AuditEvent", Some("AuditEvent"), "search-type", search::search_audit_events),
+    endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
+    endpoint!(get, "/StructureDefinition/{id}", Some("StructureDefinition"), "read", conformance::read_structure_definition),
+    endpoint!(get, "/ValueSet/{id}", Some("ValueSet"), "read", conformance::read_value_set),
+    endpoint!(get, "/CodeSystem/{id}", Some("CodeSystem"), "read", conformance::read_code_system),
 ];
 
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method

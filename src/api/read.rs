@@ -1,45 +1,82 @@
-//! `read` (FHIR R4 §3.1.0.2): `GET /Patient/{nhs}`, `GET /Flag/{id}`, `GET /Organization/{ods}`.
-//! Councils read their own records; councils' Organizations are readable by every caller so
-//! that a clinician can find whom to phone. Clinicians reach Patient and Flag data only through
-//! the audited look-up.
+//! `read` (FHIR R4 §3.1.0.2): `GET /Patient/{nhs}`, `GET /Flag/{id}`, `GET /Organization/{ods}`,
+//! `GET /AuditEvent/{id}`.
+//!
+//! Reads of Patient, Flag and AuditEvent data are audited before disclosure (see `audit`).
+//! Councils read what they are responsible for; clinicians read only what the look-up would show
+//! them (no entered-in-error Flag, nothing past retention); councils' Organizations are readable
+//! by every caller, unaudited, so that a clinician can find whom to phone.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::Reply;
+use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
 use crate::auth::{policy, Caller};
-use crate::domain::Role;
+use crate::domain::{FlagStatus, Role};
 use crate::error::ApiError;
-use crate::fhir::{flag, organization, patient};
+use crate::fhir::{audit_event, flag, organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{councils, flags, patients};
+use crate::store::flags::FlagFilter;
+use crate::store::{audit as audit_store, councils, flags, patients};
+
+/// The date before which an ended plan is past its retention window.
+pub fn visible_since(state: &AppState) -> String {
+    let today = state.now().date_naive();
+    today
+        .checked_sub_months(chrono::Months::new(state.settings.retention_months))
+        .unwrap_or(today)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+fn is_clinician(role: Role) -> bool {
+    matches!(role, Role::Clinician | Role::ClinicianScheduled)
+}
 
 pub async fn read_patient(
     req: HttpRequest,
-    caller: Caller,
+    ctx: AccessContext,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_record_reader(&caller)?;
-    let nhs = NhsNumber::parse(&path, state.settings.allow_test_nhs_numbers)
-        .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
-    let council = (caller.role == Role::Council).then(|| caller.org.as_str().to_owned());
-    let row = state
-        .store
-        .read(move |conn| {
-            let row = patients::get(conn, nhs.as_str())?
-                .ok_or_else(|| ApiError::NotFound(format!("Patient/{nhs} does not exist")))?;
-            if let Some(org) = council {
-                if row.created_by != org && !patients::council_holds_flag(conn, nhs.as_str(), &org)?
-                {
-                    return Err(ApiError::Forbidden(
-                        "this person's record is maintained by another council".into(),
-                    ));
-                }
+    let raw = path.into_inner();
+    let allow_test = state.settings.allow_test_nhs_numbers;
+    let since = visible_since(&state);
+    let hint = (raw.len() == 10).then(|| raw.clone());
+    let what = Interaction {
+        resource_type: "Patient",
+        subtype: "read",
+        listable: true,
+    };
+    let row = disclose(&state, ctx, what, hint, move |conn, ctx| {
+        let nhs = NhsNumber::parse(&raw, allow_test)
+            .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
+        let not_found = || ApiError::NotFound(format!("Patient/{nhs} is not on CP-IS"));
+        let row = patients::get(conn, nhs.as_str())?.ok_or_else(not_found)?;
+        let role = ctx.caller.role;
+        if role == Role::Council
+            && row.created_by != ctx.caller.org.as_str()
+            && !patients::council_holds_flag(conn, nhs.as_str(), ctx.caller.org.as_str())?
+        {
+            return Err(ApiError::Forbidden(
+                "this person's record is maintained by another council".into(),
+            ));
+        }
+        if is_clinician(role) {
+            let filter = FlagFilter {
+                nhs_number: Some(nhs.as_str().to_owned()),
+                visible_since: Some(since),
+                ..FlagFilter::default()
+            };
+            if flags::search(conn, &filter)?.is_empty() {
+                return Err(not_found());
             }
-            Ok(row)
-        })
-        .await?;
+        }
+        let mut d = Disclosure::about(Some(nhs.as_str().to_owned()));
+        d.reference(format!("Patient/{nhs}/_history/{}", row.version));
+        Ok((row, d))
+    })
+    .await?;
     Reply::ok(patient::render(&row))
         .versioned(row.version, row.updated_at)
         .into_response(&req)
@@ -47,22 +84,35 @@ pub async fn read_patient(
 
 pub async fn read_flag(
     req: HttpRequest,
-    caller: Caller,
+    ctx: AccessContext,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_record_reader(&caller)?;
     let id = path.into_inner();
-    let (row, council) = state
-        .store
-        .read(move |conn| {
-            let row = flags::get(conn, &id)?
-                .ok_or_else(|| ApiError::NotFound(format!("Flag/{id} does not exist")))?;
-            let council = councils::get(conn, &row.la_ods)?;
-            Ok((row, council))
-        })
-        .await?;
-    policy::require_responsible(&caller, &row.la_ods)?;
+    let since = visible_since(&state);
+    let what = Interaction {
+        resource_type: "Flag",
+        subtype: "read",
+        listable: true,
+    };
+    let (row, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
+        let not_found = || ApiError::NotFound(format!("Flag/{id} does not exist"));
+        let row = flags::get(conn, &id)?.ok_or_else(not_found)?;
+        policy::require_responsible(&ctx.caller, &row.la_ods)?;
+        let hidden = row.status == FlagStatus::EnteredInError.as_str()
+            || row
+                .period_end
+                .as_deref()
+                .is_some_and(|e| e < since.as_str());
+        if is_clinician(ctx.caller.role) && hidden {
+            return Err(not_found());
+        }
+        let council = councils::get(conn, &row.la_ods)?;
+        let mut d = Disclosure::about(Some(row.nhs_number.clone()));
+        d.flag(&row.id, row.version, &row.la_ods);
+        Ok(((row, council), d))
+    })
+    .await?;
     Reply::ok(flag::render(
         &row,
         council.as_ref().map(|c| c.name.as_str()),
@@ -88,4 +138,42 @@ pub async fn read_organization(
     Reply::ok(organization::render(&row))
         .versioned(row.version, row.updated_at)
         .into_response(&req)
+}
+
+pub async fn read_audit_event(
+    req: HttpRequest,
+    ctx: AccessContext,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let what = Interaction {
+        resource_type: "AuditEvent",
+        subtype: "read",
+        listable: false,
+    };
+    let row = disclose(&state, ctx, what, None, move |conn, ctx| {
+        let row = audit_store::get(conn, &id)?
+            .ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{id} does not exist")))?;
+        let allowed = match ctx.caller.role {
+            Role::Auditor | Role::Admin => true,
+            // A council reads the accesses to its own records (its notifications
+            // carry only the AuditEvent id).
+            Role::Council => row
+                .councils
+                .split_whitespace()
+                .any(|c| c == ctx.caller.org.as_str()),
+            Role::Clinician | Role::ClinicianScheduled => false,
+        };
+        if !allowed {
+            return Err(ApiError::Forbidden(
+                "this audit record is not about a record you are responsible for".into(),
+            ));
+        }
+        let mut d = Disclosure::about(row.patient.clone());
+        d.reference(format!("AuditEvent/{}", row.id));
+        Ok((row, d))
+    })
+    .await?;
+    Reply::ok(audit_event::render(&row)).into_response(&req)
 }

@@ -66,14 +66,11 @@ pub async fn update_patient(
     let (stored, created) = state
         .store
         .write(move |conn| match patients::get(conn, nhs.as_str())? {
+            // Any council may submit a person's demographics: they are traced against the
+            // national demographics service, so every council sends the same, and a second
+            // council taking a plan for a child already on CP-IS must be able to. Reading them
+            // back stays limited to the councils responsible.
             Some(current) => {
-                if current.created_by != org
-                    && !patients::council_holds_flag(conn, nhs.as_str(), &org)?
-                {
-                    return Err(ApiError::Forbidden(
-                        "this person's record is maintained by another council".into(),
-                    ));
-                }
                 check_version(expected, current.version)?;
                 let next = input.to_row(&current.created_by, current.version + 1, now);
                 if next.same_content(&current) {

@@ -1,10 +1,12 @@
 //! `vread` (FHIR R4 §3.1.0.3): `GET /Flag/{id}/_history/{vid}` — a Flag exactly as it was at
-//! that version, which is what an audit of a past disclosure needs.
+//! that version, which is what an audit of a past disclosure needs. Audited; not for clinicians
+//! (earlier versions may hold what was entered in error).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::Reply;
-use crate::auth::{policy, Caller};
+use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
+use crate::auth::policy;
 use crate::error::ApiError;
 use crate::fhir::flag;
 use crate::state::AppState;
@@ -12,26 +14,28 @@ use crate::store::{councils, flags};
 
 pub async fn vread_flag(
     req: HttpRequest,
-    caller: Caller,
+    ctx: AccessContext,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_record_reader(&caller)?;
     let (id, vid) = path.into_inner();
-    let version: i64 = vid
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("Flag/{id} has no version '{vid}'")))?;
-    let (row, council) = state
-        .store
-        .read(move |conn| {
-            let row = flags::version(conn, &id, version)?
-                .ok_or_else(|| ApiError::NotFound(format!("Flag/{id} has no version {version}")))?;
-            let council = councils::get(conn, &row.la_ods)?;
-            Ok((row, council))
-        })
-        .await?;
-    policy::require_responsible(&caller, &row.la_ods)?;
-    let row = row.as_flag();
+    let what = Interaction {
+        resource_type: "Flag",
+        subtype: "vread",
+        listable: false,
+    };
+    let (row, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
+        policy::require_history_reader(&ctx.caller)?;
+        let not_found = || ApiError::NotFound(format!("Flag/{id} has no version '{vid}'"));
+        let version: i64 = vid.parse().map_err(|_| not_found())?;
+        let row = flags::version(conn, &id, version)?.ok_or_else(not_found)?;
+        policy::require_responsible(&ctx.caller, &row.la_ods)?;
+        let council = councils::get(conn, &row.la_ods)?;
+        let mut d = Disclosure::about(Some(row.nhs_number.clone()));
+        d.flag(&row.flag_id, row.version, &row.la_ods);
+        Ok(((row.as_flag(), council), d))
+    })
+    .await?;
     Reply::ok(flag::render(
         &row,
         council.as_ref().map(|c| c.name.as_str()),

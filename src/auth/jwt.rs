@@ -2,6 +2,9 @@
 //! `exp`, `iss`, `aud` and `sub` are required (STACK.md "jsonwebtoken"), so `alg=none`, stripped
 //! signatures, a wrong audience and HMAC tokens signed with a public key are all refused.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +36,17 @@ struct TrustedKey {
     validation: Validation,
 }
 
-/// The keys this server trusts, each tied to one issuer and one algorithm.
+/// The most verified tokens remembered; past it, expired ones are dropped (then all).
+const CACHE_MAX: usize = 4096;
+
+/// The keys this server trusts, each tied to one issuer and one algorithm, and the tokens
+/// already verified. A signature check costs far more than the whole look-up (DESIGN.md:
+/// RS256 verification halves throughput), and a clinician's EPR sends the same token with
+/// every request, so a verified token is remembered until it expires.
 #[derive(Default)]
 pub struct Verifier {
     keys: Vec<TrustedKey>,
+    cache: Mutex<HashMap<String, (Caller, u64)>>,
 }
 
 impl Verifier {
@@ -72,8 +82,31 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies a token and returns who is calling.
+    /// Verifies a token (or recalls that it was verified and has not expired since) and
+    /// returns who is calling.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((caller, exp)) = cache.get(token) {
+                if *exp > now {
+                    return Ok(caller.clone());
+                }
+            }
+        }
+        let (caller, exp) = self.verify_signature(token)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (_, e)| *e > now);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (caller.clone(), exp));
+        }
+        Ok(caller)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Caller, u64), ApiError> {
         let unauth =
             |why: &str| ApiError::Unauthenticated(format!("the bearer token was refused: {why}"));
         let header = decode_header(token).map_err(|_| unauth("it is not a well-formed JWT"))?;
@@ -88,7 +121,10 @@ impl Verifier {
         let mut last = "no trusted key matches its algorithm and key id".to_owned();
         for k in candidates {
             match decode::<Claims>(token, &k.key, &k.validation) {
-                Ok(data) => return caller_from(data.claims),
+                Ok(data) => {
+                    let exp = data.claims.exp;
+                    return caller_from(data.claims).map(|c| (c, exp));
+                }
                 Err(e) => {
                     last = match e.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => {

@@ -31,11 +31,12 @@ impl FromRequest for Caller {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(extract(req))
+        ready(caller_of(req))
     }
 }
 
-fn extract(req: &HttpRequest) -> Result<Caller, ApiError> {
+/// The verified caller of `req`, or why there is none.
+pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;

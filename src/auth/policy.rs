@@ -28,12 +28,13 @@ pub fn require_council(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// Direct reads of Patient and Flag records outside the audited look-up.
-pub fn require_record_reader(caller: &Caller) -> Result<(), ApiError> {
+/// Earlier versions of a Flag may hold what was entered in error: they are for the council and
+/// the audit team, not for clinicians.
+pub fn require_history_reader(caller: &Caller) -> Result<(), ApiError> {
     match caller.role {
         Role::Council | Role::Admin | Role::Auditor => Ok(()),
         Role::Clinician | Role::ClinicianScheduled => Err(ApiError::Forbidden(
-            "clinicians look records up by NHS number through the audited search; direct reads are not permitted".into(),
+            "clinicians see the current record through the look-up; earlier versions are not shown to them".into(),
         )),
     }
 }

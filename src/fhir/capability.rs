@@ -32,6 +32,16 @@ fn resource_entry(resource: &str) -> Value {
         }
         _ => {}
     }
+    if resource == "AuditEvent" {
+        r["profile"] = json!(format!(
+            "{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent"
+        ));
+        r["documentation"] = json!(
+            "Written by the server for every read or search of Patient, Flag or AuditEvent data. \
+             Clinicians and the responsible council: patient:identifier gives the latest 25 unscheduled accesses. \
+             Auditors: every record about the person, newest first, paged."
+        );
+    }
     if resource == "Flag" {
         r["documentation"] = json!(
             "One Flag per plan. DELETE marks a Flag entered-in-error (kept for audit, hidden from clinicians). \

@@ -1,6 +1,8 @@
 //! The FHIR facade: parsing FHIR bodies into domain values and rendering domain rows as FHIR
 //! resources (FHIR R4 §2.6 formats, §3.1 RESTful API). Nothing here touches the database.
 
+pub mod audit_event;
+pub mod bundle;
 pub mod capability;
 pub mod codec;
 pub mod flag;
@@ -9,6 +11,7 @@ pub mod json;
 pub mod organization;
 pub mod patient;
 pub mod profile;
+pub mod search;
 
 use chrono::SecondsFormat;
 use serde_json::{json, Value};

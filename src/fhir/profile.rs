@@ -32,6 +32,11 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         include_str!("../../fhir-profiles/StructureDefinition-CPIS-Organization.json"),
     ),
     (
+        "StructureDefinition",
+        "CPIS-AuditEvent",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-AuditEvent.json"),
+    ),
+    (
         "ValueSet",
         "England-ChildProtectionPlan",
         include_str!("../../fhir-profiles/ValueSet-England-ChildProtectionPlan.json"),
@@ -45,6 +50,21 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         "CodeSystem",
         "CPIS-CouncilContactPurpose",
         include_str!("../../fhir-profiles/CodeSystem-CPIS-CouncilContactPurpose.json"),
+    ),
+    (
+        "ValueSet",
+        "CPIS-AccessType",
+        include_str!("../../fhir-profiles/ValueSet-CPIS-AccessType.json"),
+    ),
+    (
+        "CodeSystem",
+        "CPIS-AccessType",
+        include_str!("../../fhir-profiles/CodeSystem-CPIS-AccessType.json"),
+    ),
+    (
+        "CodeSystem",
+        "CPIS-Role",
+        include_str!("../../fhir-profiles/CodeSystem-CPIS-Role.json"),
     ),
 ];
 

@@ -42,3 +42,20 @@ pub fn update(conn: &mut DbConn, row: &CouncilRow) -> QueryResult<()> {
 pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
     local_authorities::table.count().get_result(conn)
 }
+
+/// The councils with these ODS codes.
+pub fn get_many(conn: &mut DbConn, ods: &[String]) -> QueryResult<Vec<CouncilRow>> {
+    local_authorities::table
+        .filter(local_authorities::ods_code.eq_any(ods))
+        .order(local_authorities::ods_code.asc())
+        .select(CouncilRow::as_select())
+        .load(conn)
+}
+
+/// Every council, by ODS code.
+pub fn all(conn: &mut DbConn) -> QueryResult<Vec<CouncilRow>> {
+    local_authorities::table
+        .order(local_authorities::ods_code.asc())
+        .select(CouncilRow::as_select())
+        .load(conn)
+}

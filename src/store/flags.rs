@@ -153,3 +153,55 @@ pub fn version(conn: &mut DbConn, id: &str, version: i64) -> QueryResult<Option<
         .first(conn)
         .optional()
 }
+
+/// What a Flag search selects in the database; date filters are applied by the caller.
+#[derive(Debug, Default, Clone)]
+pub struct FlagFilter {
+    pub nhs_number: Option<String>,
+    /// Only Flags this council authors.
+    pub council: Option<String>,
+    pub identifier_system: Option<String>,
+    pub identifier_value: Option<String>,
+    pub ids: Vec<String>,
+    pub statuses: Vec<String>,
+    pub plan_types: Vec<String>,
+    /// What clinicians may see: no entered-in-error Flags, and no plan that ended before this
+    /// date (it is past its retention window, DOMAIN.md "Retention").
+    pub visible_since: Option<String>,
+}
+
+/// Flags matching `f`, in creation order (ids are UUIDv7), so paging is stable.
+pub fn search(conn: &mut DbConn, f: &FlagFilter) -> QueryResult<Vec<FlagRow>> {
+    let mut q = flags::table.into_boxed();
+    if let Some(n) = &f.nhs_number {
+        q = q.filter(flags::nhs_number.eq(n.clone()));
+    }
+    if let Some(c) = &f.council {
+        q = q.filter(flags::la_ods.eq(c.clone()));
+    }
+    if let Some(s) = &f.identifier_system {
+        q = q.filter(flags::local_ref_system.eq(s.clone()));
+    }
+    if let Some(v) = &f.identifier_value {
+        q = q.filter(flags::local_ref_value.eq(v.clone()));
+    }
+    if !f.ids.is_empty() {
+        q = q.filter(flags::id.eq_any(f.ids.clone()));
+    }
+    if !f.statuses.is_empty() {
+        q = q.filter(flags::status.eq_any(f.statuses.clone()));
+    }
+    if !f.plan_types.is_empty() {
+        q = q.filter(flags::plan_type.eq_any(f.plan_types.clone()));
+    }
+    if let Some(since) = &f.visible_since {
+        q = q.filter(flags::status.ne("entered-in-error")).filter(
+            flags::period_end
+                .is_null()
+                .or(flags::period_end.ge(since.clone())),
+        );
+    }
+    q.order(flags::id.asc())
+        .select(FlagRow::as_select())
+        .load(conn)
+}

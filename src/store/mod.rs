@@ -1,14 +1,18 @@
 //! Storage: Diesel over SQLite (the embedded default) or PostgreSQL (scale-out), one code path
 //! (DESIGN.md "Storage"). SQL dialect differences stay inside this module.
 //!
-//! SQLite has a single writer, so writes go through a pool of one connection: writers queue in
-//! our process instead of sleeping in SQLite's busy handler, and readers (WAL) never block them.
-//! `synchronous=FULL` keeps every acknowledged write, the audit trail included, across power loss.
+//! SQLite has a single writer, so every write (and every audited read) goes through the writer
+//! thread in [`writer`], which owns the one write connection and commits in batches: writers
+//! queue in our process instead of sleeping in SQLite's busy handler, and readers (WAL) never
+//! block them. `synchronous=FULL` keeps every acknowledged write, the audit trail included,
+//! across power loss; group commit is what makes that affordable.
 
+pub mod audit;
 pub mod councils;
 pub mod flags;
 pub mod patients;
 pub mod schema;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -65,11 +69,11 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
     }
 }
 
-/// The database: a read pool and a write pool over the same URL.
+/// The database: a read pool, and the writer threads over their own connections.
 #[derive(Clone)]
 pub struct Store {
     read: DbPool,
-    write: DbPool,
+    writer: writer::Writer,
     pub backend: Backend,
 }
 
@@ -95,10 +99,11 @@ impl Store {
                 .build(ConnectionManager::<DbConn>::new(target.clone()))
                 .map_err(|e| format!("cannot open the database: {e}"))
         };
-        let write = build(match backend {
+        let writers: u32 = match backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => read_pool_size.max(2),
-        })?;
+            Backend::Postgres => 4,
+        };
+        let write = build(writers)?;
         {
             let mut conn = write
                 .get()
@@ -108,7 +113,7 @@ impl Store {
         let read = build(read_pool_size.max(1))?;
         Ok(Self {
             read,
-            write,
+            writer: writer::Writer::start(write, writers as usize),
             backend,
         })
     }
@@ -132,27 +137,32 @@ impl Store {
         .await?
     }
 
-    /// Runs `f` inside one write transaction: all of it commits or none of it does.
+    /// Runs `f` on the writer: all of `f` commits or none of it does, and the result is
+    /// returned only once it is durable.
     pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
-        let pool = self.write.clone();
-        actix_web::web::block(move || {
-            let mut conn = pool.get()?;
-            conn.transaction(|c| f(c))
-        })
-        .await?
+        self.writer.run(f).await
     }
 
-    /// A write connection for start-up tasks (demo data) outside any request.
-    pub fn write_blocking<T>(
+    /// [`Store::write`] for code outside the async runtime (start-up tasks, tools).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        self.writer.run_blocking(f)
+    }
+
+    /// A read connection for tools outside the async runtime.
+    pub fn read_blocking<T>(
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut conn = self.write.get()?;
-        conn.transaction(|c| f(c))
+        let mut conn = self.read.get()?;
+        f(&mut conn)
     }
 }
 

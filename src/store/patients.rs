@@ -69,3 +69,19 @@ pub fn council_holds_flag(conn: &mut DbConn, nhs: &str, ods: &str) -> QueryResul
     ))
     .get_result(conn)
 }
+
+/// The people a council submitted or holds a Flag on.
+pub fn of_council(conn: &mut DbConn, ods: &str) -> QueryResult<Vec<PatientRow>> {
+    let held = flags::table
+        .filter(flags::la_ods.eq(ods.to_owned()))
+        .select(flags::nhs_number);
+    patients::table
+        .filter(
+            patients::created_by
+                .eq(ods.to_owned())
+                .or(patients::nhs_number.eq_any(held)),
+        )
+        .order(patients::nhs_number.asc())
+        .select(PatientRow::as_select())
+        .load(conn)
+}

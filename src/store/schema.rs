@@ -63,4 +63,34 @@ diesel::table! {
 
 diesel::joinable!(flags -> patients (nhs_number));
 diesel::joinable!(flags -> local_authorities (la_ods));
-diesel::allow_tables_to_appear_in_same_query!(local_authorities, patients, flags, flag_versions);
+diesel::allow_tables_to_appear_in_same_query!(
+    local_authorities,
+    patients,
+    flags,
+    flag_versions,
+    audit_events
+);
+
+diesel::table! {
+    audit_events (id) {
+        id -> Text,
+        recorded -> BigInt,
+        resource_type -> Text,
+        subtype -> Text,
+        outcome -> Text,
+        outcome_desc -> Nullable<Text>,
+        user_id -> Text,
+        user_name -> Nullable<Text>,
+        user_role -> Text,
+        user_org -> Text,
+        client -> Text,
+        patient -> Nullable<Text>,
+        councils -> Text,
+        disclosed -> Text,
+        request_id -> Text,
+        trace_id -> Nullable<Text>,
+        unscheduled -> Bool,
+        listed -> Bool,
+        query -> Text,
+    }
+}

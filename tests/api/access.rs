@@ -50,7 +50,7 @@ async fn council_b_cannot_create_update_read_or_delete_council_a_s_flag() {
 }
 
 #[actix_rt::test]
-async fn clinicians_cannot_write_or_read_records_directly() {
+async fn clinicians_cannot_write_nor_see_earlier_versions() {
     let app = TestApp::spawn().await;
     let flag = app.given_flag(LA_A, NHS_1, "PLAN-1").await;
     let id = flag["id"].as_str().expect("id");
@@ -68,12 +68,15 @@ async fn clinicians_cannot_write_or_read_records_directly() {
         app.put_json(&format!("/Patient/{NHS_1}"), &t, &patient_json(NHS_1))
             .await
             .assert_outcome(403, "forbidden");
-        app.get(&format!("/Flag/{id}"), &t)
+        app.get(&format!("/Flag/{id}/_history"), &t)
             .await
             .assert_outcome(403, "forbidden");
-        app.get(&format!("/Patient/{NHS_1}"), &t)
+        app.get(&format!("/Flag/{id}/_history/1"), &t)
             .await
             .assert_outcome(403, "forbidden");
+        // The current record is readable, audited like the look-up.
+        assert_eq!(app.get(&format!("/Flag/{id}"), &t).await.status, 200);
+        assert_eq!(app.get(&format!("/Patient/{NHS_1}"), &t).await.status, 200);
     }
 }
 

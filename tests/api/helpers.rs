@@ -8,7 +8,11 @@ use cpis_fhir::auth::dev::{self, TokenRequest};
 use cpis_fhir::config::Settings;
 use cpis_fhir::domain::{OdsCode, Role};
 use cpis_fhir::startup::{build_state, Application};
-use cpis_fhir::state::system_clock;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use cpis_fhir::state::Clock;
+use cpis_fhir::store::Store;
 use serde_json::{json, Value};
 
 pub const LA_A: &str = "LA901";
@@ -72,7 +76,12 @@ pub struct TestApp {
     pub base: String,
     pub dir: tempfile::TempDir,
     client: awc::Client,
+    now: Arc<Mutex<DateTime<Utc>>>,
+    db_url: String,
 }
+
+/// The date every test server starts at, so date rules are deterministic.
+pub const TODAY: &str = "2026-11-25T12:00:00Z";
 
 impl TestApp {
     /// A server in dev mode (test NHS numbers allowed) with councils LA901 and LA902.
@@ -88,7 +97,15 @@ impl TestApp {
         settings.workers = 1;
         settings.base_url = format!("http://127.0.0.1:{port}");
         tweak(&mut settings);
-        let state = build_state(settings, system_clock()).expect("state");
+        let now = Arc::new(Mutex::new(
+            DateTime::parse_from_rfc3339(TODAY)
+                .expect("date")
+                .with_timezone(&Utc),
+        ));
+        let clock_now = Arc::clone(&now);
+        let clock: Clock = Arc::new(move || *clock_now.lock().expect("clock"));
+        let db_url = settings.database_url.clone();
+        let state = build_state(settings, clock).expect("state");
         let app = Application::build(state, listener).expect("server");
         actix_rt::spawn(app.server());
         let client = awc::Client::builder()
@@ -98,6 +115,8 @@ impl TestApp {
             base: format!("http://127.0.0.1:{port}"),
             dir,
             client,
+            now,
+            db_url,
         };
         for (ods, name) in [
             (LA_A, "Northmoor Borough Council"),
@@ -113,6 +132,25 @@ impl TestApp {
             assert_eq!(r.status, 201, "{}", r.text());
         }
         t
+    }
+
+    /// Moves the server's clock.
+    pub fn set_today(&self, date: &str) {
+        let t = DateTime::parse_from_rfc3339(&format!("{date}T12:00:00Z")).expect("date");
+        *self.now.lock().expect("clock") = t.with_timezone(&Utc);
+    }
+
+    /// Rows in the audit trail, read straight from the database.
+    pub fn audit_count(&self) -> i64 {
+        let store = Store::open(&self.db_url, 1).expect("store");
+        store
+            .read_blocking(|c| Ok(cpis_fhir::store::audit::count(c)?))
+            .expect("count")
+    }
+
+    /// The database location, for tests that tamper with it.
+    pub fn database(&self) -> &str {
+        &self.db_url
     }
 
     pub fn token(&self, role: Role, org: &str) -> String {
@@ -285,4 +323,64 @@ pub fn org_json(ods: &str, name: &str) -> Value {
             },
         ],
     })
+}
+
+impl TestApp {
+    /// Registers a plan shaped by `shape` for a person (registering them if needed).
+    pub async fn given_flag_shaped(
+        &self,
+        council: &str,
+        nhs: &str,
+        plan_ref: &str,
+        shape: impl FnOnce(&mut Value),
+    ) -> Value {
+        self.given_patient(council, nhs).await;
+        let mut f = flag_json(nhs, council, plan_ref);
+        shape(&mut f);
+        let r = self.post_json("/Flag", &self.council(council), &f).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    }
+
+    /// The clinician's look-up of one person.
+    pub async fn lookup(
+        &self,
+        token: &str,
+        nhs: &str,
+        extra: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let path =
+            format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}{extra}");
+        self.request(Method::GET, &path, Some(token), headers, None)
+            .await
+    }
+
+    /// Every audit record about a person, as the audit team sees them, newest first.
+    pub async fn audit_of(&self, nhs: &str) -> Vec<Value> {
+        let t = self.token(Role::Auditor, "X26");
+        let r = self
+            .get(&format!("/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count=100"), &t)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e["resource"].clone())
+            .collect()
+    }
+}
+
+/// The resources of a searchset, by search mode.
+pub fn entries(bundle: &Value, mode: &str) -> Vec<Value> {
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| e["resource"].clone())
+        .collect()
 }

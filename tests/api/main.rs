@@ -6,6 +6,7 @@
 mod access;
 mod cli;
 mod helpers;
+mod lookup;
 mod resources;
 mod robustness;
 mod validation;

@@ -1,0 +1,217 @@
+//! Audit before disclosure (DESIGN.md "The disclosure path"; DOMAIN.md "Interactions": every
+//! look-up is recorded). Every read or search of Patient, Flag or AuditEvent data — hit, miss or
+//! refusal, by any authenticated caller — writes exactly one audit row in the same transaction
+//! as the read; the response is sent only after that transaction commits. If the row cannot be
+//! written the caller gets 503 and nothing is disclosed (fail closed).
+
+use std::future::{ready, Ready};
+
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+
+use crate::auth::Caller;
+use crate::domain::Role;
+use crate::error::ApiError;
+use crate::middleware::RequestId;
+use crate::state::AppState;
+use crate::store::audit::{self as audit_store, AuditRow};
+use crate::store::{micros, DbConn};
+
+/// Who is asking, in which care setting, for which request: everything an audit row needs
+/// besides the outcome.
+#[derive(Debug, Clone)]
+pub struct AccessContext {
+    pub caller: Caller,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    /// Unscheduled care (the look-up notifies the council and is listed in the history), or the
+    /// reason the `IsUnscheduledAccessEvent` header was refused — itself an audited refusal.
+    pub unscheduled: Result<bool, String>,
+    /// Method, path and query string as received.
+    pub query: String,
+}
+
+impl AccessContext {
+    fn from_parts(req: &HttpRequest, caller: Caller) -> Self {
+        let header = req
+            .headers()
+            .get("IsUnscheduledAccessEvent")
+            .map(|h| h.to_str().unwrap_or("").trim().to_ascii_lowercase());
+        // DOMAIN.md: absent means unscheduled; `false` is a silent read (scheduled care).
+        let unscheduled = match (caller.role, header.as_deref()) {
+            (_, Some(v)) if v != "true" && v != "false" => Err(format!(
+                "the IsUnscheduledAccessEvent header must be true or false, not '{v}'"
+            )),
+            (Role::Clinician, Some("false")) => Ok(false),
+            (Role::Clinician, _) => Ok(true),
+            _ => Ok(false),
+        };
+        let trace_id = req
+            .headers()
+            .get("TraceID")
+            .and_then(|h| h.to_str().ok())
+            .map(|s| s.chars().take(200).collect());
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let uri = req.uri();
+        let query = format!(
+            "{} {}",
+            req.method(),
+            uri.path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(uri.path())
+        );
+        Self {
+            caller,
+            request_id,
+            trace_id,
+            unscheduled,
+            query,
+        }
+    }
+
+    pub fn is_unscheduled(&self) -> bool {
+        matches!(self.unscheduled, Ok(true))
+    }
+}
+
+impl FromRequest for AccessContext {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(crate::auth::caller_of(req).map(|caller| Self::from_parts(req, caller)))
+    }
+}
+
+/// What a read disclosed, for the audit row.
+#[derive(Debug, Default, Clone)]
+pub struct Disclosure {
+    /// The person the access was about, once known.
+    pub patient: Option<String>,
+    /// Version-specific references disclosed: `Flag/{id}/_history/{v}`, `Patient/{nhs}`, …
+    pub references: Vec<String>,
+    /// ODS codes of the councils responsible for what was disclosed.
+    pub councils: Vec<String>,
+}
+
+impl Disclosure {
+    pub fn about(patient: Option<String>) -> Self {
+        Self {
+            patient,
+            ..Self::default()
+        }
+    }
+
+    pub fn flag(&mut self, id: &str, version: i64, council: &str) {
+        self.references
+            .push(format!("Flag/{id}/_history/{version}"));
+        if !self.councils.iter().any(|c| c == council) {
+            self.councils.push(council.to_owned());
+        }
+    }
+
+    pub fn reference(&mut self, r: String) {
+        self.references.push(r);
+    }
+}
+
+/// What kind of access this was, for the audit row.
+#[derive(Debug, Clone, Copy)]
+pub struct Interaction {
+    pub resource_type: &'static str,
+    /// FHIR restful-interaction code.
+    pub subtype: &'static str,
+    /// Whether this kind of access can appear in a person's access history (a look-up of their
+    /// record; not a reading of the history itself).
+    pub listable: bool,
+}
+
+/// Runs a read (`f`), then writes its audit row, on the same connection and in the same
+/// transaction. Refusals from `f` are audited and returned inside `Ok`; only a failure to write
+/// the audit row is an outer `Err`, which rolls back and answers 503.
+pub fn audited<T>(
+    conn: &mut DbConn,
+    ctx: &AccessContext,
+    what: Interaction,
+    patient_hint: Option<String>,
+    now: i64,
+    f: impl FnOnce(&mut DbConn) -> Result<(T, Disclosure), ApiError>,
+) -> Result<Result<T, ApiError>, ApiError> {
+    let outcome = match &ctx.unscheduled {
+        Err(why) => Err(ApiError::PreconditionHeader(why.clone())),
+        Ok(_) => f(conn),
+    };
+    let row = row_for(ctx, what, patient_hint, now, &outcome);
+    audit_store::insert(conn, &row)
+        .map_err(|e| ApiError::Unavailable(format!("the audit trail could not be written: {e}")))?;
+    Ok(outcome.map(|(t, _)| t))
+}
+
+fn row_for<T>(
+    ctx: &AccessContext,
+    what: Interaction,
+    patient_hint: Option<String>,
+    now: i64,
+    outcome: &Result<(T, Disclosure), ApiError>,
+) -> AuditRow {
+    let (code, desc, disclosure) = match outcome {
+        Ok((_, d)) => ("0", None, Some(d)),
+        Err(e) => {
+            let status = actix_web::ResponseError::status_code(e);
+            let code = if status.is_server_error() { "8" } else { "4" };
+            (code, Some(format!("{} {e}", status.as_u16())), None)
+        }
+    };
+    let disclosed = disclosure.map(|d| d.references.clone()).unwrap_or_default();
+    let councils = disclosure.map(|d| d.councils.join(" ")).unwrap_or_default();
+    let patient = disclosure.and_then(|d| d.patient.clone()).or(patient_hint);
+    let listed = what.listable
+        && ctx.caller.role == Role::Clinician
+        && ctx.is_unscheduled()
+        && code == "0"
+        && !disclosed.is_empty();
+    AuditRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        recorded: now,
+        resource_type: what.resource_type.to_owned(),
+        subtype: what.subtype.to_owned(),
+        outcome: code.to_owned(),
+        outcome_desc: desc,
+        user_id: ctx.caller.user_id.clone(),
+        user_name: ctx.caller.name.clone(),
+        user_role: ctx.caller.role.as_str().to_owned(),
+        user_org: ctx.caller.org.as_str().to_owned(),
+        client: ctx.caller.issuer.clone(),
+        patient,
+        councils,
+        disclosed: serde_json::to_string(&disclosed).unwrap_or_else(|_| "[]".into()),
+        request_id: ctx.request_id.clone(),
+        trace_id: ctx.trace_id.clone(),
+        unscheduled: ctx.is_unscheduled(),
+        listed,
+        query: ctx.query.clone(),
+    }
+}
+
+/// Runs an audited read on the writer and returns its result once the audit row is committed.
+/// `f` gets the connection and the access context; a refusal it returns is audited too.
+pub async fn disclose<T, F>(
+    state: &AppState,
+    ctx: AccessContext,
+    what: Interaction,
+    patient_hint: Option<String>,
+    f: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
+{
+    let now = micros(state.now());
+    state
+        .store
+        .write(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
+        .await?
+}

@@ -1,0 +1,133 @@
+//! AuditEvent rendering, shaped after IHE Basic Audit Log Patterns (BALP) PatientRead /
+//! PatientQuery (FHIR R4 §6.4 AuditEvent): type `rest`, subtype the interaction, action `E`,
+//! agents for the user (with role and organisation), the client system and this server, and
+//! entities for the patient, the query, each disclosed version and the request id.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::domain::{NHS_NUMBER_SYSTEM, ODS_ORG_SYSTEM, PROFILE_BASE, SDS_USER_SYSTEM};
+use crate::fhir::instant;
+use crate::store::audit::AuditRow;
+
+pub const ACCESS_TYPE_SYSTEM: &str =
+    "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-AccessType";
+pub const ROLE_SYSTEM: &str = "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-Role";
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+
+pub fn render(row: &AuditRow) -> Value {
+    let (access_code, access_display) = if row.unscheduled {
+        (
+            "unscheduled",
+            "Unscheduled care access (the council is notified)",
+        )
+    } else {
+        ("scheduled", "Scheduled or non-care access (silent read)")
+    };
+    let mut user = json!({
+        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
+        "role": [{ "coding": [{ "system": ROLE_SYSTEM, "code": row.user_role }] }],
+        "who": { "identifier": { "system": SDS_USER_SYSTEM, "value": row.user_id } },
+        "requestor": true,
+    });
+    if let Some(name) = &row.user_name {
+        user["who"]["display"] = json!(name);
+    }
+    let mut entities = Vec::new();
+    if let Some(nhs) = &row.patient {
+        entities.push(json!({
+            "what": { "identifier": { "system": NHS_NUMBER_SYSTEM, "value": nhs } },
+            "type": { "system": ENTITY_TYPE, "code": "1", "display": "Person" },
+            "role": { "system": OBJECT_ROLE, "code": "1", "display": "Patient" },
+        }));
+    }
+    entities.push(json!({
+        "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+        "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
+        "query": base64::engine::general_purpose::STANDARD.encode(row.query.as_bytes()),
+    }));
+    let disclosed: Vec<String> = serde_json::from_str(&row.disclosed).unwrap_or_default();
+    for reference in disclosed {
+        entities.push(json!({
+            "what": { "reference": reference },
+            "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+            "role": { "system": OBJECT_ROLE, "code": "4", "display": "Domain Resource" },
+        }));
+    }
+    for ods in row.councils.split_whitespace() {
+        entities.push(json!({
+            "what": {
+                "reference": format!("Organization/{ods}"),
+                "identifier": { "system": ODS_ORG_SYSTEM, "value": ods },
+            },
+            "type": { "system": ENTITY_TYPE, "code": "3", "display": "Organization" },
+            "description": "Responsible council",
+        }));
+    }
+    entities.push(json!({
+        "what": { "identifier": { "value": row.request_id } },
+        "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
+    }));
+    if let Some(trace) = &row.trace_id {
+        entities.push(json!({
+            "what": { "identifier": { "value": trace } },
+            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "TraceID" },
+            "description": "TraceID header",
+        }));
+    }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": row.id,
+        "meta": { "profile": [format!("{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent")] },
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": row.subtype }],
+        "action": "E",
+        "recorded": instant(row.recorded),
+        "outcome": row.outcome,
+        "purposeOfEvent": [{ "coding": [{
+            "system": ACCESS_TYPE_SYSTEM, "code": access_code, "display": access_display,
+        }]}],
+        "agent": [
+            user,
+            {
+                "type": { "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                    "code": "PROV",
+                    "display": "healthcare provider",
+                }]},
+                "who": { "identifier": { "system": ODS_ORG_SYSTEM, "value": row.user_org } },
+                "requestor": false,
+            },
+            {
+                "type": { "coding": [{ "system": DCM, "code": "110150", "display": "Application" }] },
+                "who": { "display": row.client },
+                "requestor": false,
+            },
+            {
+                "type": { "coding": [{ "system": DCM, "code": "110152", "display": "Destination Role ID" }] },
+                "who": { "display": "cpis-fhir" },
+                "requestor": false,
+            },
+        ],
+        "source": {
+            "observer": { "display": "cpis-fhir" },
+            "type": [{
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }],
+        },
+        "entity": entities,
+    });
+    if let Some(desc) = &row.outcome_desc {
+        event["outcomeDesc"] = json!(desc);
+    }
+    event
+}

@@ -1,0 +1,102 @@
+//! Bundles (FHIR R4 §2.36 Bundle): `searchset` with `self`/`next` links, `total` and
+//! `search.mode` match/include (§3.1.1.2 paging), and `history`.
+
+use serde_json::{json, Value};
+
+/// One resource in a searchset.
+pub struct Entry {
+    pub resource_type: &'static str,
+    pub id: String,
+    pub resource: Value,
+    pub include: bool,
+}
+
+pub struct SearchSet<'a> {
+    pub base: &'a str,
+    /// The searched path, e.g. `Flag`.
+    pub path: &'a str,
+    /// Query string of the parameters used, without the cursor.
+    pub query: String,
+    /// The cursor this page was fetched with, if any.
+    pub cursor: Option<String>,
+    pub next_cursor: Option<String>,
+    /// `None` where counting every match is not worth it (the audit team's paged view).
+    pub total: Option<usize>,
+    pub entries: Vec<Entry>,
+}
+
+fn url(base: &str, path: &str, query: &str, cursor: Option<&str>) -> String {
+    let mut q = query.to_owned();
+    if let Some(c) = cursor {
+        if !q.is_empty() {
+            q.push('&');
+        }
+        q.push_str("_cursor=");
+        q.push_str(&crate::fhir::search::encode(c));
+    }
+    if q.is_empty() {
+        format!("{base}/{path}")
+    } else {
+        format!("{base}/{path}?{q}")
+    }
+}
+
+impl SearchSet<'_> {
+    pub fn render(self) -> Value {
+        let mut links = vec![json!({
+            "relation": "self",
+            "url": url(self.base, self.path, &self.query, self.cursor.as_deref()),
+        })];
+        if let Some(next) = &self.next_cursor {
+            links.push(json!({
+                "relation": "next",
+                "url": url(self.base, self.path, &self.query, Some(next)),
+            }));
+        }
+        let entries: Vec<Value> = self
+            .entries
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "fullUrl": format!("{}/{}/{}", self.base, e.resource_type, e.id),
+                    "resource": e.resource,
+                    "search": { "mode": if e.include { "include" } else { "match" } },
+                })
+            })
+            .collect();
+        let mut b = json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "meta": { "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true) },
+            "type": "searchset",
+            "link": links,
+        });
+        if let Some(t) = self.total {
+            b["total"] = json!(t);
+        }
+        if !entries.is_empty() {
+            b["entry"] = json!(entries);
+        }
+        b
+    }
+}
+
+/// Pages `items` (already in a stable order, keyed by `key`) after `cursor`.
+pub fn page<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    cursor: Option<&str>,
+    count: usize,
+) -> (Vec<T>, Option<String>) {
+    let mut rest: Vec<T> = match cursor {
+        Some(c) => items.into_iter().filter(|i| key(i) > c).collect(),
+        None => items,
+    };
+    if rest.len() > count {
+        rest.truncate(count);
+        let next = rest.last().map(|l| key(l).to_owned());
+        (rest, next)
+    } else {
+        (rest, None)
+    }
+}

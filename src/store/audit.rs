@@ -1,0 +1,90 @@
+//! The audit trail: one row per read or search of Patient or Flag data (hit, miss or refusal),
+//! never updated through the API.
+
+use diesel::prelude::*;
+
+use super::schema::audit_events;
+use super::DbConn;
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = audit_events)]
+pub struct AuditRow {
+    /// UUIDv7: time-ordered, so inserts append.
+    pub id: String,
+    pub recorded: i64,
+    /// The resource type read or searched.
+    pub resource_type: String,
+    /// FHIR restful-interaction code: read, vread, history-instance, search-type.
+    pub subtype: String,
+    /// AuditEvent.outcome: 0 success, 4 minor failure (refused, invalid), 8 serious failure.
+    pub outcome: String,
+    pub outcome_desc: Option<String>,
+    pub user_id: String,
+    pub user_name: Option<String>,
+    pub user_role: String,
+    pub user_org: String,
+    /// The calling system (token issuer).
+    pub client: String,
+    /// The NHS number the access was about, where known.
+    pub patient: Option<String>,
+    /// Space-separated ODS codes of the councils whose records were disclosed.
+    pub councils: String,
+    /// JSON array of version-specific references disclosed (`Flag/{id}/_history/{v}`, `Patient/{nhs}`).
+    pub disclosed: String,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub unscheduled: bool,
+    /// Shown in the person's access history: an unscheduled access that disclosed a record.
+    pub listed: bool,
+    /// The query as received (method, path and query string).
+    pub query: String,
+}
+
+pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
+    diesel::insert_into(audit_events::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<AuditRow>> {
+    audit_events::table
+        .find(id)
+        .select(AuditRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The person's access history: the latest `limit` listed accesses, newest first.
+pub fn listed_for_patient(conn: &mut DbConn, nhs: &str, limit: i64) -> QueryResult<Vec<AuditRow>> {
+    audit_events::table
+        .filter(audit_events::patient.eq(nhs))
+        .filter(audit_events::listed.eq(true))
+        .order((audit_events::recorded.desc(), audit_events::id.desc()))
+        .limit(limit)
+        .select(AuditRow::as_select())
+        .load(conn)
+}
+
+/// Every audit row about the person, newest first, after the cursor (an id), for the audit team.
+pub fn all_for_patient(
+    conn: &mut DbConn,
+    nhs: &str,
+    before_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<AuditRow>> {
+    let mut q = audit_events::table
+        .filter(audit_events::patient.eq(nhs))
+        .into_boxed();
+    if let Some(b) = before_id {
+        q = q.filter(audit_events::id.lt(b.to_owned()));
+    }
+    q.order(audit_events::id.desc())
+        .limit(limit)
+        .select(AuditRow::as_select())
+        .load(conn)
+}
+
+pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
+    audit_events::table.count().get_result(conn)
+}

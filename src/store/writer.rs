@@ -1,0 +1,166 @@
+//! The single writer: every write and every audited read runs on dedicated writer threads,
+//! batched into one transaction per batch (group commit; DESIGN.md "The disclosure path").
+//!
+//! A handler hands its work to [`Writer::run`]; the thread takes every job waiting (up to a
+//! batch limit), runs each inside its own savepoint — so one failing request never rolls back
+//! its neighbours — commits once, and only then answers each caller. Under load batches grow by
+//! themselves; idle, a batch is one request. Nothing is answered before it is durable: if the
+//! commit fails, every job in the batch gets 503 and nothing is disclosed.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::Connection;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::store::{DbConn, DbPool};
+
+/// What a job gives back once the batch's fate is known.
+type Finish = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn FnOnce(&mut DbConn) -> Finish + Send>;
+
+/// The most jobs in one transaction: bounds the latency a batch can add.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts `threads` writer threads, each holding one connection of `pool` for its life.
+    pub fn start(pool: DbPool, threads: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads.max(1) {
+            let rx = Arc::clone(&rx);
+            let pool = pool.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cpis-writer-{n}"))
+                .spawn(move || writer_loop(&pool, &rx));
+            if let Err(e) = spawned {
+                log::error!("cannot start writer thread: {e}");
+            }
+        }
+        Self { tx }
+    }
+
+    /// Runs `f` in its own savepoint inside the next batch and returns its result once the
+    /// batch is committed. An `Err` from `f` rolls back only `f`'s own changes.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        self.submit(f)?
+            .await
+            .map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+    }
+
+    /// [`Writer::run`] for callers outside the async runtime.
+    pub fn run_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        self.submit(f)?
+            .blocking_recv()
+            .map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+    }
+
+    fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, ApiError>>, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, ApiError>>();
+        let job: Job = Box::new(move |conn: &mut DbConn| {
+            let result = conn.transaction(|c| f(c));
+            Box::new(move |committed: bool| {
+                let out = if committed {
+                    result
+                } else {
+                    Err(ApiError::Unavailable(
+                        "the transaction could not be committed".into(),
+                    ))
+                };
+                // The caller may have gone away; its work is committed either way.
+                let _ = reply.send(out);
+            })
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| ApiError::Unavailable("the database writer has stopped".into()))?;
+        Ok(answer)
+    }
+}
+
+fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>) {
+    let mut conn = None;
+    loop {
+        let jobs = {
+            let Ok(guard) = rx.lock() else { return };
+            let Ok(first) = guard.recv() else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match guard.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        if conn.is_none() {
+            match pool.get() {
+                Ok(c) => conn = Some(c),
+                Err(e) => log::error!("writer cannot get a database connection: {e}"),
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            // No connection: nothing can be made durable. Dropping a job drops its reply
+            // channel, and its caller answers 503.
+            drop(jobs);
+            continue;
+        };
+        let (finishes, committed) = run_batch(c, jobs);
+        if !committed && is_broken(c) {
+            conn = None;
+        }
+        for f in finishes {
+            f(committed);
+        }
+    }
+}
+
+fn begin(conn: &mut DbConn) -> diesel::QueryResult<()> {
+    match conn {
+        // IMMEDIATE takes the write lock up front, so a batch never fails half-way on a lock
+        // held by another process (a CLI purge, say); busy_timeout waits for it instead.
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+        DbConn::Pg(_) => <DbConn as Connection>::TransactionManager::begin_transaction(conn),
+    }
+}
+
+fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
+    if let Err(e) = begin(conn) {
+        log::error!("writer cannot begin a transaction: {e}");
+        // Dropped jobs answer 503 through their closed reply channels.
+        drop(jobs);
+        return (Vec::new(), false);
+    }
+    let finishes: Vec<Finish> = jobs.into_iter().map(|job| job(conn)).collect();
+    match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
+        Ok(()) => (finishes, true),
+        Err(e) => {
+            log::error!("writer commit failed: {e}");
+            let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+            (finishes, false)
+        }
+    }
+}
+
+fn is_broken(conn: &mut DbConn) -> bool {
+    <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+}
