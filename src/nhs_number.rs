@@ -64,21 +64,31 @@ impl NhsNumber {
         &self.0
     }
 
-    /// The number of the `index`-th valid test-range NHS number (999 range); used for demo and
-    /// benchmark data so that no real person's number is ever generated.
-    pub fn test_number(index: u32) -> Self {
-        let mut n: u64 = 999_000_000 + u64::from(index);
-        loop {
-            let candidate = format!("{n:09}");
-            for check in 0..10 {
-                let full = format!("{candidate}{check}");
-                if let Ok(v) = Self::parse(&full, true) {
-                    return v;
-                }
+    /// Every valid NHS number of the test range (999 000 0000 to 999 999 9999), in order:
+    /// demo and benchmark data use these so that no real person's number is ever generated.
+    pub fn test_numbers() -> impl Iterator<Item = NhsNumber> {
+        (999_000_000u32..=999_999_999).filter_map(|prefix| {
+            let digits = prefix.to_string();
+            let sum: u32 = digits
+                .bytes()
+                .zip((2..=10).rev())
+                .map(|(b, w)| u32::from(b - b'0') * w)
+                .sum();
+            match 11 - (sum % 11) {
+                10 => None,
+                11 => Some(NhsNumber(format!("{digits}0"))),
+                c => Some(NhsNumber(format!("{digits}{c}"))),
             }
-            // Numbers whose check digit would be 10 do not exist; take the next.
-            n += 1;
-        }
+        })
+    }
+
+    /// A valid test-range NHS number chosen by `index` (wrapping within the range).
+    pub fn test_number(index: u32) -> Self {
+        let start = 999_000_000 + index % 1_000_000;
+        (start..=999_999_999)
+            .chain(999_000_000..start)
+            .find_map(|p| (0..10).find_map(|c| Self::parse(&format!("{p}{c}"), true).ok()))
+            .unwrap_or_else(|| NhsNumber("9990000018".to_owned()))
     }
 }
 
@@ -145,6 +155,17 @@ mod tests {
             Err(NhsNumberError::TestNumber)
         );
         assert!(NhsNumber::parse(n.as_str(), true).is_ok());
+    }
+
+    #[test]
+    fn the_test_range_enumerates_only_valid_numbers() {
+        let first: Vec<NhsNumber> = NhsNumber::test_numbers().take(1000).collect();
+        assert!(first
+            .iter()
+            .all(|n| NhsNumber::parse(n.as_str(), true).is_ok()));
+        assert!(first.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(NhsNumber::test_number(999_999).as_str().len(), 10);
+        assert_eq!(NhsNumber::test_number(5_000_000).as_str().len(), 10);
     }
 
     #[test]

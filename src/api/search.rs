@@ -331,11 +331,11 @@ fn run_flag_search(
     let mut ods: Vec<String> = flags.iter().map(|f| f.la_ods.clone()).collect();
     ods.sort();
     ods.dedup();
-    let councils = if ods.is_empty() {
-        Vec::new()
-    } else {
-        councils::get_many(conn, &ods)?
-    };
+    // One cached lookup per council (a person rarely has more than two).
+    let mut councils = Vec::with_capacity(ods.len());
+    for o in &ods {
+        councils.extend(councils::get(conn, o)?);
+    }
     let mut disclosure = Disclosure::about(q.patient.as_ref().map(|n| n.as_str().to_owned()));
     for f in &flags {
         disclosure.flag(&f.id, f.version, &f.la_ods);

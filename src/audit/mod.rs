@@ -210,8 +210,9 @@ where
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
     let now = micros(state.now());
+    // `f` only reads; the audit row is the job's one write.
     state
         .store
-        .write(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
+        .write_single(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
         .await?
 }

@@ -60,10 +60,16 @@ fn main() {
     }
 }
 
-/// Index → NHS number; hits use 0..people, misses a disjoint range.
-fn nhs(i: u32) -> String {
-    NhsNumber::test_number(i * 11).as_str().to_owned()
+/// The register's NHS numbers (the first `people` of the test range) and, after them, numbers
+/// that are valid but not registered (the misses).
+fn numbers(people: u32, misses: u32) -> Vec<String> {
+    NhsNumber::test_numbers()
+        .take((people + misses) as usize)
+        .map(|n| n.as_str().to_owned())
+        .collect()
 }
+
+const MISSES: u32 = 50_000;
 
 fn run(args: &Args) -> Result<(), String> {
     let temp = args.data_dir.is_none();
@@ -90,6 +96,12 @@ fn run(args: &Args) -> Result<(), String> {
             );
         }
     }
+    let audits_before = {
+        let store = Store::open(&db.to_string_lossy(), 1)?;
+        store
+            .read_blocking(|c| Ok(store::audit::count(c)?))
+            .map_err(|e| e.to_string())?
+    };
     let mut server = start_server(&dir, args.port)?;
     let result = drive(args, &dir, server.id());
     let rss = peak_rss_kib(server.id());
@@ -99,13 +111,15 @@ fn run(args: &Args) -> Result<(), String> {
     let store = Store::open(&db.to_string_lossy(), 1)?;
     let audits = store
         .read_blocking(|c| Ok(store::audit::count(c)?))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        - audits_before;
     let mut l = latencies;
     l.sort_unstable();
     let pct = |p: f64| -> f64 {
         let idx = ((l.len() as f64 - 1.0) * p).round() as usize;
         l.get(idx).copied().unwrap_or(0) as f64 / 1000.0
     };
+    println!("people                 {}", args.people);
     println!("connections            {}", args.connections);
     println!(
         "measured requests      {} in {:.1} s",
@@ -164,15 +178,17 @@ fn generate(store: &Store, args: &Args) -> Result<(), String> {
             Ok(())
         })
         .map_err(|e| e.to_string())?;
+    let all = std::sync::Arc::new(numbers(args.people, 0));
     let chunk = 5_000u32;
     let mut start = 0;
     while start < args.people {
         let end = (start + chunk).min(args.people);
         let councils = councils.clone();
+        let all = all.clone();
         store
             .write_blocking(move |c| {
                 for i in start..end {
-                    let n = nhs(i);
+                    let n = all[i as usize].clone();
                     store::patients::insert(
                         c,
                         &PatientRow {
@@ -303,13 +319,9 @@ fn drive(args: &Args, dir: &Path, _server: u32) -> Result<Outcome, String> {
             audience: "cpis-fhir".into(),
         },
     )?;
-    let hits: Arc<Vec<String>> = Arc::new(
-        (0..args.people.min(50_000))
-            .map(|i| nhs(i * (args.people / args.people.min(50_000)).max(1)))
-            .collect(),
-    );
-    let misses: Arc<Vec<String>> =
-        Arc::new((0..50_000).map(|i| nhs(args.people + 1_000 + i)).collect());
+    let mut all = numbers(args.people, MISSES);
+    let misses: Arc<Vec<String>> = Arc::new(all.split_off(args.people as usize));
+    let hits: Arc<Vec<String>> = Arc::new(all);
     let include = if args.include_author {
         "&_include=Flag:author"
     } else {

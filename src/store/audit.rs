@@ -41,9 +41,7 @@ pub struct AuditRow {
 }
 
 pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
-    diesel::insert_into(audit_events::table)
-        .values(row)
-        .execute(conn)
+    super::on_backend!(conn, c => diesel::insert_into(audit_events::table).values(row).execute(c))
         .map(|_| ())
 }
 

@@ -18,11 +18,11 @@ pub struct CouncilRow {
 }
 
 pub fn get(conn: &mut DbConn, ods: &str) -> QueryResult<Option<CouncilRow>> {
-    local_authorities::table
+    super::on_backend!(conn, c => local_authorities::table
         .find(ods)
         .select(CouncilRow::as_select())
-        .first(conn)
-        .optional()
+        .first(c)
+        .optional())
 }
 
 pub fn insert(conn: &mut DbConn, row: &CouncilRow) -> QueryResult<()> {
@@ -41,15 +41,6 @@ pub fn update(conn: &mut DbConn, row: &CouncilRow) -> QueryResult<()> {
 
 pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
     local_authorities::table.count().get_result(conn)
-}
-
-/// The councils with these ODS codes.
-pub fn get_many(conn: &mut DbConn, ods: &[String]) -> QueryResult<Vec<CouncilRow>> {
-    local_authorities::table
-        .filter(local_authorities::ods_code.eq_any(ods))
-        .order(local_authorities::ods_code.asc())
-        .select(CouncilRow::as_select())
-        .load(conn)
 }
 
 /// Every council, by ODS code.

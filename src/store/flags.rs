@@ -170,38 +170,45 @@ pub struct FlagFilter {
     pub visible_since: Option<String>,
 }
 
+impl FlagFilter {
+    /// Whether a row passes every condition of the filter.
+    pub fn matches(&self, r: &FlagRow) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.nhs_number, &r.nhs_number)
+            && eq(&self.council, &r.la_ods)
+            && eq(&self.identifier_system, &r.local_ref_system)
+            && eq(&self.identifier_value, &r.local_ref_value)
+            && (self.ids.is_empty() || self.ids.contains(&r.id))
+            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
+            && (self.plan_types.is_empty() || self.plan_types.contains(&r.plan_type))
+            && self.visible_since.as_deref().is_none_or(|since| {
+                r.status != "entered-in-error"
+                    && r.period_end.as_deref().is_none_or(|end| end >= since)
+            })
+    }
+}
+
 /// Flags matching `f`, in creation order (ids are UUIDv7), so paging is stable.
+///
+/// The database narrows by person or by council with fixed queries — prepared once and cached,
+/// which matters on the look-up path — and the remaining conditions are applied here: a person
+/// has a handful of Flags, a council a few thousand.
 pub fn search(conn: &mut DbConn, f: &FlagFilter) -> QueryResult<Vec<FlagRow>> {
-    let mut q = flags::table.into_boxed();
-    if let Some(n) = &f.nhs_number {
-        q = q.filter(flags::nhs_number.eq(n.clone()));
-    }
-    if let Some(c) = &f.council {
-        q = q.filter(flags::la_ods.eq(c.clone()));
-    }
-    if let Some(s) = &f.identifier_system {
-        q = q.filter(flags::local_ref_system.eq(s.clone()));
-    }
-    if let Some(v) = &f.identifier_value {
-        q = q.filter(flags::local_ref_value.eq(v.clone()));
-    }
-    if !f.ids.is_empty() {
-        q = q.filter(flags::id.eq_any(f.ids.clone()));
-    }
-    if !f.statuses.is_empty() {
-        q = q.filter(flags::status.eq_any(f.statuses.clone()));
-    }
-    if !f.plan_types.is_empty() {
-        q = q.filter(flags::plan_type.eq_any(f.plan_types.clone()));
-    }
-    if let Some(since) = &f.visible_since {
-        q = q.filter(flags::status.ne("entered-in-error")).filter(
-            flags::period_end
-                .is_null()
-                .or(flags::period_end.ge(since.clone())),
-        );
-    }
-    q.order(flags::id.asc())
-        .select(FlagRow::as_select())
-        .load(conn)
+    let rows = match (&f.nhs_number, &f.council) {
+        (Some(n), _) => super::on_backend!(conn, c => flags::table
+            .filter(flags::nhs_number.eq(n))
+            .order(flags::id.asc())
+            .select(FlagRow::as_select())
+            .load(c))?,
+        (None, Some(c)) => flags::table
+            .filter(flags::la_ods.eq(c))
+            .order(flags::id.asc())
+            .select(FlagRow::as_select())
+            .load(conn)?,
+        (None, None) => flags::table
+            .order(flags::id.asc())
+            .select(FlagRow::as_select())
+            .load(conn)?,
+    };
+    Ok(rows.into_iter().filter(|r| f.matches(r)).collect())
 }

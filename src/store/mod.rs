@@ -8,6 +8,7 @@
 //! across power loss; group commit is what makes that affordable.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod councils;
 pub mod flags;
 pub mod patients;
@@ -36,6 +37,19 @@ pub enum DbConn {
 
 pub type DbPool = Pool<ConnectionManager<DbConn>>;
 
+/// Runs the same Diesel expression on whichever backend `conn` is, on the inner connection.
+/// Used on the look-up path: the multi-backend wrapper walks every query twice to collect its
+/// binds, which costs more than SQLite's own work for these small statements.
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Sqlite($c) => $body,
+            $crate::store::DbConn::Pg($c) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -54,15 +68,24 @@ impl Backend {
 
 /// Applied to every pooled SQLite connection; pragmas are per connection (STACK.md).
 #[derive(Debug)]
-struct SqlitePragmas;
+struct SqlitePragmas {
+    /// The writer's connection never checkpoints: copying WAL pages into the database inside a
+    /// commit stalls every queued look-up for milliseconds (the p99). The checkpointer thread
+    /// does it beside the writer instead.
+    writer: bool,
+}
 
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         if let DbConn::Sqlite(c) = conn {
-            c.batch_execute(
+            // The page cache stays at SQLite's default: a larger one made every commit slower
+            // (SQLite walks the whole cache when a transaction ends).
+            c.batch_execute(&format!(
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                 PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-            )
+                 PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = {};",
+                if self.writer { 0 } else { 1000 }
+            ))
             .map_err(diesel::r2d2::Error::QueryError)?;
         }
         Ok(())
@@ -75,6 +98,8 @@ pub struct Store {
     read: DbPool,
     writer: writer::Writer,
     pub backend: Backend,
+    /// The checkpointer stops once every clone of the store is gone.
+    _alive: std::sync::Arc<()>,
 }
 
 /// Turns a configured database location into what the driver expects.
@@ -90,12 +115,12 @@ impl Store {
     pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
         let backend = Backend::of_url(url);
         let target = driver_url(url);
-        let build = |size: u32| -> Result<DbPool, String> {
+        let build = |size: u32, writer: bool| -> Result<DbPool, String> {
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
                 .connection_timeout(Duration::from_secs(15))
-                .connection_customizer(Box::new(SqlitePragmas))
+                .connection_customizer(Box::new(SqlitePragmas { writer }))
                 .build(ConnectionManager::<DbConn>::new(target.clone()))
                 .map_err(|e| format!("cannot open the database: {e}"))
         };
@@ -103,18 +128,23 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let write = build(writers)?;
+        let write = build(writers, true)?;
         {
             let mut conn = write
                 .get()
                 .map_err(|e| format!("cannot open the database: {e}"))?;
             run_migrations(&mut conn)?;
         }
-        let read = build(read_pool_size.max(1))?;
+        let read = build(read_pool_size.max(1), false)?;
+        let alive = std::sync::Arc::new(());
+        if backend == Backend::Sqlite {
+            checkpoint::start(&target, std::sync::Arc::downgrade(&alive))?;
+        }
         Ok(Self {
             read,
             writer: writer::Writer::start(write, writers as usize),
             backend,
+            _alive: alive,
         })
     }
 
@@ -145,6 +175,15 @@ impl Store {
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
         self.writer.run(f).await
+    }
+
+    /// [`Store::write`] for a job that makes at most one write statement (no savepoint needed).
+    pub async fn write_single<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+    {
+        self.writer.run_single_write(f).await
     }
 
     /// [`Store::write`] for code outside the async runtime (start-up tasks, tools).

@@ -7,6 +7,7 @@ mod access;
 mod cli;
 mod helpers;
 mod lookup;
+mod postgres;
 mod resources;
 mod robustness;
 mod validation;

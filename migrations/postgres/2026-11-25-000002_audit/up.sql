@@ -23,4 +23,5 @@ CREATE TABLE audit_events (
     query         TEXT NOT NULL
 );
 CREATE INDEX audit_events_by_patient ON audit_events (patient, listed, recorded);
-CREATE INDEX audit_events_by_recorded ON audit_events (recorded);
+-- No index on `recorded`: ids are UUIDv7, so the primary key already orders rows by time
+-- (retention removes by id range), and every index costs the look-up path a b-tree insert.

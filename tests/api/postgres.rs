@@ -1,0 +1,100 @@
+//! The same server over PostgreSQL (the scale-out engine), when `CPIS_TEST_POSTGRES_URL` names
+//! a server this test may create databases on (`.ci/run` sets it when one answers locally).
+//! Without it these tests check nothing and say so.
+
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A fresh, empty database for one test, dropped afterwards.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    fn create() -> Option<Self> {
+        let admin_url = std::env::var("CPIS_TEST_POSTGRES_URL").ok()?;
+        let name = format!("cpis_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn =
+            diesel::PgConnection::establish(&admin_url).expect("connect to CPIS_TEST_POSTGRES_URL");
+        conn.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
+        let url = format!("{base}/{name}");
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = diesel::PgConnection::establish(&self.admin_url) {
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn councils_submit_and_clinicians_look_up_over_postgresql() {
+    let Some(db) = PgDatabase::create() else {
+        eprintln!("CPIS_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let url = db.url.clone();
+    let app = TestApp::spawn_with(move |s| s.database_url = url).await;
+    let flag = app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    let id = flag["id"].as_str().expect("id").to_owned();
+    let mut changed = flag.clone();
+    changed["period"]["end"] = json!("2026-10-01");
+    changed["status"] = json!("inactive");
+    assert_eq!(
+        app.put_json(&format!("/Flag/{id}"), &app.council(LA_A), &changed)
+            .await
+            .status,
+        200
+    );
+    let before = app.audit_count();
+    let b = app
+        .lookup(&app.clinician(), NHS_1, "&_include=Flag:author", &[])
+        .await
+        .json();
+    assert_eq!(b["total"], 1);
+    assert_eq!(entries(&b, "match")[0]["period"]["end"], "2026-10-01");
+    assert_eq!(entries(&b, "include")[0]["id"], LA_A);
+    assert_eq!(app.audit_count(), before + 1);
+    let h = app
+        .get(&format!("/Flag/{id}/_history"), &app.council(LA_A))
+        .await
+        .json();
+    assert_eq!(h["total"], 2);
+    let history = app.audit_of(NHS_1).await;
+    let kinds: Vec<&str> = history
+        .iter()
+        .filter_map(|e| e["subtype"][0]["code"].as_str())
+        .collect();
+    assert_eq!(kinds, ["history-instance", "search-type"]);
+    // A duplicate inside the same batch rolls back alone.
+    let r = app
+        .post_json(
+            "/Flag",
+            &app.council(LA_A),
+            &flag_json(NHS_1, LA_A, "PLAN-1"),
+        )
+        .await;
+    r.assert_outcome(409, "duplicate");
+    drop(app);
+    drop(db);
+}
