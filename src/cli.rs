@@ -269,6 +269,23 @@ fn dev_banner(settings: &Settings, records: &[demo::DemoRecord]) -> Result<Strin
             "\nThe council's phone numbers (any token):\n  curl -s -H 'Authorization: Bearer {}' {base}/Organization/{}\n",
             tokens[3].1, first.council
         ));
+        // The clinician's look-up: a child with plans from two councils, with their phones.
+        if let Some(two) = records.iter().find(|r| {
+            records
+                .iter()
+                .filter(|o| o.nhs_number == r.nhs_number)
+                .count()
+                > 1
+        }) {
+            out.push_str(&format!(
+                "\nAn emergency department looks a child up (audited; listed in the access history):\n  curl -s -H 'Authorization: Bearer {}' '{base}/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}&_include=Flag:author'\n",
+                tokens[3].1, two.nhs_number
+            ));
+            out.push_str(&format!(
+                "\nWho has looked (the latest 25 unscheduled accesses):\n  curl -s -H 'Authorization: Bearer {}' '{base}/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}'\n",
+                tokens[3].1, two.nhs_number
+            ));
+        }
         out.push_str(&format!(
             "\nCapabilityStatement (no token):\n  curl -s {base}/metadata\n"
         ));
