@@ -150,6 +150,11 @@ impl Role {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
+
+    /// Care-setting roles: they reach records only through the audited look-up.
+    pub fn is_clinician(self) -> bool {
+        matches!(self, Role::Clinician | Role::ClinicianScheduled)
+    }
 }
 
 #[cfg(test)]

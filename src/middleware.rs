@@ -39,7 +39,6 @@ pub async fn envelope(
         .and_then(acceptable_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let fmt = format::negotiate(req.request()).unwrap_or(Format::Json);
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let mut res = next.call(req).await?.map_into_boxed_body();
@@ -83,6 +82,9 @@ pub async fn envelope(
             }
         }
     }
+    // Negotiated only here, for the error bodies this middleware renders; a handler's own
+    // response has already been negotiated by the handler.
+    let fmt = format::negotiate(res.request()).unwrap_or(Format::Json);
     let (fmt, bytes) = match format::render(&body, fmt) {
         Ok(b) => (fmt, b),
         Err(_) => (Format::Json, body.to_string().into_bytes()),

@@ -58,12 +58,14 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         })?;
     }
     let store = Store::open(&settings.database_url, settings.db_read_pool_size)?;
+    let capability = crate::fhir::capability::statement(&settings.base_url);
     Ok(AppState {
         store,
         verifier,
         profiles,
         settings,
         clock,
+        capability,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct AppState {
     pub profiles: Profiles,
     pub settings: Settings,
     pub clock: Clock,
+    /// The CapabilityStatement: fixed for the life of the server, so built once.
+    pub capability: serde_json::Value,
 }
 
 impl AppState {

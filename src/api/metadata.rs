@@ -5,12 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::Reply;
 use crate::error::ApiError;
-use crate::fhir::capability;
 use crate::state::AppState;
 
 pub async fn metadata(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    Reply::ok(capability::statement(&state.settings.base_url)).into_response(&req)
+    Reply::ok(state.capability.clone()).into_response(&req)
 }

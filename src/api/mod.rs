@@ -45,10 +45,10 @@ macro_rules! endpoint {
 pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/metadata", None, "capabilities", metadata::metadata),
     // `_search` paths come before `{id}` paths, which would otherwise match them.
-    endpoint!(post, "/Patient/_search", Some("Patient"), "search-type", search::search_patients_post),
-    endpoint!(post, "/Flag/_search", Some("Flag"), "search-type", search::search_flags_post),
-    endpoint!(post, "/Organization/_search", Some("Organization"), "search-type", search::search_organizations_post),
-    endpoint!(post, "/AuditEvent/_search", Some("AuditEvent"), "search-type", search::search_audit_events_post),
+    endpoint!(post, "/Patient/_search", Some("Patient"), "search-type", search::search_patients),
+    endpoint!(post, "/Flag/_search", Some("Flag"), "search-type", search::search_flags),
+    endpoint!(post, "/Organization/_search", Some("Organization"), "search-type", search::search_organizations),
+    endpoint!(post, "/AuditEvent/_search", Some("AuditEvent"), "search-type", search::search_audit_events),
     endpoint!(get, "/Patient", Some("Patient"), "search-type", search::search_patients),
     endpoint!(post, "/Patient", Some("Patient"), "create", create::create_patient),
     endpoint!(get, "/Patient/{id}", Some("Patient"), "read", read::read_patient),

@@ -11,12 +11,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::api::http::Reply;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
 use crate::auth::{policy, Caller};
-use crate::domain::{FlagStatus, Role};
+use crate::domain::Role;
 use crate::error::ApiError;
 use crate::fhir::{audit_event, flag, organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::flags::FlagFilter;
 use crate::store::{audit as audit_store, councils, flags, patients};
 
 /// The date before which an ended plan is past its retention window.
@@ -27,10 +26,6 @@ pub fn visible_since(state: &AppState) -> String {
         .unwrap_or(today)
         .format("%Y-%m-%d")
         .to_string()
-}
-
-fn is_clinician(role: Role) -> bool {
-    matches!(role, Role::Clinician | Role::ClinicianScheduled)
 }
 
 pub async fn read_patient(
@@ -62,15 +57,8 @@ pub async fn read_patient(
                 "this person's record is maintained by another council".into(),
             ));
         }
-        if is_clinician(role) {
-            let filter = FlagFilter {
-                nhs_number: Some(nhs.as_str().to_owned()),
-                visible_since: Some(since),
-                ..FlagFilter::default()
-            };
-            if flags::search(conn, &filter)?.is_empty() {
-                return Err(not_found());
-            }
+        if role.is_clinician() && !flags::has_visible(conn, nhs.as_str(), &since)? {
+            return Err(not_found());
         }
         let mut d = Disclosure::about(Some(nhs.as_str().to_owned()));
         d.reference(format!("Patient/{nhs}/_history/{}", row.version));
@@ -99,12 +87,7 @@ pub async fn read_flag(
         let not_found = || ApiError::NotFound(format!("Flag/{id} does not exist"));
         let row = flags::get(conn, &id)?.ok_or_else(not_found)?;
         policy::require_responsible(&ctx.caller, &row.la_ods)?;
-        let hidden = row.status == FlagStatus::EnteredInError.as_str()
-            || row
-                .period_end
-                .as_deref()
-                .is_some_and(|e| e < since.as_str());
-        if is_clinician(ctx.caller.role) && hidden {
+        if ctx.caller.role.is_clinician() && !flags::visible_to_clinicians(&row, &since) {
             return Err(not_found());
         }
         let council = councils::get(conn, &row.la_ods)?;
@@ -163,7 +146,7 @@ pub async fn read_audit_event(
                 .councils
                 .split_whitespace()
                 .any(|c| c == ctx.caller.org.as_str()),
-            Role::Clinician | Role::ClinicianScheduled => false,
+            _ => false,
         };
         if !allowed {
             return Err(ApiError::Forbidden(

@@ -34,10 +34,11 @@ use crate::store::DbConn;
 pub const ACCESS_HISTORY_LENGTH: i64 = 25;
 const DEFAULT_PAGE: usize = 50;
 
-/// The search parameters of a request: the query string, plus a form body for `_search`.
-fn params_of(req: &HttpRequest, body: Option<&[u8]>) -> Result<Vec<(String, String)>, ApiError> {
+/// The search parameters of a request: the query string, plus the form body of a
+/// `POST …/_search` (FHIR R4 §3.1.1.1).
+fn params_of(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let mut all = pairs(req.query_string())?;
-    if let Some(body) = body {
+    if req.method() == actix_web::http::Method::POST {
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -73,6 +74,39 @@ fn patient_hint(raw: &Result<Vec<(String, String)>, ApiError>, names: &[&str]) -
         })
 }
 
+/// A searchset of `rows` (in a stable order, keyed by `key`): the page of `count` after the
+/// cursor, with `total` and paging links. `links` is (query used, cursor, count).
+fn paged_bundle<T>(
+    base: &str,
+    resource_type: &'static str,
+    links: (String, Option<String>, usize),
+    rows: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    render: impl Fn(&T) -> serde_json::Value,
+) -> serde_json::Value {
+    let (query, cursor, count) = links;
+    let total = rows.len();
+    let (rows, next) = page(rows, &key, cursor.as_deref(), count);
+    SearchSet {
+        base,
+        path: resource_type,
+        query,
+        cursor,
+        next_cursor: next,
+        total: Some(total),
+        entries: rows
+            .iter()
+            .map(|r| Entry {
+                resource_type,
+                id: key(r).to_owned(),
+                resource: render(r),
+                include: false,
+            })
+            .collect(),
+    }
+    .render()
+}
+
 /// What an audited search hands back: its rows, and what the Bundle links need.
 struct Ran<T> {
     rows: T,
@@ -89,7 +123,7 @@ async fn audited_search<T, F>(
     req: &HttpRequest,
     ctx: AccessContext,
     state: &web::Data<AppState>,
-    body: Option<web::Bytes>,
+    body: web::Bytes,
     resource_type: &'static str,
     supported: &'static [&'static str],
     hint_names: &'static [&'static str],
@@ -107,7 +141,7 @@ where
         + Send
         + 'static,
 {
-    let raw = params_of(req, body.as_deref());
+    let raw = params_of(req, &body);
     let hint = patient_hint(&raw, hint_names);
     let lenient = lenient(req);
     let since = visible_since(state);
@@ -365,11 +399,12 @@ fn run_flag_search(
     ))
 }
 
-async fn flag_search(
+/// GET and `POST …/_search`.
+pub async fn search_flags(
     req: HttpRequest,
     ctx: AccessContext,
     state: web::Data<AppState>,
-    body: Option<web::Bytes>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let ran = audited_search(
         &req,
@@ -432,23 +467,6 @@ async fn flag_search(
     Reply::ok(bundle.render()).into_response(&req)
 }
 
-pub async fn search_flags(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    flag_search(req, ctx, state, None).await
-}
-
-pub async fn search_flags_post(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    flag_search(req, ctx, state, Some(body)).await
-}
-
 // ---------------------------------------------------------------------------------------------
 // Patient
 
@@ -487,18 +505,10 @@ fn run_patient_search(
                     .into(),
             )),
             (Some(n), Role::Clinician | Role::ClinicianScheduled) => {
-                let visible = flags::search(
-                    conn,
-                    &FlagFilter {
-                        nhs_number: Some(n.as_str().to_owned()),
-                        visible_since: Some(visible_since),
-                        ..FlagFilter::default()
-                    },
-                )?;
-                if visible.is_empty() {
-                    Vec::new()
-                } else {
+                if flags::has_visible(conn, n.as_str(), &visible_since)? {
                     patients::get(conn, n.as_str())?.into_iter().collect()
+                } else {
+                    Vec::new()
                 }
             }
             (Some(n), _) => patients::get(conn, n.as_str())?.into_iter().collect(),
@@ -543,11 +553,12 @@ fn run_patient_search(
     Ok((rows, disclosure))
 }
 
-async fn patient_search(
+/// GET and `POST …/_search`.
+pub async fn search_patients(
     req: HttpRequest,
     ctx: AccessContext,
     state: web::Data<AppState>,
-    body: Option<web::Bytes>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let ran = audited_search(
         &req,
@@ -560,45 +571,15 @@ async fn patient_search(
         run_patient_search,
     )
     .await?;
-    let (used, count, cursor) = (ran.used, ran.count, ran.cursor);
-    let rows = ran.rows;
-    let total = rows.len();
-    let (rows, next) = page(rows, |r| r.nhs_number.as_str(), cursor.as_deref(), count);
-    let bundle = SearchSet {
-        base: &state.settings.base_url,
-        path: "Patient",
-        query: used,
-        cursor,
-        next_cursor: next,
-        total: Some(total),
-        entries: rows
-            .iter()
-            .map(|r| Entry {
-                resource_type: "Patient",
-                id: r.nhs_number.clone(),
-                resource: patient::render(r),
-                include: false,
-            })
-            .collect(),
-    };
-    Reply::ok(bundle.render()).into_response(&req)
-}
-
-pub async fn search_patients(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    patient_search(req, ctx, state, None).await
-}
-
-pub async fn search_patients_post(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    patient_search(req, ctx, state, Some(body)).await
+    let bundle = paged_bundle(
+        &state.settings.base_url,
+        "Patient",
+        (ran.used, ran.cursor, ran.count),
+        ran.rows,
+        |r| r.nhs_number.as_str(),
+        patient::render,
+    );
+    Reply::ok(bundle).into_response(&req)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,13 +587,14 @@ pub async fn search_patients_post(
 
 const ORG_PARAMS: &[&str] = &["identifier", "_id", "name"];
 
-async fn organization_search(
+/// GET and `POST …/_search`.
+pub async fn search_organizations(
     req: HttpRequest,
     _caller: Caller,
     state: web::Data<AppState>,
-    body: Option<web::Bytes>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let params = Params::new(params_of(&req, body.as_deref())?, ORG_PARAMS, lenient(&req))?;
+    let params = Params::new(params_of(&req, &body)?, ORG_PARAMS, lenient(&req))?;
     let mut codes: Vec<String> = Vec::new();
     for v in params.all("identifier").iter().flat_map(|v| v.split(',')) {
         match token(v) {
@@ -649,43 +631,15 @@ async fn organization_search(
                 .all(|n| c.name.to_lowercase().contains(n.as_str()))
         })
         .collect();
-    let total = rows.len();
-    let (rows, next) = page(rows, |c| c.ods_code.as_str(), cursor.as_deref(), count);
-    let bundle = SearchSet {
-        base: &state.settings.base_url,
-        path: "Organization",
-        query: params.query_string(true),
-        cursor,
-        next_cursor: next,
-        total: Some(total),
-        entries: rows
-            .iter()
-            .map(|c| Entry {
-                resource_type: "Organization",
-                id: c.ods_code.clone(),
-                resource: organization::render(c),
-                include: false,
-            })
-            .collect(),
-    };
-    Reply::ok(bundle.render()).into_response(&req)
-}
-
-pub async fn search_organizations(
-    req: HttpRequest,
-    caller: Caller,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    organization_search(req, caller, state, None).await
-}
-
-pub async fn search_organizations_post(
-    req: HttpRequest,
-    caller: Caller,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    organization_search(req, caller, state, Some(body)).await
+    let bundle = paged_bundle(
+        &state.settings.base_url,
+        "Organization",
+        (params.query_string(true), cursor, count),
+        rows,
+        |c| c.ods_code.as_str(),
+        organization::render,
+    );
+    Reply::ok(bundle).into_response(&req)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,15 +664,7 @@ fn run_audit_search(
         })?;
     let (rows, next) = match caller.role {
         Role::Clinician | Role::ClinicianScheduled => {
-            let visible = flags::search(
-                conn,
-                &FlagFilter {
-                    nhs_number: Some(nhs.as_str().to_owned()),
-                    visible_since: Some(visible_since),
-                    ..FlagFilter::default()
-                },
-            )?;
-            if visible.is_empty() {
+            if !flags::has_visible(conn, nhs.as_str(), &visible_since)? {
                 (Vec::new(), None)
             } else {
                 (
@@ -761,11 +707,12 @@ fn run_audit_search(
     Ok((rows, next, disclosure))
 }
 
-async fn audit_search(
+/// GET and `POST …/_search`.
+pub async fn search_audit_events(
     req: HttpRequest,
     ctx: AccessContext,
     state: web::Data<AppState>,
-    body: Option<web::Bytes>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let ran = audited_search(
         &req,
@@ -801,21 +748,4 @@ async fn audit_search(
             .collect(),
     };
     Reply::ok(bundle.render()).into_response(&req)
-}
-
-pub async fn search_audit_events(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    audit_search(req, ctx, state, None).await
-}
-
-pub async fn search_audit_events_post(
-    req: HttpRequest,
-    ctx: AccessContext,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    audit_search(req, ctx, state, Some(body)).await
 }

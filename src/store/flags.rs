@@ -181,11 +181,28 @@ impl FlagFilter {
             && (self.ids.is_empty() || self.ids.contains(&r.id))
             && (self.statuses.is_empty() || self.statuses.contains(&r.status))
             && (self.plan_types.is_empty() || self.plan_types.contains(&r.plan_type))
-            && self.visible_since.as_deref().is_none_or(|since| {
-                r.status != "entered-in-error"
-                    && r.period_end.as_deref().is_none_or(|end| end >= since)
-            })
+            && self
+                .visible_since
+                .as_deref()
+                .is_none_or(|since| visible_to_clinicians(r, since))
     }
+}
+
+/// What a clinician may see (DOMAIN.md "Retention"): not entered in error, and not a plan that
+/// ended before `since` (the start of the retention window).
+pub fn visible_to_clinicians(r: &FlagRow, since: &str) -> bool {
+    r.status != "entered-in-error" && r.period_end.as_deref().is_none_or(|end| end >= since)
+}
+
+/// Whether the person has any Flag a clinician may see: a person without one is not on CP-IS
+/// as far as a clinician is concerned.
+pub fn has_visible(conn: &mut DbConn, nhs: &str, since: &str) -> QueryResult<bool> {
+    let filter = FlagFilter {
+        nhs_number: Some(nhs.to_owned()),
+        visible_since: Some(since.to_owned()),
+        ..FlagFilter::default()
+    };
+    Ok(!search(conn, &filter)?.is_empty())
 }
 
 /// Flags matching `f`, in creation order (ids are UUIDv7), so paging is stable.

@@ -54,9 +54,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
-        self.submit(f, true)?
-            .await
-            .map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+        answer(self.submit(f, true)?.await)
     }
 
     /// Like [`Writer::run`] but without a savepoint around `f`: only for jobs that make at most
@@ -67,9 +65,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
-        self.submit(f, false)?
-            .await
-            .map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+        answer(self.submit(f, false)?.await)
     }
 
     /// [`Writer::run`] for callers outside the async runtime.
@@ -78,9 +74,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
-        self.submit(f, true)?
-            .blocking_recv()
-            .map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+        answer(self.submit(f, true)?.blocking_recv())
     }
 
     fn submit<T, F>(
@@ -116,6 +110,12 @@ impl Writer {
             .map_err(|_| ApiError::Unavailable("the database writer has stopped".into()))?;
         Ok(answer)
     }
+}
+
+/// A job's reply; a closed channel means the job was dropped unrun (no connection, or the
+/// batch could not begin), which the caller must see as "not done".
+fn answer<T>(r: Result<Result<T, ApiError>, oneshot::error::RecvError>) -> Result<T, ApiError> {
+    r.map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
 }
 
 fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>) {
