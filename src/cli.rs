@@ -1,4 +1,4 @@
-//! The `cpis-fhir` command line: `serve`, `token`, `migrate`.
+//! The `cpis-fhir` command line: `serve`, `token`, `migrate`, `purge`, `load`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -8,11 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::dev::{self, TokenRequest};
 use crate::config::{CliOverrides, Settings};
-use crate::demo;
 use crate::domain::{OdsCode, Role};
 use crate::startup::{build_state, Application};
 use crate::state::system_clock;
 use crate::store::Store;
+use crate::{demo, lifecycle, load};
 
 #[derive(Parser, Debug)]
 #[command(name = "cpis-fhir", version, about = "CP-IS FHIR R4 server")]
@@ -29,6 +29,53 @@ enum Command {
     Token(TokenArgs),
     /// Run database migrations and exit.
     Migrate(CommonArgs),
+    /// Apply the record lifecycle now (plans ended at 18, ended plans made inactive, records
+    /// past retention removed) and print what it did. The server does this by itself on a
+    /// schedule; this is for operators.
+    Purge(PurgeArgs),
+    /// Convert a council's case-system CSV extract into batch Bundles and submit them (or only
+    /// write them), with a per-record report.
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct PurgeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Apply the rules as of this date (YYYY-MM-DD) instead of today.
+    #[arg(long)]
+    now: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// The submitting council's ODS code (the author of every plan in the file).
+    #[arg(long)]
+    council: String,
+    /// The CSV extract (columns in the README).
+    #[arg(long)]
+    csv: PathBuf,
+    /// Submit to this server's base URL.
+    #[arg(long, required_unless_present = "bundle_out")]
+    server: Option<String>,
+    /// The council's bearer token (or --token-file).
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the bearer token (keeps it out of the process list).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Only write the Bundles into this directory; submit nothing.
+    #[arg(long, conflicts_with = "server")]
+    bundle_out: Option<PathBuf>,
+    /// Where to write the per-record report (default: next to the CSV, `<name>.report.csv`).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Rows per Bundle (each row is two entries).
+    #[arg(long, default_value_t = 500)]
+    rows_per_bundle: usize,
+    /// `Flag.identifier.system` of the plan references (default: one per council).
+    #[arg(long)]
+    plan_system: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -94,6 +141,8 @@ pub fn run() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Token(a) => token(a),
         Command::Migrate(a) => migrate(a),
+        Command::Purge(a) => purge(a),
+        Command::Load(a) => return load(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +161,95 @@ fn migrate(a: CommonArgs) -> Result<(), String> {
     Store::open(&settings.database_url, 1)?;
     println!("database is up to date");
     Ok(())
+}
+
+fn purge(a: PurgeArgs) -> Result<(), String> {
+    let settings = Settings::load(&overrides(&a.common, None, false)).map_err(|e| e.to_string())?;
+    let now = match &a.now {
+        None => chrono::Utc::now(),
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| format!("--now '{d}' is not a date (YYYY-MM-DD)"))?
+            .and_hms_opt(12, 0, 0)
+            .map(|t| t.and_utc())
+            .ok_or("--now is not a valid date")?,
+    };
+    let store = Store::open(&settings.database_url, 1)?;
+    let rules = lifecycle::Rules {
+        retention_months: settings.retention_months,
+        audit_retention_months: settings.audit_retention_months,
+    };
+    let report = store
+        .write_blocking(move |conn| lifecycle::run(conn, rules, now, &lifecycle::Trigger::Command))
+        .map_err(|e| e.to_string())?;
+    println!("record lifecycle as of {}:", now.date_naive());
+    for (name, n) in report.counts.named() {
+        println!("  {name:<20} {n}");
+    }
+    match report.audit_event {
+        Some(id) => println!("recorded as AuditEvent/{id}"),
+        None => println!("nothing to do; nothing changed"),
+    }
+    Ok(())
+}
+
+fn load(a: LoadArgs) -> ExitCode {
+    match run_load(a) {
+        Ok((summary, report)) => {
+            println!(
+                "{} rows: {} accepted, {} refused by the server, {} invalid (not sent), {} written to Bundles; {} Bundle(s)",
+                summary.rows, summary.accepted, summary.refused, summary.invalid, summary.written, summary.bundles
+            );
+            println!("per-record report: {}", report.display());
+            if summary.refused + summary.invalid > 0 {
+                // Some rows need the council's attention: a script must be able to tell.
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("cpis-fhir load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_load(a: LoadArgs) -> Result<(load::Summary, PathBuf), String> {
+    let council = OdsCode::parse(&a.council)
+        .ok_or("--council must be an ODS code (3 to 10 upper-case letters and digits)")?;
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read --token-file: {e}"))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let server = match (a.server, token) {
+        (Some(s), Some(t)) => Some((s.trim_end_matches('/').to_owned(), t)),
+        (Some(_), None) => return Err("--server needs --token or --token-file".into()),
+        (None, _) => None,
+    };
+    let report = a
+        .report
+        .unwrap_or_else(|| a.csv.with_extension("report.csv"));
+    let job = load::Job {
+        plan_system: a
+            .plan_system
+            .unwrap_or_else(|| load::Job::default_plan_system(&council)),
+        council,
+        csv: a.csv,
+        server,
+        bundle_out: a.bundle_out,
+        report: report.clone(),
+        rows_per_bundle: a.rows_per_bundle,
+        attempts: 3,
+    };
+    load::run(&job)
+        .map(|s| (s, report))
+        .map_err(|e| e.to_string())
 }
 
 fn token(a: TokenArgs) -> Result<(), String> {

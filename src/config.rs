@@ -21,6 +21,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("db_read_pool_size", "database read connections (default 8)"),
     ("retention_months", "months a record stays visible after its plan ends (default 12)"),
     ("max_page_size", "largest _count a search may ask for (default 100)"),
+    ("max_bundle_entries", "most entries in one transaction or batch Bundle; more is refused with 413 (default 10000)"),
+    ("bundle_body_limit", "largest accepted Bundle body in bytes (default 67108864 = 64 MiB)"),
+    ("audit_retention_months", "months an AuditEvent is kept (default 96 = 8 years)"),
+    ("lifecycle_interval_secs", "seconds between runs of the record lifecycle (ended plans, age 18, removals); 0 turns the scheduler off (default 900)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
     ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
@@ -62,6 +66,12 @@ pub struct Settings {
     /// DOMAIN.md "Retention": visible for this many months after the plan ends.
     pub retention_months: u32,
     pub max_page_size: usize,
+    pub max_bundle_entries: usize,
+    pub bundle_body_limit: usize,
+    /// The audit trail's own, longer retention (DOMAIN.md "Retention").
+    pub audit_retention_months: u32,
+    /// How often the lifecycle runs inside the server; `None` when it is off.
+    pub lifecycle_interval: Option<std::time::Duration>,
     pub auth: AuthSettings,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
@@ -252,6 +262,20 @@ impl Settings {
                 .map_err(|_| bad("retention_months", "too large"))?,
             max_page_size: usize::try_from(parse_num("max_page_size", 100, 1)?)
                 .map_err(|_| bad("max_page_size", "too large"))?,
+            max_bundle_entries: usize::try_from(parse_num("max_bundle_entries", 10_000, 1)?)
+                .map_err(|_| bad("max_bundle_entries", "too large"))?,
+            bundle_body_limit: usize::try_from(parse_num(
+                "bundle_body_limit",
+                64 * 1024 * 1024,
+                1024,
+            )?)
+            .map_err(|_| bad("bundle_body_limit", "too large"))?,
+            audit_retention_months: u32::try_from(parse_num("audit_retention_months", 96, 1)?)
+                .map_err(|_| bad("audit_retention_months", "too large"))?,
+            lifecycle_interval: match parse_num("lifecycle_interval_secs", 900, 0)? {
+                0 => None,
+                n => Some(std::time::Duration::from_secs(n)),
+            },
             auth: AuthSettings {
                 issuer,
                 audience: get("auth.audience").unwrap_or_else(|| "cpis-fhir".to_owned()),

@@ -14,6 +14,59 @@ use serde_json::{json, Value};
 /// The NHS Spine error code system used in `OperationOutcome.issue.details`.
 pub const SPINE_ERROR_SYSTEM: &str = "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode";
 
+/// The per-record submission results of a Bundle entry, after the national service's
+/// acknowledgement codes (DOMAIN.md "Interactions today"; `fhir-profiles/CodeSystem-CPIS-SubmissionResult.json`).
+pub const SUBMISSION_RESULT_SYSTEM: &str =
+    "https://cpis-fhir.example.org/fhir/CodeSystem/CPIS-SubmissionResult";
+
+/// A per-record submission result code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmissionResult {
+    /// CPR03: the NHS number is not verified (verification status other than `01`).
+    NotVerified,
+    /// CPR06: the record was accepted.
+    Success,
+    /// CPR07: the record was refused for any other reason, given in the diagnostics.
+    Failure,
+}
+
+impl SubmissionResult {
+    pub fn code(self) -> &'static str {
+        match self {
+            SubmissionResult::NotVerified => "CPR03",
+            SubmissionResult::Success => "CPR06",
+            SubmissionResult::Failure => "CPR07",
+        }
+    }
+
+    pub fn display(self) -> &'static str {
+        match self {
+            SubmissionResult::NotVerified => "NHS number not verified",
+            SubmissionResult::Success => "Success",
+            SubmissionResult::Failure => "Failure",
+        }
+    }
+
+    /// The result a refused entry's issue stands for.
+    fn of_issue(issue: &Issue) -> Self {
+        let about_verification = issue
+            .expression
+            .as_deref()
+            .is_some_and(|e| e.contains("identifier") && e.contains("extension"))
+            || issue.diagnostics.contains("NHSNumberVerificationStatus");
+        if about_verification {
+            SubmissionResult::NotVerified
+        } else {
+            SubmissionResult::Failure
+        }
+    }
+
+    /// The `details.coding` entry for this result.
+    pub fn coding(self) -> Value {
+        json!({ "system": SUBMISSION_RESULT_SYSTEM, "code": self.code(), "display": self.display() })
+    }
+}
+
 /// One problem found in a request, pointing at the element (`expression`) where it applies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issue {
@@ -38,6 +91,26 @@ impl Issue {
             diagnostics: text.into(),
             expression: None,
         }
+    }
+
+    /// The same issue about the resource in entry `index` of a Bundle: `Flag.period.end`
+    /// becomes `Bundle.entry[3].resource.period.end`; an issue already placed in the Bundle
+    /// (about the entry's request, say) keeps its place.
+    pub fn in_entry(mut self, index: usize) -> Self {
+        let entry = format!("Bundle.entry[{index}]");
+        let expression = match self.expression.take() {
+            Some(e) if e.starts_with("Bundle.") => e,
+            Some(e) => match e.split_once('.') {
+                Some((_, rest)) => format!("{entry}.resource.{rest}"),
+                None => format!("{entry}.resource"),
+            },
+            None => entry.clone(),
+        };
+        if !self.diagnostics.starts_with("Bundle.entry[") {
+            self.diagnostics = format!("{entry}: {}", self.diagnostics);
+        }
+        self.expression = Some(expression);
+        self
     }
 }
 
@@ -80,6 +153,10 @@ pub enum ApiError {
     /// A fault of ours. The text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Entries of a Bundle that were refused, by entry index (FHIR R4 §3.1.0.11). The status is
+    /// the first entry's; each issue names its entry and carries a submission result code.
+    #[error("bundle entries refused: {}", .0.iter().map(|(i, e)| format!("entry {i}: {e}")).collect::<Vec<_>>().join("; "))]
+    InBundle(Vec<(usize, ApiError)>),
 }
 
 /// What a response error means on the wire: status, issue code, Spine details code.
@@ -94,6 +171,10 @@ impl ApiError {
     fn row(&self) -> Row {
         use ApiError::*;
         let (status, code, details) = match self {
+            InBundle(entries) => match entries.first() {
+                Some((_, first)) => return first.row(),
+                None => (StatusCode::BAD_REQUEST, "invalid", None),
+            },
             Invalid(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid",
@@ -164,13 +245,44 @@ impl ApiError {
             | Unauthenticated(text) | Forbidden(text) | NotFound(text) | MethodNotAllowed(text)
             | NotAcceptable(text) | Conflict(text) | VersionConflict(text) | PayloadTooLarge(text)
             | UnsupportedMediaType(text) => vec![Issue::general(code, text.clone())],
+            InBundle(entries) => entries
+                .iter()
+                .flat_map(|(index, e)| e.issues().into_iter().map(move |i| i.in_entry(*index)))
+                .collect(),
         }
     }
 
     /// The OperationOutcome this error is shown as.
     pub fn outcome(&self) -> Outcome {
         let row = self.row();
-        Outcome::from_issues(&self.issues(), row.details)
+        let mut outcome = Outcome::from_issues(&self.issues(), row.details);
+        if let (ApiError::InBundle(_), Some(issues)) = (self, outcome.0["issue"].as_array_mut()) {
+            for issue in issues {
+                let result = SubmissionResult::of_issue(&Issue {
+                    code: "",
+                    diagnostics: issue["diagnostics"].as_str().unwrap_or_default().to_owned(),
+                    expression: issue["expression"][0].as_str().map(str::to_owned),
+                });
+                match issue["details"]["coding"].as_array_mut() {
+                    Some(codings) => codings.push(result.coding()),
+                    None => issue["details"] = json!({ "coding": [result.coding()] }),
+                }
+            }
+        }
+        outcome
+    }
+
+    /// This error as the refusal of entry `index` of a Bundle.
+    pub fn in_entry(self, index: usize) -> ApiError {
+        match self {
+            ApiError::InBundle(mut v) => {
+                for (i, _) in &mut v {
+                    *i = index;
+                }
+                ApiError::InBundle(v)
+            }
+            other => ApiError::InBundle(vec![(index, other)]),
+        }
     }
 }
 
@@ -271,6 +383,30 @@ mod tests {
     fn internal_errors_never_show_their_detail() {
         let o = ApiError::Internal("secret table name".into()).outcome();
         assert!(!o.0.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn bundle_entry_errors_name_the_entry_and_the_element() {
+        let e = ApiError::Unprocessable(vec![Issue::new("value", "Flag.period.end", "bad end")])
+            .in_entry(3);
+        let o = e.outcome();
+        assert_eq!(e.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            o.0["issue"][0]["expression"][0],
+            "Bundle.entry[3].resource.period.end"
+        );
+        assert_eq!(o.0["issue"][0]["details"]["coding"][1]["code"], "CPR07");
+        let unverified = ApiError::Unprocessable(vec![Issue::new(
+            "value",
+            "Patient.identifier[0].extension[0].valueCodeableConcept.coding[0].code",
+            "must be 01",
+        )])
+        .in_entry(0)
+        .outcome();
+        assert_eq!(
+            unverified.0["issue"][0]["details"]["coding"][1]["code"],
+            "CPR03"
+        );
     }
 
     #[test]

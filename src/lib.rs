@@ -11,6 +11,8 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fhir;
+pub mod lifecycle;
+pub mod load;
 pub mod middleware;
 pub mod nhs_number;
 pub mod startup;

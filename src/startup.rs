@@ -59,6 +59,24 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
     }
     let store = Store::open(&settings.database_url, settings.db_read_pool_size)?;
     let capability = crate::fhir::capability::statement(&settings.base_url);
+    let lifecycle = match settings.lifecycle_interval {
+        Some(every) => {
+            let alive = std::sync::Arc::new(());
+            let rules = crate::lifecycle::Rules {
+                retention_months: settings.retention_months,
+                audit_retention_months: settings.audit_retention_months,
+            };
+            crate::lifecycle::start_scheduler(
+                store.clone(),
+                rules,
+                clock.clone(),
+                every,
+                std::sync::Arc::downgrade(&alive),
+            )?;
+            Some(alive)
+        }
+        None => None,
+    };
     Ok(AppState {
         store,
         verifier,
@@ -66,6 +84,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         settings,
         clock,
         capability,
+        _lifecycle: lifecycle,
     })
 }
 

@@ -20,6 +20,18 @@ pub struct AppState {
     pub clock: Clock,
     /// The CapabilityStatement: fixed for the life of the server, so built once.
     pub capability: serde_json::Value,
+    /// The lifecycle scheduler runs while this is held (it stops with the server).
+    pub _lifecycle: Option<Arc<()>>,
+}
+
+impl AppState {
+    /// The lifecycle's windows, from the settings.
+    pub fn lifecycle_rules(&self) -> crate::lifecycle::Rules {
+        crate::lifecycle::Rules {
+            retention_months: self.settings.retention_months,
+            audit_retention_months: self.settings.audit_retention_months,
+        }
+    }
 }
 
 impl AppState {

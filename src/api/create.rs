@@ -5,12 +5,12 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::{history_url, submitted, Reply};
-use crate::api::rules;
+use crate::api::write::{self, Op, PlanRef};
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
 use crate::fhir::{flag, organization, patient};
 use crate::state::AppState;
-use crate::store::{self, councils, flags, patients};
+use crate::store::{self, councils};
 
 pub async fn create_patient(
     req: HttpRequest,
@@ -20,57 +20,30 @@ pub async fn create_patient(
 ) -> Result<HttpResponse, ApiError> {
     policy::require_council(&caller)?;
     let value = submitted(&req, payload, &state, "Patient").await?;
-    let now = state.now();
     let input = patient::parse(
         &value,
         state.settings.allow_test_nhs_numbers,
-        now.date_naive(),
+        state.now().date_naive(),
     )
     .map_err(ApiError::Unprocessable)?;
-    let org = caller.org.as_str().to_owned();
-    let row = input.to_row(&org, 1, store::micros(now));
-    let stored = state
-        .store
-        .write(move |conn| {
-            if patients::get(conn, &row.nhs_number)?.is_some() {
-                return Err(ApiError::Conflict(format!(
-                    "Patient/{} already exists; update it with PUT Patient/{}",
-                    row.nhs_number, row.nhs_number
-                )));
-            }
-            patients::insert(conn, &row)?;
-            Ok(row)
-        })
-        .await?;
-    let location = history_url(&state, "Patient", &stored.nhs_number, 1);
-    Reply::ok(patient::render(&stored))
-        .status(StatusCode::CREATED)
-        .versioned(stored.version, stored.updated_at)
-        .location(location)
-        .into_response(&req)
+    write::apply(&state, &caller, Op::CreatePatient(input))
+        .await?
+        .respond(&state, &req)
 }
 
 /// `If-None-Exist: identifier=system|value` — the only search a council needs to make a
 /// resubmission idempotent.
-fn if_none_exist(req: &HttpRequest) -> Result<Option<(String, String)>, ApiError> {
+fn if_none_exist(req: &HttpRequest) -> Result<Option<PlanRef>, ApiError> {
     let Some(h) = req.headers().get("If-None-Exist") else {
         return Ok(None);
     };
     let text = h.to_str().unwrap_or_default();
-    let bad = || {
+    PlanRef::from_query(text).map(Some).ok_or_else(|| {
         ApiError::Invalid(vec![Issue::general(
             "invalid",
             format!("If-None-Exist '{text}' must be identifier=system|value"),
         )])
-    };
-    let q = text.trim_start_matches('?');
-    let raw = q.strip_prefix("identifier=").ok_or_else(bad)?;
-    let decoded = rules::percent_decode(raw).ok_or_else(bad)?;
-    let (system, value) = decoded.split_once('|').ok_or_else(bad)?;
-    if system.is_empty() || value.is_empty() {
-        return Err(bad());
-    }
-    Ok(Some((system.to_owned(), value.to_owned())))
+    })
 }
 
 pub async fn create_flag(
@@ -85,46 +58,14 @@ pub async fn create_flag(
     let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
         .map_err(ApiError::Unprocessable)?;
     policy::require_responsible(&caller, input.author.as_str())?;
-    let now = store::micros(state.now());
-    let id = uuid::Uuid::now_v7().to_string();
-    let row = input.to_row(&id, 1, now);
-    let org = caller.org.as_str().to_owned();
-    let (stored, created, council) = state
-        .store
-        .write(move |conn| {
-            if let Some((system, value)) = condition {
-                if let Some(existing) = flags::find_by_identifier(conn, &org, &system, &value)? {
-                    let council = councils::get(conn, &existing.la_ods)?;
-                    return Ok((existing, false, council));
-                }
-            }
-            let council = rules::check_flag_references(conn, &row)?;
-            if let Some(existing) =
-                flags::find_by_identifier(conn, &row.la_ods, &row.local_ref_system, &row.local_ref_value)?
-            {
-                return Err(ApiError::Conflict(format!(
-                    "Flag/{} already has this identifier; update it with PUT, or send If-None-Exist",
-                    existing.id
-                )));
-            }
-            flags::insert(conn, &row)?;
-            Ok((row, true, Some(council)))
-        })
-        .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let op = Op::CreateFlag {
+        condition,
+        input,
+        new_id: uuid::Uuid::now_v7().to_string(),
     };
-    let location = history_url(&state, "Flag", &stored.id, stored.version);
-    Reply::ok(flag::render(
-        &stored,
-        council.as_ref().map(|c| c.name.as_str()),
-    ))
-    .status(status)
-    .versioned(stored.version, stored.updated_at)
-    .location(location)
-    .into_response(&req)
+    write::apply(&state, &caller, op)
+        .await?
+        .respond(&state, &req)
 }
 
 pub async fn create_organization(

@@ -1,15 +1,20 @@
-//! `delete` (FHIR R4 §3.1.0.7) of a Flag. A CP-IS record is never erased on request: it becomes
-//! `entered-in-error` — hidden from clinicians, kept (with its history) for audit — and the
-//! deletion is a new version. Deleting it again changes nothing.
+//! `delete` (FHIR R4 §3.1.0.7) of a Flag (by id, or conditionally by the council's plan
+//! reference, §3.1.0.7.1) and of a Patient.
+//!
+//! A CP-IS record is never erased on request: a Flag becomes `entered-in-error` — hidden from
+//! clinicians, kept (with its history) for audit — and the deletion is a new version. Deleting
+//! it again changes nothing. Deleting a Patient withdraws every Flag the calling council holds
+//! on the person; the person's details leave with the records under the retention rules.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::api::http::{check_version, if_match};
+use crate::api::http::if_match;
+use crate::api::update::plan_ref_of;
+use crate::api::write::{self, FlagTarget, Op};
 use crate::auth::{policy, Caller};
-use crate::domain::FlagStatus;
 use crate::error::ApiError;
+use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{self, flags};
 
 pub async fn delete_flag(
     req: HttpRequest,
@@ -18,33 +23,41 @@ pub async fn delete_flag(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     policy::require_council(&caller)?;
-    let id = path.into_inner();
-    let expected = if_match(&req)?;
-    let org = caller.org.as_str().to_owned();
-    let now = store::micros(state.now());
-    let version = state
-        .store
-        .write(move |conn| {
-            let current = flags::get(conn, &id)?
-                .ok_or_else(|| ApiError::NotFound(format!("Flag/{id} does not exist")))?;
-            if current.la_ods != org {
-                return Err(ApiError::Forbidden(
-                    "this Flag belongs to another council".into(),
-                ));
-            }
-            check_version(expected, current.version)?;
-            if current.status == FlagStatus::EnteredInError.as_str() {
-                return Ok(current.version);
-            }
-            let mut next = current.clone();
-            next.status = FlagStatus::EnteredInError.as_str().to_owned();
-            next.version += 1;
-            next.updated_at = now;
-            flags::update(conn, &next, "DELETE")?;
-            Ok(next.version)
-        })
-        .await?;
-    Ok(HttpResponse::NoContent()
-        .insert_header((actix_web::http::header::ETAG, format!("W/\"{version}\"")))
-        .finish())
+    let op = Op::DeleteFlag {
+        target: FlagTarget::Id(path.into_inner()),
+        expected: if_match(&req)?,
+    };
+    write::apply(&state, &caller, op)
+        .await?
+        .respond(&state, &req)
+}
+
+/// `DELETE /Flag?identifier=system|value`.
+pub async fn conditional_delete_flag(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    policy::require_council(&caller)?;
+    let op = Op::DeleteFlag {
+        target: FlagTarget::Ref(plan_ref_of(&req)?),
+        expected: if_match(&req)?,
+    };
+    write::apply(&state, &caller, op)
+        .await?
+        .respond(&state, &req)
+}
+
+pub async fn delete_patient(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    policy::require_council(&caller)?;
+    let nhs = NhsNumber::parse(&path, state.settings.allow_test_nhs_numbers)
+        .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
+    write::apply(&state, &caller, Op::DeletePatient(nhs))
+        .await?
+        .respond(&state, &req)
 }

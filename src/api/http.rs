@@ -63,12 +63,22 @@ pub async fn submitted(
     check_length(req, state.settings.body_limit)?;
     let body = read_body(payload, state.settings.body_limit).await?;
     let value = format::parse_body(req, &body, resource_type)?;
-    let issues = state.profiles.validate(resource_type, &value);
+    check_resource(state, &value, resource_type)?;
+    Ok(value)
+}
+
+/// The checks every submitted resource passes, alone or in a Bundle: the CP-IS profile (all
+/// violations together, 422), then the FHIR R4 base definitions (400).
+pub fn check_resource(
+    state: &AppState,
+    value: &Value,
+    resource_type: &str,
+) -> Result<(), ApiError> {
+    let issues = state.profiles.validate(resource_type, value);
     if !issues.is_empty() {
         return Err(ApiError::Unprocessable(issues));
     }
-    codec::check_json(&value).map_err(|i| ApiError::Invalid(vec![i]))?;
-    Ok(value)
+    codec::check_json(value).map_err(|i| ApiError::Invalid(vec![i]))
 }
 
 /// The version named by `If-Match` (`W/"3"` or `"3"`), if the header is present.
@@ -76,9 +86,14 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     let Some(h) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = h.to_str().unwrap_or_default().trim();
+    parse_etag(h.to_str().unwrap_or_default()).map(Some)
+}
+
+/// The version in an ETag such as `W/"3"` (an `If-Match` header or a Bundle entry's `ifMatch`).
+pub fn parse_etag(text: &str) -> Result<i64, ApiError> {
+    let text = text.trim();
     let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    inner.parse::<i64>().map(Some).map_err(|_| {
+    inner.parse::<i64>().map_err(|_| {
         ApiError::VersionConflict(format!(
             "If-Match '{text}' is not a version ETag such as W/\"1\""
         ))

@@ -7,11 +7,14 @@ pub mod delete;
 pub mod history;
 pub mod http;
 pub mod metadata;
+pub mod purge;
 pub mod read;
 pub mod rules;
 pub mod search;
+pub mod transaction;
 pub mod update;
 pub mod vread;
+pub mod write;
 
 use actix_web::{web, HttpResponse};
 
@@ -44,6 +47,8 @@ macro_rules! endpoint {
 #[rustfmt::skip]
 pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/metadata", None, "capabilities", metadata::metadata),
+    endpoint!(post, "/", None, "transaction", transaction::submit),
+    endpoint!(post, "/$purge", None, "operation", purge::purge),
     // `_search` paths come before `{id}` paths, which would otherwise match them.
     endpoint!(post, "/Patient/_search", Some("Patient"), "search-type", search::search_patients),
     endpoint!(post, "/Flag/_search", Some("Flag"), "search-type", search::search_flags),
@@ -53,8 +58,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(post, "/Patient", Some("Patient"), "create", create::create_patient),
     endpoint!(get, "/Patient/{id}", Some("Patient"), "read", read::read_patient),
     endpoint!(put, "/Patient/{id}", Some("Patient"), "update", update::update_patient),
+    endpoint!(delete, "/Patient/{id}", Some("Patient"), "delete", delete::delete_patient),
     endpoint!(get, "/Flag", Some("Flag"), "search-type", search::search_flags),
     endpoint!(post, "/Flag", Some("Flag"), "create", create::create_flag),
+    endpoint!(put, "/Flag", Some("Flag"), "update", update::conditional_update_flag),
+    endpoint!(delete, "/Flag", Some("Flag"), "delete", delete::conditional_delete_flag),
     endpoint!(get, "/Flag/{id}", Some("Flag"), "read", read::read_flag),
     endpoint!(put, "/Flag/{id}", Some("Flag"), "update", update::update_flag),
     endpoint!(delete, "/Flag/{id}", Some("Flag"), "delete", delete::delete_flag),

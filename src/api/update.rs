@@ -8,14 +8,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use crate::api::http::{check_version, history_url, if_match, submitted, Reply};
-use crate::api::rules;
+use crate::api::write::{self, FlagTarget, Op, PlanRef};
 use crate::auth::{policy, Caller};
-use crate::domain::Role;
 use crate::error::{ApiError, Issue};
+use crate::fhir::patient::PatientInput;
 use crate::fhir::{flag, organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{self, councils, flags, patients};
+use crate::store::{self, councils};
 
 /// FHIR R4 §3.1.0.4: the body's id must equal the id in the URL.
 fn check_body_id(value: &Value, resource: &str, id: &str) -> Result<(), ApiError> {
@@ -47,60 +47,32 @@ pub async fn update_patient(
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Patient").await?;
     check_body_id(&value, "Patient", nhs.as_str())?;
-    let now = state.now();
+    let input = patient_for_id(&value, &nhs, &state)?;
+    write::apply(&state, &caller, Op::PutPatient { expected, input })
+        .await?
+        .respond(&state, &req)
+}
+
+/// Parses a Patient submitted for the id `nhs`, which its NHS number must equal.
+pub fn patient_for_id(
+    value: &Value,
+    nhs: &NhsNumber,
+    state: &AppState,
+) -> Result<PatientInput, ApiError> {
     let input = patient::parse(
-        &value,
+        value,
         state.settings.allow_test_nhs_numbers,
-        now.date_naive(),
+        state.now().date_naive(),
     )
     .map_err(ApiError::Unprocessable)?;
-    if input.nhs_number != nhs {
+    if input.nhs_number != *nhs {
         return Err(ApiError::Unprocessable(vec![Issue::new(
             "value",
             "Patient.identifier[0].value",
             "the NHS number in Patient.identifier must equal the Patient id",
         )]));
     }
-    let org = caller.org.as_str().to_owned();
-    let now = store::micros(now);
-    let (stored, created) = state
-        .store
-        .write(move |conn| match patients::get(conn, nhs.as_str())? {
-            // Any council may submit a person's demographics: they are traced against the
-            // national demographics service, so every council sends the same, and a second
-            // council taking a plan for a child already on CP-IS must be able to. Reading them
-            // back stays limited to the councils responsible.
-            Some(current) => {
-                check_version(expected, current.version)?;
-                let next = input.to_row(&current.created_by, current.version + 1, now);
-                if next.same_content(&current) {
-                    return Ok((current, false));
-                }
-                patients::update(conn, &next)?;
-                Ok((next, false))
-            }
-            None => {
-                if expected.is_some() {
-                    return Err(ApiError::VersionConflict(
-                        "If-Match was given but the Patient does not exist".into(),
-                    ));
-                }
-                let row = input.to_row(&org, 1, now);
-                patients::insert(conn, &row)?;
-                Ok((row, true))
-            }
-        })
-        .await?;
-    let location = history_url(&state, "Patient", &stored.nhs_number, stored.version);
-    Reply::ok(patient::render(&stored))
-        .status(if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        })
-        .versioned(stored.version, stored.updated_at)
-        .location(location)
-        .into_response(&req)
+    Ok(input)
 }
 
 pub async fn update_flag(
@@ -118,52 +90,55 @@ pub async fn update_flag(
     let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
         .map_err(ApiError::Unprocessable)?;
     policy::require_responsible(&caller, input.author.as_str())?;
-    let now = store::micros(state.now());
-    let caller_role = caller.role;
-    let org = caller.org.as_str().to_owned();
-    let (stored, council) = state
-        .store
-        .write(move |conn| {
-            let current = flags::get(conn, &id)?.ok_or_else(|| {
-                ApiError::MethodNotAllowed(format!(
-                    "Flag/{id} does not exist; Flag ids are assigned by the server, so create it with POST /Flag"
-                ))
-            })?;
-            if caller_role == Role::Council && current.la_ods != org {
-                return Err(ApiError::Forbidden("this Flag belongs to another council".into()));
-            }
-            check_version(expected, current.version)?;
-            let next = input.to_row(&current.id, current.version + 1, now);
-            if next.same_content(&current) {
-                let council = councils::get(conn, &current.la_ods)?;
-                return Ok((current, council));
-            }
-            let council = rules::check_flag_references(conn, &next)?;
-            if let Some(other) = flags::find_by_identifier(
-                conn,
-                &next.la_ods,
-                &next.local_ref_system,
-                &next.local_ref_value,
-            )?
-            .filter(|f| f.id != next.id)
-            {
-                return Err(ApiError::Conflict(format!(
-                    "Flag/{} already has this identifier",
-                    other.id
-                )));
-            }
-            flags::update(conn, &next, "PUT")?;
-            Ok((next, Some(council)))
-        })
-        .await?;
-    let location = history_url(&state, "Flag", &stored.id, stored.version);
-    Reply::ok(flag::render(
-        &stored,
-        council.as_ref().map(|c| c.name.as_str()),
-    ))
-    .versioned(stored.version, stored.updated_at)
-    .location(location)
-    .into_response(&req)
+    let op = Op::UpdateFlag {
+        target: FlagTarget::Id(id.clone()),
+        body_id: Some(id),
+        expected,
+        input,
+        new_id: String::new(),
+    };
+    write::apply(&state, &caller, op)
+        .await?
+        .respond(&state, &req)
+}
+
+/// `PUT /Flag?identifier=system|value` (FHIR R4 §3.1.0.4.3 conditional update): updates the
+/// caller's Flag with that plan reference, or creates it when there is none, so a council can
+/// resubmit its extract without keeping our ids.
+pub async fn conditional_update_flag(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    policy::require_council(&caller)?;
+    let plan = plan_ref_of(&req)?;
+    let expected = if_match(&req)?;
+    let value = submitted(&req, payload, &state, "Flag").await?;
+    let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
+        .map_err(ApiError::Unprocessable)?;
+    policy::require_responsible(&caller, input.author.as_str())?;
+    write::check_plan_ref(&plan, &input)?;
+    let op = Op::UpdateFlag {
+        target: FlagTarget::Ref(plan),
+        body_id: value.get("id").and_then(Value::as_str).map(str::to_owned),
+        expected,
+        input,
+        new_id: uuid::Uuid::now_v7().to_string(),
+    };
+    write::apply(&state, &caller, op)
+        .await?
+        .respond(&state, &req)
+}
+
+/// The `identifier=system|value` of a conditional interaction's query string.
+pub fn plan_ref_of(req: &HttpRequest) -> Result<PlanRef, ApiError> {
+    let q = req.query_string();
+    PlanRef::from_query(q).ok_or_else(|| {
+        ApiError::InvalidSearch(format!(
+            "a conditional update or delete of a Flag needs exactly ?identifier=system|value, not '{q}'"
+        ))
+    })
 }
 
 pub async fn update_organization(

@@ -174,7 +174,7 @@ fn row_for<T>(
         && code == "0"
         && !disclosed.is_empty();
     AuditRow {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: audit_store::new_id(now),
         recorded: now,
         resource_type: what.resource_type.to_owned(),
         subtype: what.subtype.to_owned(),

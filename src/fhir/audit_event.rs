@@ -19,6 +19,9 @@ const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
 
 pub fn render(row: &AuditRow) -> Value {
+    if row.user_role == crate::lifecycle::SYSTEM_ROLE {
+        return render_lifecycle(row);
+    }
     let (access_code, access_display) = if row.unscheduled {
         (
             "unscheduled",
@@ -116,6 +119,74 @@ pub fn render(row: &AuditRow) -> Value {
                 "requestor": false,
             },
         ],
+        "source": {
+            "observer": { "display": "cpis-fhir" },
+            "type": [{
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }],
+        },
+        "entity": entities,
+    });
+    if let Some(desc) = &row.outcome_desc {
+        event["outcomeDesc"] = json!(desc);
+    }
+    event
+}
+
+/// A run of the record lifecycle: the system destroyed records under the retention rules. The
+/// counts are entity details; no removed personal data is named (DOMAIN.md "Retention"). It is
+/// not an access record, so it does not claim the CPIS-AuditEvent profile.
+fn render_lifecycle(row: &AuditRow) -> Value {
+    let counts: serde_json::Map<String, Value> =
+        serde_json::from_str(&row.query).unwrap_or_default();
+    let detail: Vec<Value> = counts
+        .iter()
+        .map(|(k, v)| json!({ "type": k, "valueString": v.to_string() }))
+        .collect();
+    let mut agent = json!({
+        "type": { "coding": [{ "system": DCM, "code": "110150", "display": "Application" }] },
+        "who": { "display": format!("cpis-fhir record lifecycle ({})", row.client) },
+        "requestor": row.user_org.is_empty(),
+    });
+    let mut agents = vec![];
+    if !row.user_org.is_empty() {
+        agents.push(json!({
+            "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
+            "role": [{ "coding": [{ "system": ROLE_SYSTEM, "code": "admin" }] }],
+            "who": { "identifier": { "system": SDS_USER_SYSTEM, "value": row.user_id } },
+            "requestor": true,
+        }));
+    } else {
+        agent["requestor"] = json!(true);
+    }
+    agents.push(agent);
+    let mut entities = vec![json!({
+        "what": { "display": "CP-IS records past retention" },
+        "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+        "role": { "system": OBJECT_ROLE, "code": "20", "display": "Job" },
+        "detail": detail,
+    })];
+    if !row.request_id.is_empty() {
+        entities.push(json!({
+            "what": { "identifier": { "value": row.request_id } },
+            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
+        }));
+    }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": row.id,
+                "type": { "system": DCM, "code": "110100", "display": "Application Activity" },
+        "subtype": [{
+            "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+            "code": row.subtype,
+            "display": "Destroy/Delete",
+        }],
+        "action": "D",
+        "recorded": instant(row.recorded),
+        "outcome": row.outcome,
+        "agent": agents,
         "source": {
             "observer": { "display": "cpis-fhir" },
             "type": [{

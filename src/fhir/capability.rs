@@ -7,11 +7,13 @@ use crate::api::ENDPOINTS;
 use crate::domain::PROFILE_BASE;
 
 fn resource_entry(resource: &str) -> Value {
-    let interactions: Vec<Value> = ENDPOINTS
-        .iter()
-        .filter(|e| e.resource == Some(resource))
-        .map(|e| json!({ "code": e.interaction }))
-        .collect();
+    let mut codes: Vec<&str> = Vec::new();
+    for e in ENDPOINTS.iter().filter(|e| e.resource == Some(resource)) {
+        if !codes.contains(&e.interaction) {
+            codes.push(e.interaction);
+        }
+    }
+    let interactions: Vec<Value> = codes.iter().map(|c| json!({ "code": c })).collect();
     let has = |code: &str| {
         ENDPOINTS
             .iter()
@@ -27,8 +29,12 @@ fn resource_entry(resource: &str) -> Value {
             r["readHistory"] = json!(has("vread"));
             r["updateCreate"] = json!(resource != "Flag");
             r["conditionalCreate"] = json!(resource == "Flag");
-            r["conditionalUpdate"] = json!(false);
-            r["conditionalDelete"] = json!("not-supported");
+            r["conditionalUpdate"] = json!(resource == "Flag");
+            r["conditionalDelete"] = json!(if resource == "Flag" {
+                "single"
+            } else {
+                "not-supported"
+            });
         }
         _ => {}
     }
@@ -42,13 +48,50 @@ fn resource_entry(resource: &str) -> Value {
              Auditors: every record about the person, newest first, paged."
         );
     }
+    if resource == "Patient" {
+        r["documentation"] = json!(
+            "The id is the NHS number. PUT creates or updates. DELETE withdraws the calling council's Flags \
+             on the person (entered-in-error); the person's details leave under the retention rules."
+        );
+    }
     if resource == "Flag" {
         r["documentation"] = json!(
             "One Flag per plan. DELETE marks a Flag entered-in-error (kept for audit, hidden from clinicians). \
-             Conditional create with If-None-Exist: identifier=system|value."
+             Conditional create with If-None-Exist: identifier=system|value; conditional update and delete \
+             with ?identifier=system|value (the council's own plan reference)."
         );
     }
     r
+}
+
+/// Whole-system interactions: `POST /` takes both transaction and batch Bundles.
+fn system_interactions() -> Vec<Value> {
+    let mut out = Vec::new();
+    if ENDPOINTS
+        .iter()
+        .any(|e| e.resource.is_none() && e.interaction == "transaction")
+    {
+        out.push(json!({ "code": "transaction", "documentation": "Patient and Flag entries: POST, PUT (also PUT Flag?identifier=), DELETE. All or nothing." }));
+        out.push(json!({ "code": "batch", "documentation": "The same entries, each applied on its own." }));
+    }
+    out
+}
+
+/// Whole-system operations (`POST /$name`).
+fn system_operations(base_url: &str) -> Vec<Value> {
+    ENDPOINTS
+        .iter()
+        .filter(|e| e.resource.is_none() && e.interaction == "operation")
+        .filter_map(|e| e.path.strip_prefix("/$"))
+        .map(|name| {
+            json!({
+                "name": name,
+                "definition": format!("{base_url}/OperationDefinition/{name}"),
+                "documentation": "Administrators: apply the record lifecycle now (plans ended at 18, ended plans made inactive, \
+                                  records past retention removed, old AuditEvents removed). Returns the counts as Parameters.",
+            })
+        })
+        .collect()
 }
 
 pub fn statement(base_url: &str) -> Value {
@@ -81,6 +124,8 @@ pub fn statement(base_url: &str) -> Value {
                 "description": "Bearer JWT (RS/PS/ES algorithms pinned per trusted key; exp, iss, aud, sub required). Roles: clinician, clinician-scheduled, council, auditor, admin.",
             },
             "resource": types.iter().map(|t| resource_entry(t)).collect::<Vec<_>>(),
+            "interaction": system_interactions(),
+            "operation": system_operations(base_url),
         }],
     })
 }

@@ -98,11 +98,25 @@ pub fn negotiate(req: &HttpRequest) -> Result<Format, ApiError> {
 /// Reads a request body as the JSON form of a FHIR resource of `expected_type`, refusing what
 /// FHIR forbids (400) before any profile check runs.
 pub fn parse_body(req: &HttpRequest, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
-    let ct = req
-        .headers()
+    let value = parse_as(content_type(req), body, expected_type)?;
+    let empties = json::forbidden_empties(&value, expected_type);
+    if !empties.is_empty() {
+        return Err(ApiError::Invalid(empties));
+    }
+    Ok(value)
+}
+
+/// The request's `Content-Type`, or "" when there is none.
+pub fn content_type(req: &HttpRequest) -> &str {
+    req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// [`parse_body`] without the check for empty values, for a Bundle whose entries are checked
+/// one by one (so one bad entry of a batch does not refuse the others).
+pub fn parse_as(ct: &str, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
     let format = mime_format(ct.split(';').next().unwrap_or_default()).ok_or_else(|| {
         ApiError::UnsupportedMediaType(if ct.is_empty() {
             "a Content-Type header is required: application/fhir+json or application/fhir+xml".to_owned()
@@ -143,10 +157,6 @@ pub fn parse_body(req: &HttpRequest, body: &[u8], expected_type: &str) -> Result
                 ),
             )]))
         }
-    }
-    let empties = json::forbidden_empties(&value, expected_type);
-    if !empties.is_empty() {
-        return Err(ApiError::Invalid(empties));
     }
     Ok(value)
 }

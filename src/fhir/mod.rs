@@ -12,6 +12,7 @@ pub mod organization;
 pub mod patient;
 pub mod profile;
 pub mod search;
+pub mod transaction;
 
 use chrono::SecondsFormat;
 use serde_json::{json, Value};

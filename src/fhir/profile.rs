@@ -66,6 +66,11 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         "CPIS-Role",
         include_str!("../../fhir-profiles/CodeSystem-CPIS-Role.json"),
     ),
+    (
+        "CodeSystem",
+        "CPIS-SubmissionResult",
+        include_str!("../../fhir-profiles/CodeSystem-CPIS-SubmissionResult.json"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,22 @@ pub struct AuditRow {
     pub query: String,
 }
 
+thread_local! {
+    /// Audit rows are made on the writer thread; one counter per thread keeps the ids it makes
+    /// strictly increasing even within one millisecond, without a lock.
+    static AUDIT_IDS: uuid::ContextV7 = const { uuid::ContextV7::new() };
+}
+
+/// A new audit id: a UUIDv7 made from the time the row records (microseconds since the epoch),
+/// so ids sort by `recorded` (and, within one instant, by the order they were made), and
+/// retention can delete by id range whatever clock the server was given.
+pub fn new_id(recorded: i64) -> String {
+    let secs = u64::try_from(recorded.div_euclid(1_000_000)).unwrap_or(0);
+    let nanos = u32::try_from(recorded.rem_euclid(1_000_000) * 1_000).unwrap_or(0);
+    AUDIT_IDS
+        .with(|ctx| uuid::Uuid::new_v7(uuid::Timestamp::from_unix(ctx, secs, nanos)).to_string())
+}
+
 pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
     super::on_backend!(conn, c => diesel::insert_into(audit_events::table).values(row).execute(c))
         .map(|_| ())

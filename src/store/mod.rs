@@ -11,6 +11,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod councils;
 pub mod flags;
+pub mod lifecycle;
 pub mod patients;
 pub mod schema;
 pub mod writer;

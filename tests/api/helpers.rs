@@ -95,6 +95,8 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         settings.workers = 1;
+        // The lifecycle is stepped by the tests (POST /$purge), never by a timer.
+        settings.lifecycle_interval = None;
         settings.base_url = format!("http://127.0.0.1:{port}");
         tweak(&mut settings);
         let now = Arc::new(Mutex::new(
@@ -371,6 +373,97 @@ impl TestApp {
             .map(|e| e["resource"].clone())
             .collect()
     }
+}
+
+impl TestApp {
+    /// Submits a transaction or batch Bundle as `council`.
+    pub async fn bundle(&self, council: &str, kind: &str, entries: Vec<Value>) -> Resp {
+        let b = json!({ "resourceType": "Bundle", "type": kind, "entry": entries });
+        self.post_json("/", &self.council(council), &b).await
+    }
+
+    /// Runs the record lifecycle as an administrator; returns `$purge`'s Parameters.
+    pub async fn purge(&self) -> Value {
+        let r = self
+            .request(Method::POST, "/$purge", Some(&self.admin()), &[], None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+}
+
+/// A named value of a Parameters resource.
+pub fn parameter(params: &Value, name: &str) -> Value {
+    params["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .map(|p| {
+            p.get("valueInteger")
+                .or_else(|| p.get("valueReference"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// A `PUT Patient/{nhs}` entry.
+pub fn put_patient_entry(nhs: &str) -> Value {
+    json!({
+        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "resource": patient_json(nhs),
+        "request": { "method": "PUT", "url": format!("Patient/{nhs}") },
+    })
+}
+
+/// A conditional `PUT Flag?identifier=…` entry for the plan `plan_ref`.
+pub fn put_flag_entry(nhs: &str, council: &str, plan_ref: &str) -> Value {
+    let f = flag_json(nhs, council, plan_ref);
+    let system = f["identifier"][0]["system"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    json!({
+        "resource": f,
+        "request": {
+            "method": "PUT",
+            "url": format!("Flag?identifier={}%7C{plan_ref}", system.replace(':', "%3A").replace('/', "%2F")),
+        },
+    })
+}
+
+/// The status line of each entry of a transaction-response or batch-response.
+pub fn statuses(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            e["response"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The CP-IS result code (CPR…) of each entry's outcome.
+pub fn result_codes(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            e["response"]["outcome"]["issue"][0]["details"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|c| c["code"].as_str().filter(|c| c.starts_with("CPR")))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// The resources of a searchset, by search mode.

@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod access;
+mod bundles;
 mod cli;
 mod helpers;
+mod lifecycle;
+mod load;
 mod lookup;
 mod postgres;
 mod resources;

@@ -205,7 +205,15 @@ async fn the_capability_statement_lists_exactly_the_routes() {
         .collect();
     listed.sort();
     routes.sort();
+    routes.dedup();
     assert_eq!(listed, routes);
+    let system: Vec<&str> = v["rest"][0]["interaction"]
+        .as_array()
+        .expect("system interactions")
+        .iter()
+        .filter_map(|i| i["code"].as_str())
+        .collect();
+    assert_eq!(system, ["transaction", "batch"]);
     let flag = v["rest"][0]["resource"]
         .as_array()
         .and_then(|a| a.iter().find(|r| r["type"] == "Flag"))

@@ -1,0 +1,434 @@
+//! `transaction` and `batch` (FHIR R4 §3.1.0.11): `POST /` with a Bundle of Patient and Flag
+//! entries — how a council's case system sends its extract.
+//!
+//! A transaction is all or nothing: every entry is checked first (all problems reported
+//! together, each naming its entry and element), then every entry is written in one database
+//! transaction, and the first refusal rolls everything back. A batch applies each entry on its
+//! own, with its own savepoint. Either way each entry's result carries a CP-IS submission result
+//! code (CPR06 success, CPR03 NHS number not verified, CPR07 failure).
+//!
+//! `urn:uuid:` full URLs are resolved across entries, so a Flag may name as its subject the
+//! Patient in another entry. Resubmitting the same extract is idempotent when the council uses
+//! `ifNoneExist` or the conditional update `PUT Flag?identifier=system|value`.
+
+use std::collections::HashMap;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use crate::api::http::{check_length, check_resource, parse_etag, read_body};
+use crate::api::update::patient_for_id;
+use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Shown};
+use crate::auth::{policy, Caller};
+use crate::error::{ApiError, Issue};
+use crate::fhir::transaction::{self as bundle, EntryRequest, EntryResponse, Kind};
+use crate::fhir::{flag, format, json, patient};
+use crate::nhs_number::NhsNumber;
+use crate::state::AppState;
+use crate::store;
+
+pub async fn submit(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    policy::require_council(&caller)?;
+    let limit = state.settings.bundle_body_limit;
+    check_length(&req, limit)?;
+    let answer_in = format::negotiate(&req)?;
+    let body = read_body(payload, limit).await?;
+    let content_type = format::content_type(&req).to_owned();
+    let representation = prefers_representation(&req);
+    let now = state.now();
+    let (today, now) = (now.date_naive(), store::micros(now));
+    // Reading and checking thousands of entries is CPU work: off the HTTP worker, so look-ups
+    // sharing it are not held up.
+    let prepared = {
+        let (state, caller) = (state.clone(), caller.clone());
+        web::block(move || prepare(&state, &caller, &content_type, &body)).await??
+    };
+    let Prepared { kind, ops } = prepared;
+    let (ready, mut results) = split(kind, ops)?;
+    let writes = {
+        let caller = caller.clone();
+        state
+            .store
+            .write(move |conn| {
+                let mut out = Vec::with_capacity(ready.len());
+                for (i, op) in ready {
+                    let r = match kind {
+                        Kind::Transaction => Ok(write::execute(conn, &caller, op, today, now)
+                            .map_err(|e| e.in_entry(i))?),
+                        Kind::Batch => diesel::Connection::transaction(conn, |c| {
+                            write::execute(c, &caller, op, today, now)
+                        })
+                        .map_err(|e: ApiError| e.in_entry(i)),
+                    };
+                    out.push((i, r));
+                }
+                Ok(out)
+            })
+            .await?
+    };
+    for (i, r) in writes {
+        results[i] = Some(r);
+    }
+    let entries = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Some(Ok(done)) => accepted(&state, done, representation),
+            Some(Err(e)) => refused(e),
+            None => refused(ApiError::Internal(format!("entry {i} has no result")).in_entry(i)),
+        })
+        .collect();
+    let body = format::render(&bundle::response(kind, entries, now), answer_in)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, answer_in.content_type()))
+        .body(body))
+}
+
+fn prefers_representation(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("Prefer")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.split(',').any(|x| x.trim() == "return=representation"))
+}
+
+struct Prepared {
+    kind: Kind,
+    /// Each entry's change, or why it was refused (already naming the entry).
+    ops: Vec<Result<Op, ApiError>>,
+}
+
+type Results = Vec<Option<Result<Done, ApiError>>>;
+
+/// The entries to write, in the order to write them, and the results known already. A
+/// transaction with any refused entry, or with two entries touching the same record, is refused
+/// whole here, before anything is written.
+#[allow(clippy::type_complexity)]
+fn split(
+    kind: Kind,
+    ops: Vec<Result<Op, ApiError>>,
+) -> Result<(Vec<(usize, Op)>, Results), ApiError> {
+    let mut results: Results = Vec::with_capacity(ops.len());
+    let mut ready = Vec::new();
+    let mut refused = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
+            Ok(op) => {
+                if kind == Kind::Transaction {
+                    for t in op.touches() {
+                        if let Some(first) = seen.insert(t.clone(), i) {
+                            refused.push((
+                                i,
+                                ApiError::Invalid(vec![Issue::new(
+                                    "business-rule",
+                                    format!("Bundle.entry[{i}]"),
+                                    format!(
+                                        "Bundle.entry[{i}] changes {t}, which Bundle.entry[{first}] changes too; a transaction may change each record once"
+                                    ),
+                                )]),
+                            ));
+                        }
+                    }
+                }
+                ready.push((i, op));
+                results.push(None);
+            }
+            Err(e) => {
+                if let ApiError::InBundle(v) = e.in_entry(i) {
+                    refused.extend(v);
+                }
+                results.push(None);
+            }
+        }
+    }
+    match kind {
+        Kind::Transaction if !refused.is_empty() => Err(ApiError::InBundle(refused)),
+        _ => {
+            for (i, e) in refused {
+                results[i] = Some(Err(e.in_entry(i)));
+            }
+            ready.sort_by_key(|(i, op)| (op.phase(), *i));
+            Ok((ready, results))
+        }
+    }
+}
+
+fn accepted(state: &AppState, done: Done, representation: bool) -> EntryResponse {
+    let status = format!(
+        "{} {}",
+        done.status.as_u16(),
+        done.status.canonical_reason().unwrap_or_default()
+    );
+    let note = match &done.shown {
+        Shown::Note(text) => Some(text.clone()),
+        _ => None,
+    };
+    let has_location = !matches!(done.shown, Shown::Nothing | Shown::Note(_));
+    EntryResponse {
+        status,
+        location: has_location.then(|| done.location(state)),
+        version: Some(done.version),
+        updated_at: has_location.then_some(done.updated_at),
+        resource: if representation && has_location {
+            done.body()
+        } else {
+            None
+        },
+        outcome: bundle::success_outcome(note.as_deref()),
+    }
+}
+
+fn refused(e: ApiError) -> EntryResponse {
+    let status = actix_web::ResponseError::status_code(&e);
+    EntryResponse {
+        status: format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        ),
+        location: None,
+        version: None,
+        updated_at: None,
+        resource: None,
+        outcome: e.outcome().0,
+    }
+}
+
+/// Reads the Bundle and turns each entry into a checked change (or its refusal).
+fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Prepared, ApiError> {
+    let value = format::parse_as(content_type, body, "Bundle")?;
+    let (kind, mut entries) = bundle::entries(
+        value,
+        &state.settings.base_url,
+        state.settings.max_bundle_entries,
+    )?;
+    let new_ids: Vec<String> = entries
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let targets = full_url_targets(&entries, &new_ids);
+    let ops = entries
+        .iter_mut()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = std::mem::replace(e, Err(ApiError::InBundle(Vec::new())))?;
+            entry_op(state, caller, e, &targets, new_ids[i].clone()).map_err(|err| err.in_entry(i))
+        })
+        .collect();
+    Ok(Prepared { kind, ops })
+}
+
+/// What each entry's `fullUrl` stands for once written: Patients are known by NHS number,
+/// new Flags by the id about to be given them.
+fn full_url_targets(
+    entries: &[Result<EntryRequest, ApiError>],
+    new_ids: &[String],
+) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let Ok(e) = e else { continue };
+        let Some(full_url) = &e.full_url else {
+            continue;
+        };
+        let (path, query) = split_url(&e.url);
+        let target = match (e.method.as_str(), path.as_slice(), query) {
+            ("POST", ["Patient"], None) => e
+                .resource
+                .as_ref()
+                .and_then(|r| r.pointer("/identifier/0/value"))
+                .and_then(Value::as_str)
+                .map(|nhs| format!("Patient/{nhs}")),
+            ("PUT", ["Patient", id], None) => Some(format!("Patient/{id}")),
+            ("POST", ["Flag"], None) => Some(format!("Flag/{}", new_ids[i])),
+            ("PUT", ["Flag", id], None) => Some(format!("Flag/{id}")),
+            _ => None,
+        };
+        if let Some(t) = target {
+            map.insert(full_url.clone(), t);
+        }
+    }
+    map
+}
+
+fn split_url(url: &str) -> (Vec<&str>, Option<&str>) {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    (path.split('/').filter(|s| !s.is_empty()).collect(), query)
+}
+
+/// Replaces references to other entries' `fullUrl`s with what those entries will be; a
+/// `urn:uuid:` reference that names no entry is refused (it could never resolve).
+fn resolve_references(
+    resource: &mut Value,
+    targets: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let mut issues = Vec::new();
+    for element in ["subject", "author"] {
+        let Some(r) = resource.pointer_mut(&format!("/{element}/reference")) else {
+            continue;
+        };
+        let Some(text) = r.as_str() else { continue };
+        if let Some(t) = targets.get(text) {
+            *r = Value::String(t.clone());
+        } else if text.starts_with("urn:") {
+            issues.push(Issue::new(
+                "not-found",
+                format!("Flag.{element}.reference"),
+                format!(
+                    "Flag.{element}.reference '{text}' names no entry's fullUrl in this Bundle"
+                ),
+            ));
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(issues))
+    }
+}
+
+fn checked(state: &AppState, resource: &Value, expected: &str) -> Result<(), ApiError> {
+    let found = resource.get("resourceType").and_then(Value::as_str);
+    if found != Some(expected) {
+        return Err(ApiError::Invalid(vec![Issue::new(
+            "invalid",
+            "resourceType",
+            format!(
+                "the request URL is for a {expected} but the resource is {}",
+                found.unwrap_or("of no resourceType")
+            ),
+        )]));
+    }
+    let empties = json::forbidden_empties(resource, expected);
+    if !empties.is_empty() {
+        return Err(ApiError::Invalid(empties));
+    }
+    check_resource(state, resource, expected)
+}
+
+fn unsupported(e: &EntryRequest) -> ApiError {
+    ApiError::Invalid(vec![Issue::new(
+        "not-supported",
+        "Bundle.entry.request",
+        format!(
+            "{} {} is not supported in a Bundle: use POST Patient, PUT Patient/{{nhs}}, DELETE Patient/{{nhs}}, \
+             POST Flag, PUT Flag/{{id}}, PUT Flag?identifier=system|value, DELETE Flag/{{id}} or DELETE Flag?identifier=system|value",
+            e.method, e.url
+        ),
+    )])
+}
+
+/// The change one entry asks for, checked as the single-resource interaction would check it.
+fn entry_op(
+    state: &AppState,
+    caller: &Caller,
+    mut e: EntryRequest,
+    targets: &HashMap<String, String>,
+    new_id: String,
+) -> Result<Op, ApiError> {
+    let allow_test = state.settings.allow_test_nhs_numbers;
+    let expected = e.if_match.as_deref().map(parse_etag).transpose()?;
+    let (path, query) = split_url(&e.url);
+    let plan_ref = |q: &str| {
+        PlanRef::from_query(q).ok_or_else(|| {
+            ApiError::InvalidSearch(format!(
+                "a conditional Flag URL needs exactly ?identifier=system|value, not '{q}'"
+            ))
+        })
+    };
+    let nhs_of = |id: &str| {
+        NhsNumber::parse(id, allow_test)
+            .map_err(|err| ApiError::InvalidSearch(format!("Patient/{{id}}: {err}")))
+    };
+    let mut resource = e.resource.take();
+    match (e.method.as_str(), path.as_slice(), query) {
+        ("POST", ["Patient"], None) => {
+            let r = resource.as_ref().ok_or_else(|| unsupported(&e))?;
+            checked(state, r, "Patient")?;
+            let input = patient::parse(r, allow_test, state.now().date_naive())
+                .map_err(ApiError::Unprocessable)?;
+            Ok(Op::CreatePatient(input))
+        }
+        ("PUT", ["Patient", id], None) => {
+            let nhs = nhs_of(id)?;
+            let r = resource.as_ref().ok_or_else(|| unsupported(&e))?;
+            checked(state, r, "Patient")?;
+            if r.get("id").and_then(Value::as_str) != Some(nhs.as_str()) {
+                return Err(ApiError::Invalid(vec![Issue::new(
+                    "invalid",
+                    "Patient.id",
+                    format!(
+                        "Patient.id must be present and equal the id in the request URL ({nhs})"
+                    ),
+                )]));
+            }
+            let input = patient_for_id(r, &nhs, state)?;
+            Ok(Op::PutPatient { expected, input })
+        }
+        ("DELETE", ["Patient", id], None) => Ok(Op::DeletePatient(nhs_of(id)?)),
+        ("POST", ["Flag"], None) | ("PUT", ["Flag"], Some(_)) | ("PUT", ["Flag", _], None) => {
+            let r = resource.as_mut().ok_or_else(|| unsupported(&e))?;
+            resolve_references(r, targets)?;
+            checked(state, r, "Flag")?;
+            let input = flag::parse(r, allow_test).map_err(ApiError::Unprocessable)?;
+            policy::require_responsible(caller, input.author.as_str())?;
+            let body_id = r.get("id").and_then(Value::as_str).map(str::to_owned);
+            match (e.method.as_str(), path.as_slice(), query) {
+                ("POST", _, _) => Ok(Op::CreateFlag {
+                    condition: e.if_none_exist.as_deref().map(plan_ref).transpose()?,
+                    input,
+                    new_id,
+                }),
+                ("PUT", ["Flag", id], _) => {
+                    if body_id.as_deref() != Some(*id) {
+                        return Err(ApiError::Invalid(vec![Issue::new(
+                            "invalid",
+                            "Flag.id",
+                            format!("Flag.id must be present and equal the id in the request URL ({id})"),
+                        )]));
+                    }
+                    Ok(Op::UpdateFlag {
+                        target: FlagTarget::Id((*id).to_owned()),
+                        body_id,
+                        expected,
+                        input,
+                        new_id,
+                    })
+                }
+                (_, _, q) => {
+                    let r = plan_ref(q.unwrap_or_default())?;
+                    check_plan_ref(&r, &input)?;
+                    Ok(Op::UpdateFlag {
+                        target: FlagTarget::Ref(r),
+                        body_id,
+                        expected,
+                        input,
+                        new_id,
+                    })
+                }
+            }
+        }
+        ("DELETE", ["Flag", id], None) => Ok(Op::DeleteFlag {
+            target: FlagTarget::Id((*id).to_owned()),
+            expected,
+        }),
+        ("DELETE", ["Flag"], Some(q)) => Ok(Op::DeleteFlag {
+            target: FlagTarget::Ref(plan_ref(q)?),
+            expected,
+        }),
+        _ => Err(unsupported(&e)),
+    }
+}

@@ -1,0 +1,398 @@
+//! A council's bulk submission: transaction and batch Bundles at `POST /`, conditional update
+//! and delete by plan reference, per-entry results with CP-IS result codes.
+
+use actix_web::http::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn flag_search(app: &TestApp, council: &str) -> Resp {
+    app.get(
+        &format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+        &app.council(council),
+    )
+    .await
+}
+
+#[actix_rt::test]
+async fn a_transaction_with_one_bad_entry_stores_nothing_and_names_the_entry_and_element() {
+    let app = TestApp::spawn().await;
+    let mut bad = put_flag_entry(NHS_1, LA_A, "P-2");
+    bad["resource"]["period"]["end"] = json!("2025-01-01");
+    let r = app
+        .bundle(
+            LA_A,
+            "transaction",
+            vec![
+                put_patient_entry(NHS_1),
+                put_flag_entry(NHS_1, LA_A, "P-1"),
+                bad,
+            ],
+        )
+        .await;
+    r.assert_outcome(422, "invariant");
+    assert_eq!(
+        r.expressions(),
+        vec!["Bundle.entry[2].resource.period.end".to_owned()]
+    );
+    let v = r.json();
+    let codes: Vec<&str> = v["issue"][0]["details"]["coding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"CPR07"), "{v}");
+    let p = app
+        .get(&format!("/Patient/{NHS_1}"), &app.council(LA_A))
+        .await;
+    assert_eq!(p.status, 404, "nothing of the transaction is stored");
+}
+
+#[actix_rt::test]
+async fn a_transaction_refused_by_the_database_rolls_back_the_entries_before_it() {
+    let app = TestApp::spawn().await;
+    // The Flag names a person who is neither in the Bundle nor on CP-IS: only the database
+    // can tell, after the Patient entry has been written.
+    let r = app
+        .bundle(
+            LA_A,
+            "transaction",
+            vec![put_patient_entry(NHS_1), put_flag_entry(NHS_2, LA_A, "P-1")],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.expressions(),
+        vec!["Bundle.entry[1].resource.subject".to_owned()]
+    );
+    let p = app
+        .get(&format!("/Patient/{NHS_1}"), &app.council(LA_A))
+        .await;
+    assert_eq!(p.status, 404);
+}
+
+#[actix_rt::test]
+async fn the_same_bundle_twice_makes_no_new_versions_and_a_changed_end_date_makes_exactly_one() {
+    let app = TestApp::spawn().await;
+    let entries = || vec![put_patient_entry(NHS_1), put_flag_entry(NHS_1, LA_A, "P-1")];
+    let first = app.bundle(LA_A, "transaction", entries()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["type"], "transaction-response");
+    assert_eq!(statuses(&first), ["201 Created", "201 Created"]);
+    assert_eq!(result_codes(&first), ["CPR06", "CPR06"]);
+    let location = first["entry"][1]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(location.ends_with("/_history/1"), "{location}");
+    assert_eq!(first["entry"][1]["response"]["etag"], "W/\"1\"");
+
+    let again = app.bundle(LA_A, "transaction", entries()).await.json();
+    assert_eq!(statuses(&again), ["200 OK", "200 OK"]);
+    assert_eq!(again["entry"][0]["response"]["etag"], "W/\"1\"");
+    assert_eq!(again["entry"][1]["response"]["etag"], "W/\"1\"");
+    assert_eq!(
+        again["entry"][1]["response"]["location"], location,
+        "the same Flag, not a duplicate"
+    );
+
+    let mut changed = entries();
+    changed[1]["resource"]["period"]["end"] = json!("2026-12-31");
+    let third = app.bundle(LA_A, "transaction", changed).await.json();
+    assert_eq!(third["entry"][0]["response"]["etag"], "W/\"1\"");
+    assert_eq!(third["entry"][1]["response"]["etag"], "W/\"2\"");
+    let flags = flag_search(&app, LA_A).await.json();
+    let found = entries_of(&flags);
+    assert_eq!(found.len(), 1, "one Flag: {flags}");
+    assert_eq!(found[0]["period"]["end"], "2026-12-31");
+    let id = found[0]["id"].as_str().unwrap();
+    let history = app
+        .get(&format!("/Flag/{id}/_history"), &app.council(LA_A))
+        .await
+        .json();
+    assert_eq!(history["total"], 2);
+}
+
+fn entries_of(bundle: &Value) -> Vec<Value> {
+    entries(bundle, "match")
+}
+
+#[actix_rt::test]
+async fn a_batch_stores_its_good_entries_and_reports_each_bad_one() {
+    let app = TestApp::spawn().await;
+    let mut unverified = put_patient_entry(NHS_2);
+    unverified["resource"]["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]
+        ["code"] = json!("02");
+    let mut bad_flag = put_flag_entry(NHS_1, LA_A, "P-2");
+    bad_flag["resource"]["code"]["coding"][0]["code"] = json!("12345");
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![
+                put_patient_entry(NHS_1),
+                put_flag_entry(NHS_1, LA_A, "P-1"),
+                unverified,
+                bad_flag,
+                json!({ "request": { "method": "GET", "url": "Flag" } }),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "batch-response");
+    let s = statuses(&v);
+    assert_eq!(s[0], "201 Created");
+    assert_eq!(s[1], "201 Created");
+    assert!(s[2].starts_with("422"), "{s:?}");
+    assert!(s[3].starts_with("422"), "{s:?}");
+    assert!(s[4].starts_with("400"), "{s:?}");
+    assert_eq!(
+        result_codes(&v),
+        ["CPR06", "CPR06", "CPR03", "CPR07", "CPR07"]
+    );
+    let expr = v["entry"][3]["response"]["outcome"]["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap();
+    assert!(expr.starts_with("Bundle.entry[3].resource.code"), "{expr}");
+    assert_eq!(entries_of(&flag_search(&app, LA_A).await.json()).len(), 1);
+    let p = app
+        .get(&format!("/Patient/{NHS_2}"), &app.council(LA_A))
+        .await;
+    assert_eq!(p.status, 404, "the unverified person was not stored");
+}
+
+#[actix_rt::test]
+async fn urn_uuid_references_resolve_to_the_entries_they_name() {
+    let app = TestApp::spawn().await;
+    let patient_url = "urn:uuid:0b6b2e2c-7f5e-4f43-9d37-5f4d2b0e0a11";
+    let mut flag = flag_json(NHS_1, LA_A, "P-1");
+    flag["subject"] = json!({ "reference": patient_url });
+    let r = app
+        .bundle(
+            LA_A,
+            "transaction",
+            vec![
+                json!({
+                    "fullUrl": patient_url,
+                    "resource": patient_json(NHS_1),
+                    "request": { "method": "POST", "url": "Patient" },
+                }),
+                json!({
+                    "fullUrl": "urn:uuid:5d0f3d1c-96a4-4d0e-a1b2-9b3f3b7a8c21",
+                    "resource": flag,
+                    "request": { "method": "POST", "url": "Flag" },
+                }),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let found = entries_of(&flag_search(&app, LA_A).await.json());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["subject"]["reference"], format!("Patient/{NHS_1}"));
+
+    let mut dangling = flag_json(NHS_1, LA_A, "P-2");
+    dangling["subject"] = json!({ "reference": "urn:uuid:11111111-2222-4333-8444-555555555555" });
+    let r = app
+        .bundle(
+            LA_A,
+            "transaction",
+            vec![json!({ "resource": dangling, "request": { "method": "POST", "url": "Flag" } })],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.expressions(),
+        vec!["Bundle.entry[0].resource.subject.reference".to_owned()]
+    );
+}
+
+#[actix_rt::test]
+async fn a_transaction_may_not_change_the_same_record_twice() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .bundle(
+            LA_A,
+            "transaction",
+            vec![put_patient_entry(NHS_1), put_patient_entry(NHS_1)],
+        )
+        .await;
+    r.assert_outcome(400, "business-rule");
+    assert_eq!(r.expressions(), vec!["Bundle.entry[1]".to_owned()]);
+}
+
+#[actix_rt::test]
+async fn a_bundle_over_the_entry_limit_is_refused_with_413() {
+    let app = TestApp::spawn_with(|s| s.max_bundle_entries = 2).await;
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![
+                put_patient_entry(NHS_1),
+                put_patient_entry(NHS_2),
+                put_patient_entry(NHS_3),
+            ],
+        )
+        .await;
+    r.assert_outcome(413, "too-costly");
+}
+
+#[actix_rt::test]
+async fn only_councils_submit_bundles_and_only_their_own_plans() {
+    let app = TestApp::spawn().await;
+    let b =
+        json!({ "resourceType": "Bundle", "type": "batch", "entry": [put_patient_entry(NHS_1)] });
+    let r = app.post_json("/", &app.clinician(), &b).await;
+    r.assert_outcome(403, "forbidden");
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![put_patient_entry(NHS_1), put_flag_entry(NHS_1, LA_B, "P-1")],
+        )
+        .await;
+    let v = r.json();
+    assert_eq!(statuses(&v)[1], "403 Forbidden", "{v}");
+}
+
+#[actix_rt::test]
+async fn bundles_that_are_not_transactions_or_batches_are_refused_clearly() {
+    let app = TestApp::spawn().await;
+    let token = app.council(LA_A);
+    let r = app
+        .post_json(
+            "/",
+            &token,
+            &json!({ "resourceType": "Bundle", "type": "collection" }),
+        )
+        .await;
+    r.assert_outcome(400, "value");
+    let r = app.post_json("/", &token, &patient_json(NHS_1)).await;
+    r.assert_outcome(400, "invalid");
+    let r = app
+        .request(
+            Method::POST,
+            "/",
+            Some(&token),
+            &[("Content-Type", "application/fhir+json")],
+            Some(b"{\"resourceType\": \"Bundle\", ".to_vec()),
+        )
+        .await;
+    r.assert_outcome(400, "structure");
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![json!({ "resource": patient_json(NHS_1), "request": { "method": "PUT", "url": "Patient/9449306753" }, "search": {} })],
+        )
+        .await;
+    let v = r.json();
+    assert!(statuses(&v)[0].starts_with("400"), "{v}");
+}
+
+#[actix_rt::test]
+async fn entries_can_withdraw_plans_by_plan_reference_and_people() {
+    let app = TestApp::spawn().await;
+    app.bundle(
+        LA_A,
+        "transaction",
+        vec![
+            put_patient_entry(NHS_1),
+            put_flag_entry(NHS_1, LA_A, "P-1"),
+            put_flag_entry(NHS_1, LA_A, "P-2"),
+        ],
+    )
+    .await;
+    let system = "https%3A%2F%2Fla901.example.org%2FId%2Fplan";
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![json!({ "request": { "method": "DELETE", "url": format!("Flag?identifier={system}%7CP-1") } })],
+        )
+        .await
+        .json();
+    assert_eq!(statuses(&r), ["204 No Content"]);
+    assert_eq!(result_codes(&r), ["CPR06"]);
+    let clinician = app.lookup(&app.clinician(), NHS_1, "", &[]).await.json();
+    assert_eq!(
+        entries_of(&clinician).len(),
+        1,
+        "P-1 is hidden: {clinician}"
+    );
+
+    let r = app
+        .request(
+            Method::DELETE,
+            &format!("/Patient/{NHS_1}"),
+            Some(&app.council(LA_A)),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["resourceType"], "OperationOutcome");
+    let clinician = app.lookup(&app.clinician(), NHS_1, "", &[]).await.json();
+    assert_eq!(entries_of(&clinician).len(), 0, "{clinician}");
+    let r = app
+        .request(
+            Method::DELETE,
+            &format!("/Patient/{NHS_1}"),
+            Some(&app.council(LA_B)),
+            &[],
+            None,
+        )
+        .await;
+    r.assert_outcome(403, "forbidden");
+}
+
+#[actix_rt::test]
+async fn a_conditional_update_over_http_creates_then_updates_the_same_flag() {
+    let app = TestApp::spawn().await;
+    app.given_patient(LA_A, NHS_1).await;
+    let token = app.council(LA_A);
+    let url = "/Flag?identifier=https%3A%2F%2Fla901.example.org%2FId%2Fplan%7CP-9";
+    let mut f = flag_json(NHS_1, LA_A, "P-9");
+    let r = app.put_json(url, &token, &f).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    f["period"]["end"] = json!("2027-01-01");
+    let r = app.put_json(url, &token, &f).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], id.as_str());
+    assert_eq!(r.header("ETag").as_deref(), Some("W/\"2\""));
+    let other = app
+        .put_json(
+            "/Flag?identifier=https%3A%2F%2Fla901.example.org%2FId%2Fplan%7CP-1",
+            &token,
+            &f,
+        )
+        .await;
+    other.assert_outcome(400, "invalid");
+}
+
+#[actix_rt::test]
+async fn the_response_carries_the_resources_when_asked_for_them() {
+    let app = TestApp::spawn().await;
+    let b = json!({ "resourceType": "Bundle", "type": "transaction",
+        "entry": [put_patient_entry(NHS_1), put_flag_entry(NHS_1, LA_A, "P-1")] });
+    let r = app
+        .send_json(
+            Method::POST,
+            "/",
+            &app.council(LA_A),
+            &b,
+            &[("Prefer", "return=representation")],
+        )
+        .await;
+    let v = r.json();
+    assert_eq!(v["entry"][0]["resource"]["resourceType"], "Patient");
+    assert_eq!(v["entry"][1]["resource"]["resourceType"], "Flag");
+    assert_eq!(
+        v["entry"][1]["resource"]["author"]["display"],
+        "Northmoor Borough Council"
+    );
+}
