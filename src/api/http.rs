@@ -14,13 +14,24 @@ use crate::state::AppState;
 use crate::store::from_micros;
 
 /// Reads the request body, refusing more than the configured limit with 413.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    read_body_sized(payload, limit, 0).await
+}
+
+/// [`read_body`] with the size the request declared (`Content-Length`), to size the buffer once.
+pub async fn read_body_sized(
+    mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+        + Unpin,
+    limit: usize,
+    expected: usize,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
             "the request body is larger than this server's limit of {limit} bytes"
         ))
     };
     let mut body = Vec::new();
+    let mut first = true;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
             actix_web::error::PayloadError::Overflow => too_large(),
@@ -32,13 +43,19 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
+        if first {
+            // A multi-megabyte Bundle arrives in many chunks: size the buffer once.
+            first = false;
+            body.reserve(expected.min(limit));
+        }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-/// Refuses early, from `Content-Length`, a body that is too large.
-pub fn check_length(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
+/// Refuses early, from `Content-Length`, a body that is too large; returns the declared length
+/// (0 when there is none).
+pub fn check_length(req: &HttpRequest, limit: usize) -> Result<usize, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -48,7 +65,7 @@ pub fn check_length(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
         Some(n) if n > limit => Err(ApiError::PayloadTooLarge(format!(
             "the request body ({n} bytes) is larger than this server's limit of {limit} bytes"
         ))),
-        _ => Ok(()),
+        other => Ok(other.unwrap_or(0)),
     }
 }
 

@@ -7,9 +7,50 @@ use crate::store::councils::{self, CouncilRow};
 use crate::store::flags::FlagRow;
 use crate::store::{patients, DbConn};
 
-pub fn check_flag_references(conn: &mut DbConn, row: &FlagRow) -> Result<CouncilRow, ApiError> {
+/// What one writer job has already established, so a Bundle of a thousand plans does not look
+/// up the same council a thousand times. Valid only inside the job's own transaction.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// People known to exist (read, or written by an entry that succeeded).
+    pub people: std::collections::HashSet<String>,
+    pub councils: std::collections::HashMap<String, CouncilRow>,
+}
+
+impl Known {
+    fn person_exists(&mut self, conn: &mut DbConn, nhs: &str) -> Result<bool, ApiError> {
+        if self.people.contains(nhs) {
+            return Ok(true);
+        }
+        let found = patients::get(conn, nhs)?.is_some();
+        if found {
+            self.people.insert(nhs.to_owned());
+        }
+        Ok(found)
+    }
+
+    pub fn council(
+        &mut self,
+        conn: &mut DbConn,
+        ods: &str,
+    ) -> Result<Option<CouncilRow>, ApiError> {
+        if let Some(c) = self.councils.get(ods) {
+            return Ok(Some(c.clone()));
+        }
+        let found = councils::get(conn, ods)?;
+        if let Some(c) = &found {
+            self.councils.insert(ods.to_owned(), c.clone());
+        }
+        Ok(found)
+    }
+}
+
+pub fn check_flag_references(
+    conn: &mut DbConn,
+    row: &FlagRow,
+    known: &mut Known,
+) -> Result<CouncilRow, ApiError> {
     let mut issues = Vec::new();
-    if patients::get(conn, &row.nhs_number)?.is_none() {
+    if !known.person_exists(conn, &row.nhs_number)? {
         issues.push(Issue::new(
             "not-found",
             "Flag.subject",
@@ -19,7 +60,7 @@ pub fn check_flag_references(conn: &mut DbConn, row: &FlagRow) -> Result<Council
             ),
         ));
     }
-    let council = councils::get(conn, &row.la_ods)?;
+    let council = known.council(conn, &row.la_ods)?;
     match &council {
         None => issues.push(Issue::new(
             "not-found",

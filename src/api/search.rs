@@ -646,7 +646,46 @@ pub async fn search_organizations(
 // AuditEvent: a person's access history (clinicians and the responsible council: the latest 25
 // unscheduled accesses that disclosed a record) or, for the audit team, every audit row.
 
-const AUDIT_PARAMS: &[&str] = &["patient:identifier", "patient", "entity:identifier"];
+const AUDIT_PARAMS: &[&str] = &[
+    "patient:identifier",
+    "patient",
+    "entity:identifier",
+    "subtype",
+];
+
+/// `GET /AuditEvent?subtype=destroy`: the audit team lists the record lifecycle's runs.
+fn lifecycle_runs(
+    conn: &mut DbConn,
+    caller: &Caller,
+    p: &Params,
+    state: &AppState,
+) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+    if !matches!(caller.role, Role::Auditor | Role::Admin) {
+        return Err(ApiError::Forbidden(
+            "only the audit team lists the record lifecycle's runs".into(),
+        ));
+    }
+    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+    let cursor = p.cursor()?;
+    let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
+    let mut rows = audit_store::lifecycle_runs(
+        conn,
+        crate::lifecycle::SYSTEM_ROLE,
+        cursor.as_deref(),
+        limit,
+    )?;
+    let next = if rows.len() > count {
+        rows.truncate(count);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    let mut disclosure = Disclosure::about(None);
+    for r in &rows {
+        disclosure.reference(format!("AuditEvent/{}", r.id));
+    }
+    Ok((rows, next, disclosure))
+}
 
 fn run_audit_search(
     conn: &mut DbConn,
@@ -656,8 +695,24 @@ fn run_audit_search(
     visible_since: String,
 ) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
     let allow_test = state.settings.allow_test_nhs_numbers;
-    let nhs = one_patient(p, &["patient:identifier", "entity:identifier"], &["patient"], allow_test)?
-        .ok_or_else(|| {
+    let nhs = one_patient(
+        p,
+        &["patient:identifier", "entity:identifier"],
+        &["patient"],
+        allow_test,
+    )?;
+    let subtypes = p.all("subtype");
+    match (&nhs, subtypes.as_slice()) {
+        (None, [crate::lifecycle::AUDIT_SUBTYPE]) => return lifecycle_runs(conn, caller, p, state),
+        (_, []) => {}
+        _ => {
+            return Err(ApiError::InvalidSearch(format!(
+                "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",
+                crate::lifecycle::AUDIT_SUBTYPE
+            )))
+        }
+    }
+    let nhs = nhs.ok_or_else(|| {
             ApiError::Forbidden(
                 "access history is searched by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
             )

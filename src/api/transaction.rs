@@ -17,7 +17,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::api::http::{check_length, check_resource, parse_etag, read_body};
+use crate::api::http::{check_length, check_resource, parse_etag, read_body_sized};
+use crate::api::rules::Known;
 use crate::api::update::patient_for_id;
 use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Shown};
 use crate::auth::{policy, Caller};
@@ -26,7 +27,7 @@ use crate::fhir::transaction::{self as bundle, EntryRequest, EntryResponse, Kind
 use crate::fhir::{flag, format, json, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store;
+use crate::store::{self, DbConn};
 
 pub async fn submit(
     req: HttpRequest,
@@ -36,9 +37,9 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     policy::require_council(&caller)?;
     let limit = state.settings.bundle_body_limit;
-    check_length(&req, limit)?;
+    let declared = check_length(&req, limit)?;
     let answer_in = format::negotiate(&req)?;
-    let body = read_body(payload, limit).await?;
+    let body = read_body_sized(payload, limit, declared).await?;
     let content_type = format::content_type(&req).to_owned();
     let representation = prefers_representation(&req);
     let now = state.now();
@@ -55,21 +56,7 @@ pub async fn submit(
         let caller = caller.clone();
         state
             .store
-            .write(move |conn| {
-                let mut out = Vec::with_capacity(ready.len());
-                for (i, op) in ready {
-                    let r = match kind {
-                        Kind::Transaction => Ok(write::execute(conn, &caller, op, today, now)
-                            .map_err(|e| e.in_entry(i))?),
-                        Kind::Batch => diesel::Connection::transaction(conn, |c| {
-                            write::execute(c, &caller, op, today, now)
-                        })
-                        .map_err(|e: ApiError| e.in_entry(i)),
-                    };
-                    out.push((i, r));
-                }
-                Ok(out)
-            })
+            .write(move |conn| write_all(conn, &caller, kind, ready, today, now))
             .await?
     };
     for (i, r) in writes {
@@ -88,6 +75,66 @@ pub async fn submit(
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, answer_in.content_type()))
         .body(body))
+}
+
+type Written = Vec<(usize, Result<Done, ApiError>)>;
+
+/// Writes the entries in order, inside the writer's transaction.
+///
+/// A transaction stops at the first refusal, which rolls everything back. A batch gives each
+/// entry its own outcome; rather than a savepoint per entry — which costs SQLite a statement
+/// journal for every page touched, and most of a bulk load's time — it first writes every entry
+/// under one savepoint and, only if some entry is refused, undoes that and writes them again,
+/// each under its own savepoint. Entries are deterministic (ids were assigned beforehand), so
+/// the second pass does exactly what the first would have.
+fn write_all(
+    conn: &mut DbConn,
+    caller: &Caller,
+    kind: Kind,
+    ready: Vec<(usize, Op)>,
+    today: chrono::NaiveDate,
+    now: i64,
+) -> Result<Written, ApiError> {
+    if kind == Kind::Transaction {
+        let mut known = Known::default();
+        let mut out = Vec::with_capacity(ready.len());
+        for (i, op) in &ready {
+            let done = write::execute(conn, caller, op, today, now, &mut known)
+                .map_err(|e| e.in_entry(*i))?;
+            out.push((*i, Ok(done)));
+        }
+        return Ok(out);
+    }
+    let all_at_once = diesel::Connection::transaction(conn, |c| {
+        let mut known = Known::default();
+        let mut out = Vec::with_capacity(ready.len());
+        for (i, op) in &ready {
+            out.push((
+                *i,
+                Ok(write::execute(c, caller, op, today, now, &mut known)?),
+            ));
+        }
+        Ok::<_, ApiError>(out)
+    });
+    match all_at_once {
+        Ok(out) => Ok(out),
+        // The database itself failed: nothing to gain from trying again.
+        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => Err(e),
+        Err(_) => {
+            // What the first pass learnt was rolled back with it.
+            let mut known = Known::default();
+            Ok(ready
+                .iter()
+                .map(|(i, op)| {
+                    let r = diesel::Connection::transaction(conn, |c| {
+                        write::execute(c, caller, op, today, now, &mut known)
+                    })
+                    .map_err(|e: ApiError| e.in_entry(*i));
+                    (*i, r)
+                })
+                .collect())
+        }
+    }
 }
 
 fn prefers_representation(req: &HttpRequest) -> bool {

@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::api::http::{check_version, history_url, Reply};
-use crate::api::rules;
+use crate::api::rules::{self, Known};
 use crate::auth::Caller;
 use crate::domain::{FlagStatus, Role};
 use crate::error::{ApiError, Issue};
@@ -20,7 +20,7 @@ use crate::fhir::patient::PatientInput;
 use crate::fhir::{flag, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::councils::{self, CouncilRow};
+use crate::store::councils::CouncilRow;
 use crate::store::flags::{self, FlagFilter, FlagRow};
 use crate::store::patients::{self, PatientRow};
 use crate::store::DbConn;
@@ -230,7 +230,7 @@ pub async fn apply(state: &AppState, caller: &Caller, op: Op) -> Result<Done, Ap
     let caller = caller.clone();
     state
         .store
-        .write(move |conn| execute(conn, &caller, op, today, now))
+        .write(move |conn| execute(conn, &caller, &op, today, now, &mut Known::default()))
         .await
 }
 
@@ -256,15 +256,24 @@ pub fn check_plan_ref(r: &PlanRef, input: &FlagInput) -> Result<(), ApiError> {
 pub fn execute(
     conn: &mut DbConn,
     caller: &Caller,
-    op: Op,
+    op: &Op,
     today: chrono::NaiveDate,
     now: i64,
+    known: &mut Known,
 ) -> Result<Done, ApiError> {
     let org = caller.org.as_str();
     match op {
-        Op::CreatePatient(input) => create_patient(conn, org, &input, now),
-        Op::PutPatient { expected, input } => put_patient(conn, org, expected, &input, now),
-        Op::DeletePatient(nhs) => delete_patient(conn, org, &nhs, now),
+        Op::CreatePatient(input) => {
+            let done = create_patient(conn, org, input, now)?;
+            known.people.insert(done.id.clone());
+            Ok(done)
+        }
+        Op::PutPatient { expected, input } => {
+            let done = put_patient(conn, org, *expected, input, now)?;
+            known.people.insert(done.id.clone());
+            Ok(done)
+        }
+        Op::DeletePatient(nhs) => delete_patient(conn, org, nhs, now),
         Op::CreateFlag {
             condition,
             input,
@@ -272,11 +281,16 @@ pub fn execute(
         } => {
             if let Some(c) = condition {
                 if let Some(existing) = flags::find_by_identifier(conn, org, &c.system, &c.value)? {
-                    let council = councils::get(conn, &existing.la_ods)?;
+                    let council = known.council(conn, &existing.la_ods)?;
                     return Ok(Done::flag(StatusCode::OK, existing, council));
                 }
             }
-            create_flag(conn, ended(input.to_row(&new_id, 1, now), today))
+            create_flag(
+                conn,
+                ended(input.to_row(new_id, 1, now), today),
+                false,
+                known,
+            )
         }
         Op::UpdateFlag {
             target,
@@ -285,7 +299,7 @@ pub fn execute(
             input,
             new_id,
         } => {
-            let current = match &target {
+            let current = match target {
                 FlagTarget::Id(id) => Some(flags::get(conn, id)?.ok_or_else(|| {
                     ApiError::MethodNotAllowed(format!(
                         "Flag/{id} does not exist; Flag ids are assigned by the server, so create it with POST /Flag"
@@ -307,9 +321,15 @@ pub fn execute(
                         "no Flag has this identifier, so the body must not carry an id: the server assigns it",
                     )]));
                 }
-                return create_flag(conn, ended(input.to_row(&new_id, 1, now), today));
+                // The plan reference was just looked up and is free.
+                return create_flag(
+                    conn,
+                    ended(input.to_row(new_id, 1, now), today),
+                    true,
+                    known,
+                );
             };
-            if let Some(b) = body_id.filter(|b| *b != current.id) {
+            if let Some(b) = body_id.as_ref().filter(|b| **b != current.id) {
                 return Err(ApiError::Invalid(vec![Issue::new(
                     "invalid",
                     "Flag.id",
@@ -324,13 +344,13 @@ pub fn execute(
                     "this Flag belongs to another council".into(),
                 ));
             }
-            check_version(expected, current.version)?;
+            check_version(*expected, current.version)?;
             let next = ended(input.to_row(&current.id, current.version + 1, now), today);
             if next.same_content(&current) {
-                let council = councils::get(conn, &current.la_ods)?;
+                let council = known.council(conn, &current.la_ods)?;
                 return Ok(Done::flag(StatusCode::OK, current, council));
             }
-            let council = rules::check_flag_references(conn, &next)?;
+            let council = rules::check_flag_references(conn, &next, known)?;
             if let Some(other) = flags::find_by_identifier(
                 conn,
                 &next.la_ods,
@@ -348,7 +368,7 @@ pub fn execute(
             Ok(Done::flag(StatusCode::OK, next, Some(council)))
         }
         Op::DeleteFlag { target, expected } => {
-            let current = match &target {
+            let current = match target {
                 FlagTarget::Id(id) => flags::get(conn, id)?
                     .ok_or_else(|| ApiError::NotFound(format!("Flag/{id} does not exist")))?,
                 FlagTarget::Ref(r) => flags::find_by_identifier(conn, org, &r.system, &r.value)?
@@ -364,7 +384,7 @@ pub fn execute(
                     "this Flag belongs to another council".into(),
                 ));
             }
-            check_version(expected, current.version)?;
+            check_version(*expected, current.version)?;
             let row = withdraw(conn, current, now)?;
             Ok(Done {
                 status: StatusCode::NO_CONTENT,
@@ -485,14 +505,25 @@ fn delete_patient(
     })
 }
 
-fn create_flag(conn: &mut DbConn, row: FlagRow) -> Result<Done, ApiError> {
-    let council = rules::check_flag_references(conn, &row)?;
-    if let Some(existing) = flags::find_by_identifier(
-        conn,
-        &row.la_ods,
-        &row.local_ref_system,
-        &row.local_ref_value,
-    )? {
+/// `reference_free`: the caller has just found no Flag with this plan reference.
+fn create_flag(
+    conn: &mut DbConn,
+    row: FlagRow,
+    reference_free: bool,
+    known: &mut Known,
+) -> Result<Done, ApiError> {
+    let council = rules::check_flag_references(conn, &row, known)?;
+    let existing = if reference_free {
+        None
+    } else {
+        flags::find_by_identifier(
+            conn,
+            &row.la_ods,
+            &row.local_ref_system,
+            &row.local_ref_value,
+        )?
+    };
+    if let Some(existing) = existing {
         return Err(ApiError::Conflict(format!(
             "Flag/{} already has this identifier; update it with PUT, or send If-None-Exist",
             existing.id

@@ -1,9 +1,16 @@
-//! Look-up benchmark (README "Benchmarks"): builds a national-size synthetic register, starts
-//! the server as a separate process on 127.0.0.1, drives `GET /Flag?patient:identifier=…` with
-//! a fixed number of keep-alive connections for a bounded time, and prints requests/s, p50/p99
-//! latency, the server's peak RSS, and the audit rows written against the 2xx responses.
+//! Benchmarks (README "Benchmarks"), each against the server started as a separate process on
+//! 127.0.0.1:
 //!
-//! Run it from a release build: `cargo run --release --bin cpis-bench`.
+//! - `cpis-bench` (the look-up): builds a national-size synthetic register, drives
+//!   `GET /Flag?patient:identifier=…` with a fixed number of keep-alive connections for a
+//!   bounded time, and prints requests/s, p50/p99 latency, the server's peak RSS, and the audit
+//!   rows written against the 2xx responses.
+//! - `cpis-bench load` (bulk submission): the same national dataset sent by its 153 councils as
+//!   batch Bundles of 1,000 entries (`PUT Patient/{nhs}` and `PUT Flag?identifier=…`), and
+//!   prints resources/s, the time for the whole dataset, Bundle latency and peak RSS, and
+//!   checks every entry was accepted and every plan stored.
+//!
+//! Run them from a release build: `cargo build --release --bins`, then `target/release/cpis-bench`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,7 +31,41 @@ use cpis_fhir::store::patients::PatientRow;
 use cpis_fhir::store::{self, Store};
 
 #[derive(Parser, Debug)]
-#[command(about = "CP-IS look-up benchmark")]
+#[command(about = "CP-IS benchmarks: the look-up (default) and bulk submission (`load`)")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Bench>,
+    #[command(flatten)]
+    lookup: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Bench {
+    /// Bulk submission: the national dataset through batch Bundles.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// People in the dataset (each with a plan; one in 50 with a second plan elsewhere).
+    #[arg(long, default_value_t = 200_000)]
+    people: u32,
+    /// Councils (each submits its own people).
+    #[arg(long, default_value_t = 153)]
+    councils: u32,
+    /// Entries per Bundle.
+    #[arg(long, default_value_t = 1_000)]
+    entries: usize,
+    /// Bundles in flight at once (councils submitting at the same time).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Port for the server.
+    #[arg(long, default_value_t = 18182)]
+    port: u16,
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// People in the synthetic register.
     #[arg(long, default_value_t = 200_000)]
@@ -53,8 +94,12 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(&args) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => run(&cli.lookup),
+        Some(Bench::Load(a)) => run_load(a),
+    };
+    if let Err(e) = result {
         eprintln!("cpis-bench: {e}");
         std::process::exit(1);
     }
@@ -154,30 +199,10 @@ fn run(args: &Args) -> Result<(), String> {
 /// 30% with a plan ended in the last 12 months, 5% unborn-child plans; one in 50 people has a
 /// second plan with another council.
 fn generate(store: &Store, args: &Args) -> Result<(), String> {
-    let councils: Vec<String> = (0..args.councils).map(|i| format!("LB{i:03}")).collect();
+    let councils = register_councils(store, args.councils)?;
     let now = chrono::Utc::now();
     let at = store::micros(now);
     let today = now.date_naive();
-    let rows: Vec<CouncilRow> = councils
-        .iter()
-        .map(|ods| CouncilRow {
-            ods_code: ods.clone(),
-            name: format!("Council {ods}"),
-            office_phone: "01632 960000".into(),
-            emergency_phone: "01632 960999".into(),
-            active: true,
-            version: 1,
-            updated_at: at,
-        })
-        .collect();
-    store
-        .write_blocking(move |c| {
-            for r in &rows {
-                store::councils::insert(c, r)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
     let all = std::sync::Arc::new(numbers(args.people, 0));
     let chunk = 5_000u32;
     let mut start = 0;
@@ -207,16 +232,7 @@ fn generate(store: &Store, args: &Args) -> Result<(), String> {
                     )?;
                     let plans = if i % 50 == 0 { 2 } else { 1 };
                     for p in 0..plans {
-                        let la = councils[(i as usize + p * 7) % councils.len()].clone();
-                        let (plan, end) = match i % 20 {
-                            0..=7 => (PlanType::LookedAfter, None),
-                            8..=12 => (PlanType::ChildProtection, None),
-                            13..=18 => (
-                                PlanType::ChildProtection,
-                                Some(today - chrono::Duration::days(i64::from(i % 360))),
-                            ),
-                            _ => (PlanType::UnbornChildProtection, None),
-                        };
+                        let (la, plan, end) = plan_of(i, p, &councils);
                         let status = if end.is_some() {
                             FlagStatus::Inactive
                         } else {
@@ -249,6 +265,50 @@ fn generate(store: &Store, args: &Args) -> Result<(), String> {
         start = end;
     }
     Ok(())
+}
+
+/// Registers `n` councils (LB000, LB001, …) straight into the database.
+fn register_councils(store: &Store, n: u32) -> Result<Vec<String>, String> {
+    let councils: Vec<String> = (0..n).map(|i| format!("LB{i:03}")).collect();
+    let at = store::micros(chrono::Utc::now());
+    let rows: Vec<CouncilRow> = councils
+        .iter()
+        .map(|ods| CouncilRow {
+            ods_code: ods.clone(),
+            name: format!("Council {ods}"),
+            office_phone: "01632 960000".into(),
+            emergency_phone: "01632 960999".into(),
+            active: true,
+            version: 1,
+            updated_at: at,
+        })
+        .collect();
+    store
+        .write_blocking(move |c| {
+            for r in &rows {
+                store::councils::insert(c, r)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(councils)
+}
+
+/// Which council holds plan `p` (0 or 1) of person `i`, and what plan it is: the plan mix of
+/// DOMAIN.md "Scale" (see [`generate`]).
+fn plan_of(i: u32, p: usize, councils: &[String]) -> (String, PlanType, Option<chrono::NaiveDate>) {
+    let today = chrono::Utc::now().date_naive();
+    let la = councils[(i as usize + p * 7) % councils.len()].clone();
+    let (plan, end) = match i % 20 {
+        0..=7 => (PlanType::LookedAfter, None),
+        8..=12 => (PlanType::ChildProtection, None),
+        13..=18 => (
+            PlanType::ChildProtection,
+            Some(today - chrono::Duration::days(i64::from(i % 360))),
+        ),
+        _ => (PlanType::UnbornChildProtection, None),
+    };
+    (la, plan, end)
 }
 
 fn start_server(dir: &Path, port: u16) -> Result<Child, String> {
@@ -363,7 +423,7 @@ fn drive(args: &Args, dir: &Path, _server: u32) -> Result<Outcome, String> {
                 );
                 let started = Instant::now();
                 conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-                let status = read_response(&mut conn, &mut buf)?;
+                let status = read_response(&mut conn, &mut buf, None)?;
                 let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 if (200..300).contains(&status) {
                     ok += 1;
@@ -394,8 +454,13 @@ fn drive(args: &Args, dir: &Path, _server: u32) -> Result<Outcome, String> {
     Ok((ok, other, lat, measured))
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body; returns its status.
-fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> Result<u16, String> {
+/// Reads one HTTP/1.1 response with a Content-Length body; returns its status. The body is
+/// kept in `body` when one is given.
+fn read_response(
+    conn: &mut TcpStream,
+    buf: &mut [u8],
+    mut body: Option<&mut Vec<u8>>,
+) -> Result<u16, String> {
     let mut filled = 0;
     loop {
         let n = conn.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
@@ -418,10 +483,17 @@ fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> Result<u16, String> {
                 })
                 .ok_or("no content-length")?;
             let mut have = filled - end - 4;
+            if let Some(b) = body.as_deref_mut() {
+                b.clear();
+                b.extend_from_slice(&buf[end + 4..filled]);
+            }
             while have < length {
                 let n = conn.read(&mut buf[..]).map_err(|e| e.to_string())?;
                 if n == 0 {
                     return Err("the server closed the connection".into());
+                }
+                if let Some(b) = body.as_deref_mut() {
+                    b.extend_from_slice(&buf[..n]);
                 }
                 have += n;
             }
@@ -431,4 +503,220 @@ fn read_response(conn: &mut TcpStream, buf: &mut [u8]) -> Result<u16, String> {
             return Err("response headers too large".into());
         }
     }
+}
+
+/// One council's Bundle, ready to send.
+struct Submission {
+    token: String,
+    body: Vec<u8>,
+    entries: usize,
+}
+
+/// The national dataset as each council would send it: its people and their plans, in batch
+/// Bundles of `entries` entries.
+fn submissions(
+    args: &LoadArgs,
+    councils: &[String],
+    dir: &Path,
+) -> Result<Vec<Submission>, String> {
+    let people = numbers(args.people, 0);
+    let mut per_council: Vec<Vec<serde_json::Value>> = vec![Vec::new(); councils.len()];
+    for (i, nhs) in people.iter().enumerate() {
+        let i = u32::try_from(i).map_err(|e| e.to_string())?;
+        let plans = if i % 50 == 0 { 2 } else { 1 };
+        for p in 0..plans {
+            let (la, plan, end) = plan_of(i, p, councils);
+            let start = chrono::Utc::now().date_naive() - chrono::Duration::days(400);
+            let mut period = serde_json::json!({ "start": start.to_string() });
+            if let Some(e) = end {
+                period["end"] = serde_json::json!(e.to_string());
+            }
+            let system = format!("https://{}.example.org/Id/plan", la.to_ascii_lowercase());
+            let k = councils.iter().position(|c| *c == la).unwrap_or(0);
+            per_council[k].push(serde_json::json!({
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": nhs,
+                    "identifier": [{
+                        "extension": [{
+                            "url": cpis_fhir::domain::VERIFICATION_EXTENSION,
+                            "valueCodeableConcept": { "coding": [{ "system": cpis_fhir::domain::VERIFICATION_SYSTEM, "code": "01" }] },
+                        }],
+                        "system": cpis_fhir::domain::NHS_NUMBER_SYSTEM,
+                        "value": nhs,
+                    }],
+                    "name": [{ "family": format!("Family{i}"), "given": ["Alex"] }],
+                    "birthDate": "2015-06-01",
+                    "address": [{ "line": [format!("{i} High Street")], "city": "Northmoor", "postalCode": "NM1 1AA" }],
+                },
+                "request": { "method": "PUT", "url": format!("Patient/{nhs}") },
+            }));
+            per_council[k].push(serde_json::json!({
+                "resource": {
+                    "resourceType": "Flag",
+                    "identifier": [{ "system": system, "value": format!("P{i}-{p}") }],
+                    "status": "active",
+                    "category": [{ "coding": [{ "system": cpis_fhir::domain::FLAG_CATEGORY_SYSTEM, "code": cpis_fhir::domain::FLAG_CATEGORY_CODE }] }],
+                    "code": { "coding": [{ "system": cpis_fhir::domain::SNOMED_SYSTEM, "code": plan.snomed() }] },
+                    "subject": { "reference": format!("Patient/{nhs}") },
+                    "period": period,
+                    "author": { "reference": format!("Organization/{la}") },
+                },
+                "request": {
+                    "method": "PUT",
+                    "url": format!("Flag?identifier={}%7CP{i}-{p}", system.replace(':', "%3A").replace('/', "%2F")),
+                },
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for (k, entries) in per_council.into_iter().enumerate() {
+        let token = dev::mint(
+            dir,
+            &TokenRequest {
+                role: Role::Council,
+                org: OdsCode::parse(&councils[k]).ok_or("ods")?,
+                user: format!("{}-case-system", councils[k]),
+                name: None,
+                ttl_secs: 3600,
+                audience: "cpis-fhir".into(),
+            },
+        )?;
+        for chunk in entries.chunks(args.entries.max(2)) {
+            let b =
+                serde_json::json!({ "resourceType": "Bundle", "type": "batch", "entry": chunk });
+            out.push(Submission {
+                token: token.clone(),
+                body: serde_json::to_vec(&b).map_err(|e| e.to_string())?,
+                entries: chunk.len(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn run_load(args: &LoadArgs) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("cpis-bench-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = load_into(args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
+    let db = dir.join("cpis.db");
+    dev::ensure_key(dir)?;
+    let councils = {
+        let store = Store::open(&db.to_string_lossy(), 1)?;
+        register_councils(&store, args.councils)?
+    };
+    let t = Instant::now();
+    let work = submissions(args, &councils, dir)?;
+    let total: usize = work.iter().map(|w| w.entries).sum();
+    println!(
+        "prepared {} Bundles ({total} entries) in {:.1} s",
+        work.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut server = start_server(dir, args.port)?;
+    let queue = Arc::new(std::sync::Mutex::new(work.into_iter().collect::<Vec<_>>()));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let queue = queue.clone();
+        let port = args.port;
+        handles.push(std::thread::spawn(move || -> Result<(usize, usize, Vec<u32>), String> {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut body = Vec::new();
+            let (mut accepted, mut refused, mut lat) = (0, 0, Vec::new());
+            loop {
+                let Some(job) = queue.lock().map_err(|_| "queue")?.pop() else {
+                    break;
+                };
+                let head = format!(
+                    "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/fhir+json\r\nAccept: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+                    job.token,
+                    job.body.len()
+                );
+                let t = Instant::now();
+                conn.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+                conn.write_all(&job.body).map_err(|e| e.to_string())?;
+                let status = read_response(&mut conn, &mut buf, Some(&mut body))?;
+                lat.push(t.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                if status != 200 {
+                    return Err(format!("a Bundle was refused with {status}: {}", String::from_utf8_lossy(&body)));
+                }
+                // Counted from the text: parsing every answer would load this machine's
+                // cores, which the server is using.
+                let text = String::from_utf8_lossy(&body);
+                let entries = text.matches("\"response\":{").count();
+                let ok = text.matches("\"status\":\"20").count();
+                accepted += ok;
+                refused += entries.saturating_sub(ok);
+            }
+            Ok((accepted, refused, lat))
+        }));
+    }
+    let (mut accepted, mut refused, mut lat) = (0, 0, Vec::new());
+    let mut failure = None;
+    for h in handles {
+        match h
+            .join()
+            .map_err(|_| "a load thread panicked".to_owned())
+            .and_then(|r| r)
+        {
+            Ok((a, r, l)) => {
+                accepted += a;
+                refused += r;
+                lat.extend(l);
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    let elapsed = started.elapsed();
+    let rss = peak_rss_kib(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let store = Store::open(&db.to_string_lossy(), 1)?;
+    let stored = store
+        .read_blocking(|c| {
+            use diesel::prelude::*;
+            let flags: i64 = store::schema::flags::table.count().get_result(c)?;
+            let people: i64 = store::schema::patients::table.count().get_result(c)?;
+            Ok((flags, people))
+        })
+        .map_err(|e| e.to_string())?;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("people                 {}", args.people);
+    println!("councils               {}", args.councils);
+    println!("entries per Bundle     {}", args.entries);
+    println!("Bundles in flight      {}", args.connections);
+    println!("entries sent           {total}");
+    println!("entries accepted       {accepted}");
+    println!("entries refused        {refused}");
+    println!(
+        "stored                 {} Flags, {} Patients",
+        stored.0, stored.1
+    );
+    println!("elapsed                {:.1} s", elapsed.as_secs_f64());
+    println!(
+        "resources/s            {:.0}",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!("Bundle latency p50     {} ms", pct(0.5));
+    println!("Bundle latency p99     {} ms", pct(0.99));
+    match rss {
+        Some(kib) => println!("server peak RSS        {:.1} MiB", kib as f64 / 1024.0),
+        None => println!("server peak RSS        unknown"),
+    }
+    Ok(())
 }

@@ -95,41 +95,46 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, Issue> {
 /// FHIRPath-like location (`Flag.identifier[0].system`).
 pub fn forbidden_empties(root: &Value, root_name: &str) -> Vec<Issue> {
     let mut out = Vec::new();
-    walk(root, root_name, false, &mut out);
+    let mut path = root_name.to_owned();
+    walk(root, &mut path, false, &mut out);
     out
 }
 
-fn walk(v: &Value, path: &str, in_array: bool, out: &mut Vec<Issue>) {
+/// Walks the tree with one path buffer, extended and truncated in place: a Bundle of thousands
+/// of resources is walked without building a string per element.
+fn walk(v: &Value, path: &mut String, in_array: bool, out: &mut Vec<Issue>) {
+    let mut issue = |what: &str| {
+        out.push(Issue::new(
+            "structure",
+            path.clone(),
+            format!("{path}: {what}; omit the element"),
+        ))
+    };
     match v {
-        Value::Null if !in_array => out.push(Issue::new(
-            "structure",
-            path,
-            format!("{path}: null is not allowed in FHIR JSON; omit the element"),
-        )),
+        Value::Null if !in_array => issue("null is not allowed in FHIR JSON"),
         Value::Null => {}
-        Value::String(s) if s.is_empty() => out.push(Issue::new(
-            "structure",
-            path,
-            format!("{path}: empty strings are not allowed in FHIR; omit the element"),
-        )),
-        Value::Array(items) if items.is_empty() => out.push(Issue::new(
-            "structure",
-            path,
-            format!("{path}: empty arrays are not allowed in FHIR JSON; omit the element"),
-        )),
+        Value::String(s) if s.is_empty() => issue("empty strings are not allowed in FHIR"),
+        Value::Array(items) if items.is_empty() => {
+            issue("empty arrays are not allowed in FHIR JSON")
+        }
+        Value::Object(map) if map.is_empty() => issue("empty objects are not allowed in FHIR JSON"),
         Value::Array(items) => {
+            let len = path.len();
             for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{path}[{i}]"), true, out);
+                path.push('[');
+                path.push_str(&i.to_string());
+                path.push(']');
+                walk(item, path, true, out);
+                path.truncate(len);
             }
         }
-        Value::Object(map) if map.is_empty() => out.push(Issue::new(
-            "structure",
-            path,
-            format!("{path}: empty objects are not allowed in FHIR JSON; omit the element"),
-        )),
         Value::Object(map) => {
+            let len = path.len();
             for (k, item) in map {
-                walk(item, &format!("{path}.{k}"), false, out);
+                path.push('.');
+                path.push_str(k);
+                walk(item, path, false, out);
+                path.truncate(len);
             }
         }
         _ => {}

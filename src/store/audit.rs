@@ -80,6 +80,21 @@ pub fn listed_for_patient(conn: &mut DbConn, nhs: &str, limit: i64) -> QueryResu
         .load(conn)
 }
 
+/// The record lifecycle's own audit rows (by the system, about no one), newest first, after the
+/// cursor (an id), for the audit team. `patient IS NULL` keeps the scan on the patient index.
+pub fn lifecycle_runs(
+    conn: &mut DbConn,
+    role: &str,
+    before_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<AuditRow>> {
+    let q = audit_events::table
+        .filter(audit_events::patient.is_null())
+        .filter(audit_events::user_role.eq(role.to_owned()))
+        .into_boxed();
+    newest_first(conn, q, before_id, limit)
+}
+
 /// Every audit row about the person, newest first, after the cursor (an id), for the audit team.
 pub fn all_for_patient(
     conn: &mut DbConn,
@@ -87,9 +102,21 @@ pub fn all_for_patient(
     before_id: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<AuditRow>> {
-    let mut q = audit_events::table
-        .filter(audit_events::patient.eq(nhs))
+    let q = audit_events::table
+        .filter(audit_events::patient.eq(nhs.to_owned()))
         .into_boxed();
+    newest_first(conn, q, before_id, limit)
+}
+
+type Boxed = audit_events::BoxedQuery<'static, <DbConn as diesel::Connection>::Backend>;
+
+/// A page of `q`, newest first (ids are time-ordered), after the cursor.
+fn newest_first(
+    conn: &mut DbConn,
+    mut q: Boxed,
+    before_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<AuditRow>> {
     if let Some(b) = before_id {
         q = q.filter(audit_events::id.lt(b.to_owned()));
     }

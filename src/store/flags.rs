@@ -106,35 +106,33 @@ pub fn find_by_identifier(
     system: &str,
     value: &str,
 ) -> QueryResult<Option<FlagRow>> {
-    flags::table
+    super::on_backend!(conn, c => flags::table
         .filter(flags::la_ods.eq(ods))
         .filter(flags::local_ref_system.eq(system))
         .filter(flags::local_ref_value.eq(value))
         .select(FlagRow::as_select())
-        .first(conn)
-        .optional()
+        .first(c)
+        .optional())
 }
 
 /// Inserts a new Flag (version 1) and its first history entry.
 pub fn insert(conn: &mut DbConn, row: &FlagRow) -> QueryResult<()> {
-    diesel::insert_into(flags::table)
-        .values(row)
-        .execute(conn)?;
-    diesel::insert_into(flag_versions::table)
-        .values(row.snapshot("POST"))
-        .execute(conn)
-        .map(|_| ())
+    let version = row.snapshot("POST");
+    super::on_backend!(conn, c => {
+        diesel::insert_into(flags::table).values(row).execute(c)?;
+        diesel::insert_into(flag_versions::table).values(&version).execute(c)
+    })
+    .map(|_| ())
 }
 
 /// Stores `row` (whose version the caller has already advanced) and records it in the history.
 pub fn update(conn: &mut DbConn, row: &FlagRow, method: &str) -> QueryResult<()> {
-    diesel::update(flags::table.find(&row.id))
-        .set(row)
-        .execute(conn)?;
-    diesel::insert_into(flag_versions::table)
-        .values(row.snapshot(method))
-        .execute(conn)
-        .map(|_| ())
+    let version = row.snapshot(method);
+    super::on_backend!(conn, c => {
+        diesel::update(flags::table.find(&row.id)).set(row).execute(c)?;
+        diesel::insert_into(flag_versions::table).values(&version).execute(c)
+    })
+    .map(|_| ())
 }
 
 /// Every version of a Flag, newest first (FHIR R4 §3.1.0.9 "history").

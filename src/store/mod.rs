@@ -80,10 +80,12 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         if let DbConn::Sqlite(c) = conn {
             // The page cache stays at SQLite's default: a larger one made every commit slower
-            // (SQLite walks the whole cache when a transaction ends).
+            // (SQLite walks the whole cache when a transaction ends). Statement journals
+            // (savepoints) stay in memory rather than in temporary files.
             c.batch_execute(&format!(
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA temp_store = MEMORY; \
                  PRAGMA wal_autocheckpoint = {};",
                 if self.writer { 0 } else { 1000 }
             ))

@@ -38,26 +38,27 @@ impl PatientRow {
     }
 }
 
+// The statements a Bundle entry runs go straight to the backend's own connection (see
+// `on_backend!`): a bulk load runs them hundreds of thousands of times.
+
 pub fn get(conn: &mut DbConn, nhs: &str) -> QueryResult<Option<PatientRow>> {
-    patients::table
+    super::on_backend!(conn, c => patients::table
         .find(nhs)
         .select(PatientRow::as_select())
-        .first(conn)
-        .optional()
+        .first(c)
+        .optional())
 }
 
 pub fn insert(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
-    diesel::insert_into(patients::table)
-        .values(row)
-        .execute(conn)
+    super::on_backend!(conn, c => diesel::insert_into(patients::table).values(row).execute(c))
         .map(|_| ())
 }
 
 pub fn update(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
-    diesel::update(patients::table.find(&row.nhs_number))
+    super::on_backend!(conn, c => diesel::update(patients::table.find(&row.nhs_number))
         .set(row)
-        .execute(conn)
-        .map(|_| ())
+        .execute(c))
+    .map(|_| ())
 }
 
 /// Whether `ods` is the responsible council for any of the person's Flags.

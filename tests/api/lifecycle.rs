@@ -190,6 +190,18 @@ async fn a_removal_run_is_audited_with_counts_and_no_personal_data() {
         .unwrap()
         .iter()
         .any(|a| a["who"]["identifier"]["value"] == "user-admin"));
+    let runs = app.get("/AuditEvent?subtype=destroy", &auditor).await;
+    assert_eq!(runs.status, 200, "{}", runs.text());
+    let runs = entries(&runs.json(), "match");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        format!("AuditEvent/{}", runs[0]["id"].as_str().unwrap()),
+        reference
+    );
+    let r = app
+        .get("/AuditEvent?subtype=destroy", &app.council(LA_A))
+        .await;
+    r.assert_outcome(403, "forbidden");
 }
 
 #[actix_rt::test]
