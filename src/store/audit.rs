@@ -65,7 +65,7 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<AuditRow>> {
     audit_events::table
         .find(id)
         .select(AuditRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 

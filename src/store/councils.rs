@@ -21,7 +21,7 @@ pub fn get(conn: &mut DbConn, ods: &str) -> QueryResult<Option<CouncilRow>> {
     super::on_backend!(conn, c => local_authorities::table
         .find(ods)
         .select(CouncilRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())
 }
 

@@ -95,7 +95,7 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<FlagRow>> {
     flags::table
         .find(id)
         .select(FlagRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -111,7 +111,7 @@ pub fn find_by_identifier(
         .filter(flags::local_ref_system.eq(system))
         .filter(flags::local_ref_value.eq(value))
         .select(FlagRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())
 }
 
@@ -148,7 +148,7 @@ pub fn version(conn: &mut DbConn, id: &str, version: i64) -> QueryResult<Option<
     flag_versions::table
         .find((id, version))
         .select(FlagVersionRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 

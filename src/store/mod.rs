@@ -39,6 +39,10 @@ pub enum DbConn {
 pub type DbPool = Pool<ConnectionManager<DbConn>>;
 
 /// Runs the same Diesel expression on whichever backend `conn` is, on the inner connection.
+///
+/// Single-row look-ups by key use `get_result`, never `first`: `first` binds `LIMIT ?`, and
+/// SQLite marks a statement whose LIMIT is a bound parameter for re-preparation on every
+/// rebinding, so a cached statement would be compiled again on every execution.
 /// Used on the look-up path: the multi-backend wrapper walks every query twice to collect its
 /// binds, which costs more than SQLite's own work for these small statements.
 macro_rules! on_backend {

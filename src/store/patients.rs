@@ -45,7 +45,7 @@ pub fn get(conn: &mut DbConn, nhs: &str) -> QueryResult<Option<PatientRow>> {
     super::on_backend!(conn, c => patients::table
         .find(nhs)
         .select(PatientRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())
 }
 
