@@ -1,5 +1,5 @@
 //! `read` of this server's own conformance resources (FHIR R4 §2.11 profiles, value sets, code
-//! systems), served from `fhir-profiles/` exactly as shipped. They hold no personal data and are
+//! systems, operation definitions), served from `fhir-profiles/` exactly as shipped. They hold no personal data and are
 //! readable without a token, like `/metadata`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,4 +35,11 @@ pub async fn read_code_system(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Reply::ok(find("CodeSystem", &path)?).into_response(&req)
+}
+
+pub async fn read_operation_definition(
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Reply::ok(find("OperationDefinition", &path)?).into_response(&req)
 }

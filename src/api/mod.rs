@@ -77,6 +77,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/StructureDefinition/{id}", Some("StructureDefinition"), "read", conformance::read_structure_definition),
     endpoint!(get, "/ValueSet/{id}", Some("ValueSet"), "read", conformance::read_value_set),
     endpoint!(get, "/CodeSystem/{id}", Some("CodeSystem"), "read", conformance::read_code_system),
+    endpoint!(get, "/OperationDefinition/{id}", Some("OperationDefinition"), "read", conformance::read_operation_definition),
 ];
 
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method

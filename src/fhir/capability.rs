@@ -78,7 +78,7 @@ fn system_interactions() -> Vec<Value> {
 }
 
 /// Whole-system operations (`POST /$name`).
-fn system_operations(base_url: &str) -> Vec<Value> {
+fn system_operations() -> Vec<Value> {
     ENDPOINTS
         .iter()
         .filter(|e| e.resource.is_none() && e.interaction == "operation")
@@ -86,7 +86,7 @@ fn system_operations(base_url: &str) -> Vec<Value> {
         .map(|name| {
             json!({
                 "name": name,
-                "definition": format!("{base_url}/OperationDefinition/{name}"),
+                "definition": format!("{PROFILE_BASE}/OperationDefinition/{name}"),
                 "documentation": "Administrators: apply the record lifecycle now (plans ended at 18, ended plans made inactive, \
                                   records past retention removed, old AuditEvents removed). Returns the counts as Parameters.",
             })
@@ -125,7 +125,7 @@ pub fn statement(base_url: &str) -> Value {
             },
             "resource": types.iter().map(|t| resource_entry(t)).collect::<Vec<_>>(),
             "interaction": system_interactions(),
-            "operation": system_operations(base_url),
+            "operation": system_operations(),
         }],
     })
 }

@@ -71,6 +71,11 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         "CPIS-SubmissionResult",
         include_str!("../../fhir-profiles/CodeSystem-CPIS-SubmissionResult.json"),
     ),
+    (
+        "OperationDefinition",
+        "purge",
+        include_str!("../../fhir-profiles/OperationDefinition-purge.json"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -149,7 +154,8 @@ impl Profiles {
                     let codes = concepts(&v["concept"]);
                     code_systems.insert(url, codes);
                 }
-                _ => vs_raw.push(v),
+                "ValueSet" => vs_raw.push(v),
+                _ => {}
             }
         }
         let mut value_sets = HashMap::new();

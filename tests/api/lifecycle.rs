@@ -296,3 +296,19 @@ async fn the_purge_command_applies_the_rules_as_of_the_date_it_is_given() {
     let out = run("2028-01-02").await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
 }
+
+#[actix_rt::test]
+async fn the_capability_statement_points_to_the_served_purge_definition() {
+    let app = TestApp::spawn().await;
+    let cap = app
+        .request(Method::GET, "/metadata", None, &[], None)
+        .await
+        .json();
+    let op = &cap["rest"][0]["operation"][0];
+    assert_eq!(op["name"], "purge");
+    let r = app
+        .request(Method::GET, "/OperationDefinition/purge", None, &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["url"], op["definition"]);
+}
