@@ -40,20 +40,37 @@ pub struct AuditRow {
     pub query: String,
 }
 
+/// The counter that keeps audit ids in the order they were made, shared by one store's writer
+/// threads (PostgreSQL runs several).
+pub type IdContext = std::sync::Arc<std::sync::Mutex<uuid::ContextV7>>;
+
 thread_local! {
-    /// Audit rows are made on the writer thread; one counter per thread keeps the ids it makes
-    /// strictly increasing even within one millisecond, without a lock.
-    static AUDIT_IDS: uuid::ContextV7 = const { uuid::ContextV7::new() };
+    /// Audit rows are made on the writer threads; each holds its store's counter.
+    static AUDIT_IDS: std::cell::RefCell<Option<IdContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Gives the calling (writer) thread its store's id counter.
+pub fn use_id_context(ctx: IdContext) {
+    AUDIT_IDS.with(|c| *c.borrow_mut() = Some(ctx));
 }
 
 /// A new audit id: a UUIDv7 made from the time the row records (microseconds since the epoch),
 /// so ids sort by `recorded` (and, within one instant, by the order they were made), and
-/// retention can delete by id range whatever clock the server was given.
+/// retention can delete by id range whatever clock the server was given. The counter is per
+/// store, not per process, so one server's clock cannot move another's ids.
 pub fn new_id(recorded: i64) -> String {
     let secs = u64::try_from(recorded.div_euclid(1_000_000)).unwrap_or(0);
     let nanos = u32::try_from(recorded.rem_euclid(1_000_000) * 1_000).unwrap_or(0);
-    AUDIT_IDS
-        .with(|ctx| uuid::Uuid::new_v7(uuid::Timestamp::from_unix(ctx, secs, nanos)).to_string())
+    AUDIT_IDS.with(|c| {
+        let ctx = c
+            .borrow_mut()
+            .get_or_insert_with(IdContext::default)
+            .clone();
+        let guard = ctx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(&*guard, secs, nanos)).to_string()
+    })
 }
 
 pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {

@@ -34,12 +34,17 @@ impl Writer {
     pub fn start(pool: DbPool, threads: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let ids = crate::store::audit::IdContext::default();
         for n in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
             let pool = pool.clone();
+            let ids = Arc::clone(&ids);
             let spawned = std::thread::Builder::new()
                 .name(format!("cpis-writer-{n}"))
-                .spawn(move || writer_loop(&pool, &rx));
+                .spawn(move || {
+                    crate::store::audit::use_id_context(ids);
+                    writer_loop(&pool, &rx)
+                });
             if let Err(e) = spawned {
                 log::error!("cannot start writer thread: {e}");
             }
