@@ -174,10 +174,7 @@ fn purge(a: PurgeArgs) -> Result<(), String> {
             .ok_or("--now is not a valid date")?,
     };
     let store = Store::open(&settings.database_url, 1)?;
-    let rules = lifecycle::Rules {
-        retention_months: settings.retention_months,
-        audit_retention_months: settings.audit_retention_months,
-    };
+    let rules = lifecycle::Rules::of(&settings);
     let report = store
         .write_blocking(move |conn| lifecycle::run(conn, rules, now, &lifecycle::Trigger::Command))
         .map_err(|e| e.to_string())?;

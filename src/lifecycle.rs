@@ -42,6 +42,24 @@ pub struct Rules {
     pub audit_retention_months: u32,
 }
 
+impl Rules {
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            retention_months: settings.retention_months,
+            audit_retention_months: settings.audit_retention_months,
+        }
+    }
+}
+
+/// The first day of the retention window on `today` (`YYYY-MM-DD`): a plan that ended on or
+/// after it is still shown to clinicians; one that ended before it is removed. The look-up and
+/// the removal use this one rule, so a record is never hidden yet kept, or shown yet due to go.
+pub fn visible_since(today: NaiveDate, retention_months: u32) -> String {
+    ymd(today
+        .checked_sub_months(Months::new(retention_months))
+        .unwrap_or(today))
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -165,9 +183,7 @@ pub fn run(
     }
 
     // 3. Retention. A plan is visible while its end is on or after `since`.
-    let since = ymd(today
-        .checked_sub_months(Months::new(rules.retention_months))
-        .unwrap_or(today));
+    let since = visible_since(today, rules.retention_months);
     let withdrawn_before = micros(months_before(now, rules.retention_months));
     let removed = q::past_retention(conn, &since, withdrawn_before)?;
     let (ids, mut people): (Vec<String>, Vec<String>) = removed.into_iter().unzip();

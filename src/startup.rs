@@ -62,10 +62,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
     let lifecycle = match settings.lifecycle_interval {
         Some(every) => {
             let alive = std::sync::Arc::new(());
-            let rules = crate::lifecycle::Rules {
-                retention_months: settings.retention_months,
-                audit_retention_months: settings.audit_retention_months,
-            };
+            let rules = crate::lifecycle::Rules::of(&settings);
             crate::lifecycle::start_scheduler(
                 store.clone(),
                 rules,

@@ -27,10 +27,7 @@ pub struct AppState {
 impl AppState {
     /// The lifecycle's windows, from the settings.
     pub fn lifecycle_rules(&self) -> crate::lifecycle::Rules {
-        crate::lifecycle::Rules {
-            retention_months: self.settings.retention_months,
-            audit_retention_months: self.settings.audit_retention_months,
-        }
+        crate::lifecycle::Rules::of(&self.settings)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::api::http::{history_url, submitted, Reply};
 use crate::api::write::{self, Op, PlanRef};
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
-use crate::fhir::{flag, organization, patient};
+use crate::fhir::{organization, patient};
 use crate::state::AppState;
 use crate::store::{self, councils};
 
@@ -55,9 +55,7 @@ pub async fn create_flag(
     policy::require_council(&caller)?;
     let condition = if_none_exist(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
-    let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
-        .map_err(ApiError::Unprocessable)?;
-    policy::require_responsible(&caller, input.author.as_str())?;
+    let input = write::flag_input(&state, &caller, &value)?;
     let op = Op::CreateFlag {
         condition,
         input,

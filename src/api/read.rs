@@ -20,12 +20,7 @@ use crate::store::{audit as audit_store, councils, flags, patients};
 
 /// The date before which an ended plan is past its retention window.
 pub fn visible_since(state: &AppState) -> String {
-    let today = state.now().date_naive();
-    today
-        .checked_sub_months(chrono::Months::new(state.settings.retention_months))
-        .unwrap_or(today)
-        .format("%Y-%m-%d")
-        .to_string()
+    crate::lifecycle::visible_since(state.now().date_naive(), state.settings.retention_months)
 }
 
 pub async fn read_patient(

@@ -24,7 +24,7 @@ use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Sho
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
 use crate::fhir::transaction::{self as bundle, EntryRequest, EntryResponse, Kind};
-use crate::fhir::{flag, format, json, patient};
+use crate::fhir::{format, json, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
 use crate::store::{self, DbConn};
@@ -430,8 +430,7 @@ fn entry_op(
             let r = resource.as_mut().ok_or_else(|| unsupported(&e))?;
             resolve_references(r, targets)?;
             checked(state, r, "Flag")?;
-            let input = flag::parse(r, allow_test).map_err(ApiError::Unprocessable)?;
-            policy::require_responsible(caller, input.author.as_str())?;
+            let input = write::flag_input(state, caller, r)?;
             let body_id = r.get("id").and_then(Value::as_str).map(str::to_owned);
             match (e.method.as_str(), path.as_slice(), query) {
                 ("POST", _, _) => Ok(Op::CreateFlag {

@@ -12,7 +12,7 @@ use crate::api::write::{self, FlagTarget, Op, PlanRef};
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
 use crate::fhir::patient::PatientInput;
-use crate::fhir::{flag, organization, patient};
+use crate::fhir::{organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
 use crate::store::{self, councils};
@@ -87,9 +87,7 @@ pub async fn update_flag(
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
     check_body_id(&value, "Flag", &id)?;
-    let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
-        .map_err(ApiError::Unprocessable)?;
-    policy::require_responsible(&caller, input.author.as_str())?;
+    let input = write::flag_input(&state, &caller, &value)?;
     let op = Op::UpdateFlag {
         target: FlagTarget::Id(id.clone()),
         body_id: Some(id),
@@ -115,9 +113,7 @@ pub async fn conditional_update_flag(
     let plan = plan_ref_of(&req)?;
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
-    let input = flag::parse(&value, state.settings.allow_test_nhs_numbers)
-        .map_err(ApiError::Unprocessable)?;
-    policy::require_responsible(&caller, input.author.as_str())?;
+    let input = write::flag_input(&state, &caller, &value)?;
     write::check_plan_ref(&plan, &input)?;
     let op = Op::UpdateFlag {
         target: FlagTarget::Ref(plan),

@@ -234,6 +234,15 @@ pub async fn apply(state: &AppState, caller: &Caller, op: Op) -> Result<Done, Ap
         .await
 }
 
+/// A submitted Flag as a checked input: the domain rules (422), then that the caller is its
+/// author's council (403). Every way a Flag arrives goes through here.
+pub fn flag_input(state: &AppState, caller: &Caller, value: &Value) -> Result<FlagInput, ApiError> {
+    let input = flag::parse(value, state.settings.allow_test_nhs_numbers)
+        .map_err(ApiError::Unprocessable)?;
+    crate::auth::policy::require_responsible(caller, input.author.as_str())?;
+    Ok(input)
+}
+
 /// A conditional update's identifier must be the one in the body: anything else would file a
 /// plan under a reference the council did not send.
 pub fn check_plan_ref(r: &PlanRef, input: &FlagInput) -> Result<(), ApiError> {

@@ -119,14 +119,7 @@ pub fn render(row: &AuditRow) -> Value {
                 "requestor": false,
             },
         ],
-        "source": {
-            "observer": { "display": "cpis-fhir" },
-            "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4",
-                "display": "Application Server",
-            }],
-        },
+        "source": source(),
         "entity": entities,
     });
     if let Some(desc) = &row.outcome_desc {
@@ -187,18 +180,23 @@ fn render_lifecycle(row: &AuditRow) -> Value {
         "recorded": instant(row.recorded),
         "outcome": row.outcome,
         "agent": agents,
-        "source": {
-            "observer": { "display": "cpis-fhir" },
-            "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4",
-                "display": "Application Server",
-            }],
-        },
+        "source": source(),
         "entity": entities,
     });
     if let Some(desc) = &row.outcome_desc {
         event["outcomeDesc"] = json!(desc);
     }
     event
+}
+
+/// This server as the event's source (an application server).
+fn source() -> Value {
+    json!({
+        "observer": { "display": "cpis-fhir" },
+        "type": [{
+            "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+            "code": "4",
+            "display": "Application Server",
+        }],
+    })
 }
