@@ -25,6 +25,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("bundle_body_limit", "largest accepted Bundle body in bytes (default 67108864 = 64 MiB)"),
     ("audit_retention_months", "months an AuditEvent is kept (default 96 = 8 years)"),
     ("lifecycle_interval_secs", "seconds between runs of the record lifecycle (ended plans, age 18, removals); 0 turns the scheduler off (default 900)"),
+    ("notify_interval_ms", "milliseconds between the notification worker's rounds when no look-up wakes it (retries, heartbeats); 0 turns the worker off (default 1000)"),
+    ("notify_backoff_base_secs", "wait after a subscription's first failed delivery; doubled after each further failure (default 10)"),
+    ("notify_backoff_cap_secs", "longest wait between delivery attempts (default 3600)"),
+    ("notify_error_after", "failed deliveries in a row after which a subscription shows status error; it keeps being retried (default 3)"),
+    ("notify_allow_http_loopback", "let subscriptions use plain http to 127.0.0.1, [::1] or localhost (default false; true with --dev)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
     ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
@@ -72,6 +77,13 @@ pub struct Settings {
     pub audit_retention_months: u32,
     /// How often the lifecycle runs inside the server; `None` when it is off.
     pub lifecycle_interval: Option<std::time::Duration>,
+    /// How often the notification worker looks for work unwoken; `None` when it is off.
+    pub notify_interval: Option<std::time::Duration>,
+    pub notify_backoff_base: std::time::Duration,
+    pub notify_backoff_cap: std::time::Duration,
+    pub notify_error_after: i64,
+    /// Subscriptions may post over plain http to this machine (development, tests).
+    pub notify_allow_loopback: bool,
     pub auth: AuthSettings,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
@@ -276,6 +288,23 @@ impl Settings {
                 0 => None,
                 n => Some(std::time::Duration::from_secs(n)),
             },
+            notify_interval: match parse_num("notify_interval_ms", 1000, 0)? {
+                0 => None,
+                n => Some(std::time::Duration::from_millis(n)),
+            },
+            notify_backoff_base: std::time::Duration::from_secs(parse_num(
+                "notify_backoff_base_secs",
+                10,
+                1,
+            )?),
+            notify_backoff_cap: std::time::Duration::from_secs(parse_num(
+                "notify_backoff_cap_secs",
+                3600,
+                1,
+            )?),
+            notify_error_after: i64::try_from(parse_num("notify_error_after", 3, 1)?)
+                .map_err(|_| bad("notify_error_after", "too large"))?,
+            notify_allow_loopback: parse_bool("notify_allow_http_loopback", dev)?,
             auth: AuthSettings {
                 issuer,
                 audience: get("auth.audience").unwrap_or_else(|| "cpis-fhir".to_owned()),

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod middleware;
 pub mod nhs_number;
+pub mod notify;
 pub mod startup;
 pub mod state;
 pub mod store;

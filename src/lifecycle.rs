@@ -193,11 +193,11 @@ pub fn run(
     counts.patients_removed =
         q::delete_people_without_flags(conn, &people, stamp - PERSON_WITHOUT_PLAN_GRACE_MICROS)?;
 
-    // 4. The audit trail's own retention.
-    counts.audit_events_removed = q::delete_audit_before(
-        conn,
-        micros(months_before(now, rules.audit_retention_months)),
-    )?;
+    // 4. The audit trail's own retention; subscriptions' events name AuditEvents, so they
+    // leave with them.
+    let audit_cutoff = micros(months_before(now, rules.audit_retention_months));
+    counts.audit_events_removed = q::delete_audit_before(conn, audit_cutoff)?;
+    crate::store::subscriptions::remove_events_before(conn, audit_cutoff)?;
 
     // 5. The run's own record.
     let audit_event = if counts.is_empty() {

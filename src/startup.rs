@@ -74,6 +74,15 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         }
         None => None,
     };
+    let notifier = crate::notify::Notifier::new(store.clone(), clock.clone(), &settings);
+    let notify = match settings.notify_interval {
+        Some(every) => {
+            let alive = std::sync::Arc::new(());
+            crate::notify::start(notifier.clone(), every, std::sync::Arc::downgrade(&alive))?;
+            Some(alive)
+        }
+        None => None,
+    };
     Ok(AppState {
         store,
         verifier,
@@ -82,6 +91,8 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         clock,
         capability,
         _lifecycle: lifecycle,
+        notifier,
+        _notify: notify,
     })
 }
 

@@ -22,6 +22,10 @@ pub struct AppState {
     pub capability: serde_json::Value,
     /// The lifecycle scheduler runs while this is held (it stops with the server).
     pub _lifecycle: Option<Arc<()>>,
+    /// The notification worker (stepped by tests; run by its own thread otherwise).
+    pub notifier: crate::notify::Notifier,
+    /// The notification worker's thread runs while this is held.
+    pub _notify: Option<Arc<()>>,
 }
 
 impl AppState {

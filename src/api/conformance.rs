@@ -43,3 +43,12 @@ pub async fn read_operation_definition(
 ) -> Result<HttpResponse, ApiError> {
     Reply::ok(find("OperationDefinition", &path)?).into_response(&req)
 }
+
+/// The topic of councils' subscriptions, in its R4 form (a Basic resource, Subscriptions R5
+/// Backport IG "Topics in R4").
+pub async fn read_basic(
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Reply::ok(find("Basic", &path)?).into_response(&req)
+}

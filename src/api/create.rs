@@ -1,16 +1,17 @@
 //! `create` (FHIR R4 §3.1.0.5): `POST /Patient`, `POST /Flag` (with `If-None-Exist`, §3.1.0.5.1
-//! conditional create by identifier), `POST /Organization`.
+//! conditional create by identifier), `POST /Organization`, `POST /Subscription`.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::{history_url, submitted, Reply};
+use crate::api::subscription;
 use crate::api::write::{self, Op, PlanRef};
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
-use crate::fhir::{organization, patient};
+use crate::fhir::{organization, patient, subscription as fhir_subscription};
 use crate::state::AppState;
-use crate::store::{self, councils};
+use crate::store::{self, councils, subscriptions};
 
 pub async fn create_patient(
     req: HttpRequest,
@@ -94,5 +95,56 @@ pub async fn create_organization(
         .status(StatusCode::CREATED)
         .versioned(stored.version, stored.updated_at)
         .location(location)
+        .into_response(&req)
+}
+
+/// `POST /Subscription`: a council registers its webhook (Subscriptions R5 Backport IG). The
+/// answer carries the signing secret this once; reads never show it.
+pub async fn create_subscription(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    subscription::require_subscriber(&caller)?;
+    let (_, input) = subscription::submitted(&req, payload, &state).await?;
+    let council = subscription::owner_of(&caller, input.council.as_deref())?;
+    let secret = match &input.secret {
+        Some(s) => s.clone(),
+        None => crate::notify::signature::new_secret()
+            .map_err(|e| ApiError::Internal(format!("cannot make a signing secret: {e}")))?,
+    };
+    let now = store::micros(state.now());
+    let row = subscription::new_row(
+        uuid::Uuid::new_v4().to_string(),
+        council,
+        input,
+        secret,
+        now,
+    );
+    let stored = state
+        .store
+        .write(move |conn| {
+            if councils::get(conn, &row.council)?.is_none() {
+                return Err(ApiError::Unprocessable(vec![Issue::new(
+                    "value",
+                    "Subscription.criteria.extension",
+                    format!("council {} is not registered on CP-IS", row.council),
+                )]));
+            }
+            subscriptions::insert(conn, &row)?;
+            Ok(row)
+        })
+        .await?;
+    state.notifier.wake.wake();
+    Reply::ok(fhir_subscription::render_with_secret(&stored))
+        .status(StatusCode::CREATED)
+        .versioned(stored.version, stored.updated_at)
+        .location(history_url(
+            &state,
+            "Subscription",
+            &stored.id,
+            stored.version,
+        ))
         .into_response(&req)
 }

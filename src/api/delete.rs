@@ -1,5 +1,5 @@
 //! `delete` (FHIR R4 §3.1.0.7) of a Flag (by id, or conditionally by the council's plan
-//! reference, §3.1.0.7.1) and of a Patient.
+//! reference, §3.1.0.7.1), of a Patient, and of a Subscription.
 //!
 //! A CP-IS record is never erased on request: a Flag becomes `entered-in-error` — hidden from
 //! clinicians, kept (with its history) for audit — and the deletion is a new version. Deleting
@@ -15,6 +15,7 @@ use crate::auth::{policy, Caller};
 use crate::error::ApiError;
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
+use crate::store::subscriptions;
 
 pub async fn delete_flag(
     req: HttpRequest,
@@ -60,4 +61,28 @@ pub async fn delete_patient(
     write::apply(&state, &caller, Op::DeletePatient(nhs))
         .await?
         .respond(&state, &req)
+}
+
+/// `DELETE /Subscription/{id}`: the subscription and its events are removed (the AuditEvents
+/// they named stay in the audit trail).
+pub async fn delete_subscription(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    crate::api::subscription::require_subscriber(&caller)?;
+    let id = path.into_inner();
+    let expected = if_match(&req)?;
+    state
+        .store
+        .write(move |conn| {
+            let current = crate::api::subscription::found(subscriptions::get(conn, &id)?, &id)?;
+            crate::api::subscription::require_owner(&caller, &current)?;
+            crate::api::http::check_version(expected, current.version)?;
+            subscriptions::delete(conn, &id)?;
+            Ok(())
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -11,6 +11,9 @@ pub mod purge;
 pub mod read;
 pub mod rules;
 pub mod search;
+pub mod subscription;
+pub mod subscription_events;
+pub mod subscription_status;
 pub mod transaction;
 pub mod update;
 pub mod vread;
@@ -74,6 +77,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(put, "/Organization/{id}", Some("Organization"), "update", update::update_organization),
     endpoint!(get, "/AuditEvent", Some("AuditEvent"), "search-type", search::search_audit_events),
     endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
+    endpoint!(post, "/Subscription/_search", Some("Subscription"), "search-type", search::search_subscriptions),
+    endpoint!(get, "/Subscription", Some("Subscription"), "search-type", search::search_subscriptions),
+    endpoint!(post, "/Subscription", Some("Subscription"), "create", create::create_subscription),
+    endpoint!(get, "/Subscription/{id}", Some("Subscription"), "read", read::read_subscription),
+    endpoint!(put, "/Subscription/{id}", Some("Subscription"), "update", update::update_subscription),
+    endpoint!(delete, "/Subscription/{id}", Some("Subscription"), "delete", delete::delete_subscription),
+    endpoint!(get, "/Subscription/{id}/$status", Some("Subscription"), "operation", subscription_status::subscription_status),
+    endpoint!(get, "/Subscription/{id}/$events", Some("Subscription"), "operation", subscription_events::subscription_events),
+    endpoint!(get, "/Basic/{id}", Some("Basic"), "read", conformance::read_basic),
     endpoint!(get, "/StructureDefinition/{id}", Some("StructureDefinition"), "read", conformance::read_structure_definition),
     endpoint!(get, "/ValueSet/{id}", Some("ValueSet"), "read", conformance::read_value_set),
     endpoint!(get, "/CodeSystem/{id}", Some("CodeSystem"), "read", conformance::read_code_system),

@@ -1,5 +1,5 @@
 //! `read` (FHIR R4 §3.1.0.2): `GET /Patient/{nhs}`, `GET /Flag/{id}`, `GET /Organization/{ods}`,
-//! `GET /AuditEvent/{id}`.
+//! `GET /AuditEvent/{id}`, `GET /Subscription/{id}`.
 //!
 //! Reads of Patient, Flag and AuditEvent data are audited before disclosure (see `audit`).
 //! Councils read what they are responsible for; clinicians read only what the look-up would show
@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::fhir::{audit_event, flag, organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{audit as audit_store, councils, flags, patients};
+use crate::store::{audit as audit_store, councils, flags, patients, subscriptions};
 
 /// The date before which an ended plan is past its retention window.
 pub fn visible_since(state: &AppState) -> String {
@@ -154,4 +154,24 @@ pub async fn read_audit_event(
     })
     .await?;
     Reply::ok(audit_event::render(&row)).into_response(&req)
+}
+
+/// `GET /Subscription/{id}`: the council's own, or any for an administrator. Never the
+/// headers' values nor the signing secret.
+pub async fn read_subscription(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    crate::api::subscription::require_subscriber(&caller)?;
+    let id = path.into_inner();
+    let row = state
+        .store
+        .read(move |conn| crate::api::subscription::found(subscriptions::get(conn, &id)?, &id))
+        .await?;
+    crate::api::subscription::require_owner(&caller, &row)?;
+    Reply::ok(crate::fhir::subscription::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
 }

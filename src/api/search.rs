@@ -804,3 +804,52 @@ pub async fn search_audit_events(
     };
     Reply::ok(bundle.render()).into_response(&req)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Subscription: a council's own subscriptions; administrators see all.
+
+const SUBSCRIPTION_PARAMS: &[&str] = &["status", "_id"];
+
+pub async fn search_subscriptions(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    crate::api::subscription::require_subscriber(&caller)?;
+    let params = Params::new(params_of(&req, &body)?, SUBSCRIPTION_PARAMS, lenient(&req))?;
+    let statuses: Vec<String> = params
+        .all("status")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::to_owned)
+        .collect();
+    let ids: Vec<String> = params
+        .all("_id")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::to_owned)
+        .collect();
+    let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+    let cursor = params.cursor()?;
+    let council =
+        (caller.role == crate::domain::Role::Council).then(|| caller.org.as_str().to_owned());
+    let rows = state
+        .store
+        .read(move |conn| Ok(crate::store::subscriptions::list(conn, council.as_deref())?))
+        .await?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
+        .filter(|r| ids.is_empty() || ids.contains(&r.id))
+        .collect();
+    let bundle = paged_bundle(
+        &state.settings.base_url,
+        "Subscription",
+        (params.query_string(true), cursor, count),
+        rows,
+        |r| r.id.as_str(),
+        crate::fhir::subscription::render,
+    );
+    Reply::ok(bundle).into_response(&req)
+}

@@ -1,5 +1,6 @@
 //! `update` (FHIR R4 §3.1.0.4): `PUT /Patient/{nhs}` and `PUT /Organization/{ods}` create or
-//! update (the id is the natural key); `PUT /Flag/{id}` updates a server-assigned Flag.
+//! update (the id is the natural key); `PUT /Flag/{id}` and `PUT /Subscription/{id}` update
+//! server-assigned resources.
 //! `If-Match` makes any of them version-aware (412 on mismatch). An update that changes nothing
 //! keeps the current version, so resubmitting the same extract is idempotent.
 
@@ -8,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use crate::api::http::{check_version, history_url, if_match, submitted, Reply};
+use crate::api::subscription;
 use crate::api::write::{self, FlagTarget, Op, PlanRef};
 use crate::auth::{policy, Caller};
 use crate::error::{ApiError, Issue};
@@ -15,7 +17,7 @@ use crate::fhir::patient::PatientInput;
 use crate::fhir::{organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{self, councils};
+use crate::store::{self, councils, subscriptions};
 
 /// FHIR R4 §3.1.0.4: the body's id must equal the id in the URL.
 fn check_body_id(value: &Value, resource: &str, id: &str) -> Result<(), ApiError> {
@@ -203,4 +205,50 @@ impl<'a> CouncilContent<'a> {
     fn of(r: &'a councils::CouncilRow) -> Self {
         Self(&r.name, &r.office_phone, &r.emergency_phone, r.active)
     }
+}
+
+/// `PUT /Subscription/{id}`: the council changes its subscription (a new endpoint is handshaken
+/// again; `off` stops delivery; the backlog is kept either way).
+pub async fn update_subscription(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    subscription::require_subscriber(&caller)?;
+    let id = path.into_inner();
+    let expected = if_match(&req)?;
+    let (value, input) = subscription::submitted(&req, payload, &state).await?;
+    check_body_id(&value, "Subscription", &id)?;
+    let now = store::micros(state.now());
+    let row = state
+        .store
+        .write(move |conn| {
+            let current = subscription::found(subscriptions::get(conn, &id)?, &id)?;
+            subscription::require_owner(&caller, &current)?;
+            if let Some(c) = &input.council {
+                if *c != current.council {
+                    return Err(ApiError::Unprocessable(vec![Issue::new(
+                        "business-rule",
+                        "Subscription.criteria.extension",
+                        format!(
+                            "this subscription is for council {}; its filter cannot change",
+                            current.council
+                        ),
+                    )]));
+                }
+            }
+            check_version(expected, current.version)?;
+            let settings = subscription::updated(&current, &input, now);
+            if subscription::changes(&current, &settings) {
+                subscriptions::update_settings(conn, &id, &settings)?;
+            }
+            subscription::found(subscriptions::get(conn, &id)?, &id)
+        })
+        .await?;
+    state.notifier.wake.wake();
+    Reply::ok(crate::fhir::subscription::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
 }

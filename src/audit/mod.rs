@@ -168,11 +168,7 @@ fn row_for<T>(
     let disclosed = disclosure.map(|d| d.references.clone()).unwrap_or_default();
     let councils = disclosure.map(|d| d.councils.join(" ")).unwrap_or_default();
     let patient = disclosure.and_then(|d| d.patient.clone()).or(patient_hint);
-    let listed = what.listable
-        && ctx.caller.role == Role::Clinician
-        && ctx.is_unscheduled()
-        && code == "0"
-        && !disclosed.is_empty();
+    let listed = disclosure.is_some_and(|d| is_listed(ctx, what, code == "0", d));
     AuditRow {
         id: audit_store::new_id(now),
         recorded: now,
@@ -210,9 +206,34 @@ where
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
     let now = micros(state.now());
-    // `f` only reads; the audit row is the job's one write.
-    state
+    // `f` only reads; the audit row is the job's one write (its outbox row is written by the
+    // same statement).
+    let (outcome, notifiable) = state
         .store
-        .write_single(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
-        .await?
+        .write_single(move |conn| {
+            let mut notifiable = false;
+            let outcome = audited(conn, &ctx, what, patient_hint, now, |c| {
+                let r = f(c, &ctx);
+                if let Ok((_, d)) = &r {
+                    notifiable = is_listed(&ctx, what, true, d);
+                }
+                r
+            })?;
+            Ok((outcome, notifiable))
+        })
+        .await?;
+    if notifiable {
+        state.notifier.wake.wake();
+    }
+    outcome
+}
+
+/// Whether an access goes into the person's access history — and so is notified to the
+/// responsible councils (DOMAIN.md: unscheduled → history entry and notification).
+fn is_listed(ctx: &AccessContext, what: Interaction, succeeded: bool, d: &Disclosure) -> bool {
+    what.listable
+        && ctx.caller.role == Role::Clinician
+        && ctx.is_unscheduled()
+        && succeeded
+        && !d.references.is_empty()
 }

@@ -9,7 +9,7 @@ use crate::domain::PROFILE_BASE;
 fn resource_entry(resource: &str) -> Value {
     let mut codes: Vec<&str> = Vec::new();
     for e in ENDPOINTS.iter().filter(|e| e.resource == Some(resource)) {
-        if !codes.contains(&e.interaction) {
+        if e.interaction != "operation" && !codes.contains(&e.interaction) {
             codes.push(e.interaction);
         }
     }
@@ -47,6 +47,27 @@ fn resource_entry(resource: &str) -> Value {
              Clinicians and the responsible council: patient:identifier gives the latest 25 unscheduled accesses. \
              Auditors: every record about the person, newest first, paged."
         );
+    }
+    if resource == "Subscription" {
+        r["supportedProfile"] = json!(["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"]);
+        r["documentation"] = json!(
+            "Councils' webhooks for the topic https://cpis-fhir.example.org/fhir/SubscriptionTopic/cpis-access-notification \
+             (R4 form: Basic/cpis-access-notification), filter AuditEvent?council=<own ODS code>. Channel rest-hook over https; \
+             payload id-only or empty. Every notification is signed: X-CPIS-Signature: sha256=<hex HMAC-SHA256 of the body> \
+             with the subscription's secret, returned once on create."
+        );
+        let ops: Vec<Value> = ENDPOINTS
+            .iter()
+            .filter(|e| e.resource == Some(resource) && e.interaction == "operation")
+            .filter_map(|e| e.path.rsplit_once("/$").map(|(_, name)| name))
+            .map(|name| {
+                json!({
+                    "name": name,
+                    "definition": format!("http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-{name}"),
+                })
+            })
+            .collect();
+        r["operation"] = json!(ops);
     }
     if resource == "Patient" {
         r["documentation"] = json!(

@@ -12,6 +12,7 @@ pub mod organization;
 pub mod patient;
 pub mod profile;
 pub mod search;
+pub mod subscription;
 pub mod transaction;
 
 use chrono::SecondsFormat;

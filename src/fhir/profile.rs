@@ -72,6 +72,11 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         include_str!("../../fhir-profiles/CodeSystem-CPIS-SubmissionResult.json"),
     ),
     (
+        "Basic",
+        "cpis-access-notification",
+        include_str!("../../fhir-profiles/Basic-cpis-access-notification.json"),
+    ),
+    (
         "OperationDefinition",
         "purge",
         include_str!("../../fhir-profiles/OperationDefinition-purge.json"),

@@ -14,6 +14,7 @@ pub mod flags;
 pub mod lifecycle;
 pub mod patients;
 pub mod schema;
+pub mod subscriptions;
 pub mod writer;
 
 use std::time::Duration;

@@ -68,7 +68,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     patients,
     flags,
     flag_versions,
-    audit_events
+    audit_events,
+    subscriptions,
+    notifications,
+    notification_outbox
 );
 
 diesel::table! {
@@ -92,5 +95,52 @@ diesel::table! {
         unscheduled -> Bool,
         listed -> Bool,
         query -> Text,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        council -> Text,
+        status -> Text,
+        reason -> Text,
+        end_at -> Nullable<BigInt>,
+        endpoint -> Text,
+        headers -> Text,
+        content -> Text,
+        heartbeat_secs -> Nullable<BigInt>,
+        timeout_secs -> BigInt,
+        max_count -> BigInt,
+        secret -> Text,
+        event_count -> BigInt,
+        delivered_through -> BigInt,
+        error -> Nullable<Text>,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        last_sent_at -> Nullable<BigInt>,
+        heartbeat_at -> Nullable<BigInt>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+        created_at -> BigInt,
+        version -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    notifications (subscription_id, event_number) {
+        subscription_id -> Text,
+        event_number -> BigInt,
+        audit_event_id -> Text,
+        recorded -> BigInt,
+    }
+}
+
+diesel::table! {
+    notification_outbox (id) {
+        id -> BigInt,
+        audit_event_id -> Text,
+        councils -> Text,
+        recorded -> BigInt,
     }
 }

@@ -78,6 +78,10 @@ pub struct TestApp {
     client: awc::Client,
     now: Arc<Mutex<DateTime<Utc>>>,
     db_url: String,
+    settings: Settings,
+    handle: actix_web::dev::ServerHandle,
+    /// The notification worker, stepped by the tests (never by a timer).
+    pub notifier: cpis_fhir::notify::Notifier,
 }
 
 /// The date every test server starts at, so date rules are deterministic.
@@ -92,34 +96,18 @@ impl TestApp {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         settings.workers = 1;
-        // The lifecycle is stepped by the tests (POST /$purge), never by a timer.
+        // The lifecycle is stepped by the tests (POST /$purge), never by a timer; so is the
+        // notification worker.
         settings.lifecycle_interval = None;
-        settings.base_url = format!("http://127.0.0.1:{port}");
+        settings.notify_interval = None;
         tweak(&mut settings);
         let now = Arc::new(Mutex::new(
             DateTime::parse_from_rfc3339(TODAY)
                 .expect("date")
                 .with_timezone(&Utc),
         ));
-        let clock_now = Arc::clone(&now);
-        let clock: Clock = Arc::new(move || *clock_now.lock().expect("clock"));
-        let db_url = settings.database_url.clone();
-        let state = build_state(settings, clock).expect("state");
-        let app = Application::build(state, listener).expect("server");
-        actix_rt::spawn(app.server());
-        let client = awc::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .finish();
-        let t = TestApp {
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-            client,
-            now,
-            db_url,
-        };
+        let t = Self::start(dir, settings, now);
         for (ods, name) in [
             (LA_A, "Northmoor Borough Council"),
             (LA_B, "Eastvale County Council"),
@@ -134,6 +122,68 @@ impl TestApp {
             assert_eq!(r.status, 201, "{}", r.text());
         }
         t
+    }
+
+    fn start(
+        dir: tempfile::TempDir,
+        mut settings: Settings,
+        now: Arc<Mutex<DateTime<Utc>>>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        settings.base_url = format!("http://127.0.0.1:{port}");
+        let clock_now = Arc::clone(&now);
+        let clock: Clock = Arc::new(move || *clock_now.lock().expect("clock"));
+        let db_url = settings.database_url.clone();
+        let state = build_state(settings.clone(), clock).expect("state");
+        let notifier = state.notifier.clone();
+        let app = Application::build(state, listener).expect("server");
+        let server = app.server();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .finish();
+        TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client,
+            now,
+            db_url,
+            settings,
+            handle,
+            notifier,
+        }
+    }
+
+    /// Stops this server and starts a new one over the same database and data directory (a
+    /// restart), with the same clock.
+    pub async fn restart(self) -> Self {
+        self.handle.stop(true).await;
+        let TestApp {
+            dir,
+            settings,
+            now,
+            notifier,
+            ..
+        } = self;
+        drop(notifier);
+        Self::start(dir, settings, now)
+    }
+
+    /// One step of the notification worker.
+    pub async fn deliver(&self) -> cpis_fhir::notify::Report {
+        let client = cpis_fhir::notify::Notifier::client();
+        self.notifier
+            .step(&client)
+            .await
+            .expect("notification step")
+    }
+
+    /// Moves the server's clock on by `secs` seconds.
+    pub fn advance(&self, secs: i64) {
+        let mut t = self.now.lock().expect("clock");
+        *t += chrono::Duration::seconds(secs);
     }
 
     /// Moves the server's clock.

@@ -10,6 +10,7 @@ mod helpers;
 mod lifecycle;
 mod load;
 mod lookup;
+mod notify;
 mod postgres;
 mod resources;
 mod robustness;

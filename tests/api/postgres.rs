@@ -98,3 +98,29 @@ async fn councils_submit_and_clinicians_look_up_over_postgresql() {
     drop(app);
     drop(db);
 }
+
+#[actix_rt::test]
+async fn look_ups_are_notified_over_postgresql_once_even_with_two_workers() {
+    let Some(db) = PgDatabase::create() else {
+        eprintln!("CPIS_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let url = db.url.clone();
+    let app = TestApp::spawn_with(move |s| s.database_url = url).await;
+    let hook = crate::notify::Receiver::start().await;
+    crate::notify::subscribe(&app, LA_A, &hook.url).await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    app.deliver().await;
+    assert_eq!(hook.of_kind("handshake").len(), 1);
+    for _ in 0..5 {
+        let r = app.lookup(&app.clinician(), NHS_1, "", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    let other = app.notifier.another();
+    let client = cpis_fhir::notify::Notifier::client();
+    let (a, b) = futures_util::future::join(app.deliver(), other.step(&client)).await;
+    let b = b.expect("step");
+    assert_eq!(a.events_delivered + b.events_delivered, 5, "{a:?} {b:?}");
+    let numbers: Vec<i64> = hook.events().iter().map(|e| e.0).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+}

@@ -201,6 +201,7 @@ async fn the_capability_statement_lists_exactly_the_routes() {
     }
     let mut routes: Vec<(String, String)> = cpis_fhir::api::ENDPOINTS
         .iter()
+        .filter(|e| e.interaction != "operation")
         .filter_map(|e| e.resource.map(|r| (r.to_owned(), e.interaction.to_owned())))
         .collect();
     listed.sort();
@@ -224,6 +225,18 @@ async fn the_capability_statement_lists_exactly_the_routes() {
             "https://cpis-fhir.example.org/fhir/StructureDefinition/CPIS-Flag"
         ))
     );
+    let subscription = v["rest"][0]["resource"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["type"] == "Subscription"))
+        .cloned()
+        .expect("Subscription");
+    let ops: Vec<&str> = subscription["operation"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(ops, ["status", "events"]);
     // Every listed interaction answers something other than 404/405 at its route.
     for e in cpis_fhir::api::ENDPOINTS {
         let path = e.path.replace("{id}", "x").replace("{vid}", "1");

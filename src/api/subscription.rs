@@ -1,0 +1,188 @@
+//! What every Subscription interaction shares: who may hold a subscription for which council,
+//! reading a submitted Subscription, and turning it into stored settings (issue "Council
+//! notifications"; Subscriptions R5 Backport IG for R4). The interactions themselves live in
+//! `create`, `read`, `update`, `delete`, `search`, `subscription_status` and
+//! `subscription_events`, one file each like every other resource's.
+
+use actix_web::{web, HttpRequest};
+
+use crate::api::http::{check_length, read_body};
+use crate::auth::Caller;
+use crate::domain::Role;
+use crate::error::ApiError;
+use crate::fhir::subscription::{self as fhir_sub, EndpointRule, SubscriptionInput};
+use crate::fhir::{codec, format};
+use crate::state::AppState;
+use crate::store::subscriptions::{Settings, SubscriptionRow};
+
+/// Councils hold subscriptions for themselves; administrators see and manage all of them.
+pub fn require_subscriber(caller: &Caller) -> Result<(), ApiError> {
+    match caller.role {
+        Role::Council | Role::Admin => Ok(()),
+        _ => Err(ApiError::Forbidden(
+            "only councils (for themselves) and administrators manage subscriptions".into(),
+        )),
+    }
+}
+
+/// A subscription may be seen and changed by its council and by administrators.
+pub fn require_owner(caller: &Caller, row: &SubscriptionRow) -> Result<(), ApiError> {
+    require_subscriber(caller)?;
+    if caller.role == Role::Council && caller.org.as_str() != row.council {
+        return Err(ApiError::Forbidden(
+            "this subscription belongs to another council".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The council a new subscription is for: the filter's, which a council may only set to itself
+/// (absent means itself); an administrator must name one.
+pub fn owner_of(caller: &Caller, filter: Option<&str>) -> Result<String, ApiError> {
+    match (caller.role, filter) {
+        (Role::Council, None) => Ok(caller.org.as_str().to_owned()),
+        (Role::Council, Some(c)) if c == caller.org.as_str() => Ok(c.to_owned()),
+        (Role::Council, Some(c)) => Err(ApiError::Forbidden(format!(
+            "a council subscribes only to accesses to its own records; the filter names {c}, you are {}",
+            caller.org.as_str()
+        ))),
+        (_, Some(c)) => Ok(c.to_owned()),
+        (_, None) => Err(ApiError::Unprocessable(vec![crate::error::Issue::new(
+            "required",
+            "Subscription.criteria.extension",
+            "name the council: AuditEvent?council=<ODS code>",
+        )])),
+    }
+}
+
+/// Reads and checks a submitted Subscription (JSON or XML; the rules of [`fhir_sub::parse`],
+/// then the FHIR R4 base definitions).
+pub async fn submitted(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(serde_json::Value, SubscriptionInput), ApiError> {
+    check_length(req, state.settings.body_limit)?;
+    let body = read_body(payload, state.settings.body_limit).await?;
+    let value = format::parse_body(req, &body, "Subscription")?;
+    // The CP-IS rules first: they name every element at fault at once.
+    let input = fhir_sub::parse(&value, endpoint_rule(state)).map_err(ApiError::Unprocessable)?;
+    codec::check_json(&value).map_err(|i| ApiError::Invalid(vec![i]))?;
+    Ok((value, input))
+}
+
+pub fn endpoint_rule(state: &AppState) -> EndpointRule {
+    EndpointRule {
+        allow_loopback: state.settings.notify_allow_loopback,
+    }
+}
+
+fn headers_json(input: &SubscriptionInput) -> String {
+    serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into())
+}
+
+/// A new subscription: `requested` (the worker's handshake makes it `active`) or `off`.
+pub fn new_row(
+    id: String,
+    council: String,
+    input: SubscriptionInput,
+    secret: String,
+    now: i64,
+) -> SubscriptionRow {
+    SubscriptionRow {
+        id,
+        council,
+        status: input.status.clone(),
+        reason: input.reason.clone(),
+        end_at: input.end_at,
+        endpoint: input.endpoint.clone(),
+        headers: headers_json(&input),
+        content: input.content.clone(),
+        heartbeat_secs: input.heartbeat_secs,
+        timeout_secs: input.timeout_secs,
+        max_count: input.max_count,
+        secret,
+        event_count: 0,
+        delivered_through: 0,
+        error: None,
+        attempts: 0,
+        next_attempt_at: now,
+        last_sent_at: None,
+        heartbeat_at: None,
+        lease_owner: None,
+        lease_until: None,
+        created_at: now,
+        version: 1,
+        updated_at: now,
+    }
+}
+
+/// The settings after a council's update. A new endpoint or headers, or a subscription coming
+/// back from `off` or `error`, is handshaken again (and retried at once); otherwise the status
+/// stays as it is. The secret changes only when the council sends a new one.
+pub fn updated(current: &SubscriptionRow, input: &SubscriptionInput, now: i64) -> Settings {
+    let headers = headers_json(input);
+    let rehandshake = input.endpoint != current.endpoint
+        || headers != current.headers
+        || matches!(current.status.as_str(), "off" | "error");
+    let (status, attempts, error, next_attempt_at) = if input.status == "off" {
+        (
+            "off".to_owned(),
+            current.attempts,
+            current.error.clone(),
+            current.next_attempt_at,
+        )
+    } else if rehandshake {
+        ("requested".to_owned(), 0, None, now)
+    } else {
+        (
+            current.status.clone(),
+            current.attempts,
+            current.error.clone(),
+            current.next_attempt_at,
+        )
+    };
+    Settings {
+        status,
+        reason: input.reason.clone(),
+        end_at: input.end_at,
+        endpoint: input.endpoint.clone(),
+        headers,
+        content: input.content.clone(),
+        heartbeat_secs: input.heartbeat_secs,
+        timeout_secs: input.timeout_secs,
+        max_count: input.max_count,
+        secret: input
+            .secret
+            .clone()
+            .unwrap_or_else(|| current.secret.clone()),
+        error,
+        attempts,
+        next_attempt_at,
+        heartbeat_at: input
+            .heartbeat_secs
+            .map(|s| current.last_sent_at.unwrap_or(now) + s * 1_000_000),
+        version: current.version + 1,
+        updated_at: now,
+    }
+}
+
+/// Whether the stored settings differ from the current row (an update that changes nothing
+/// keeps the version, as for every other resource).
+pub fn changes(current: &SubscriptionRow, s: &Settings) -> bool {
+    current.status != s.status
+        || current.reason != s.reason
+        || current.end_at != s.end_at
+        || current.endpoint != s.endpoint
+        || current.headers != s.headers
+        || current.content != s.content
+        || current.heartbeat_secs != s.heartbeat_secs
+        || current.timeout_secs != s.timeout_secs
+        || current.max_count != s.max_count
+        || current.secret != s.secret
+}
+
+/// The current subscription or 404.
+pub fn found(row: Option<SubscriptionRow>, id: &str) -> Result<SubscriptionRow, ApiError> {
+    row.ok_or_else(|| ApiError::NotFound(format!("Subscription/{id} does not exist")))
+}

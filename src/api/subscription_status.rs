@@ -1,0 +1,44 @@
+//! `GET /Subscription/{id}/$status` (Subscriptions R5 Backport IG, operation `$status`): the
+//! subscription's state as a backport SubscriptionStatus (type `query-status`) in a searchset
+//! Bundle — status, events given out since it started, and the last delivery error, if any.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::api::http::Reply;
+use crate::api::subscription::{found, require_owner, require_subscriber};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::fhir::subscription::{status, Kind};
+use crate::state::AppState;
+use crate::store::subscriptions;
+
+pub async fn subscription_status(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_subscriber(&caller)?;
+    let id = path.into_inner();
+    let row = state
+        .store
+        .read(move |conn| found(subscriptions::get(conn, &id)?, &id))
+        .await?;
+    require_owner(&caller, &row)?;
+    let base = &state.settings.base_url;
+    let parameters = status(base, &row, Kind::QueryStatus, &[], &row.content);
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
+        "total": 1,
+        "link": [{ "relation": "self", "url": format!("{base}/Subscription/{}/$status", row.id) }],
+        "entry": [{
+            "fullUrl": format!("urn:uuid:{}", parameters["id"].as_str().unwrap_or_default()),
+            "resource": parameters,
+            "search": { "mode": "match" },
+        }],
+    });
+    Reply::ok(bundle).into_response(&req)
+}
