@@ -719,3 +719,109 @@ async fn a_heartbeat_is_sent_when_nothing_else_was_for_its_period() {
     app.deliver().await;
     assert_eq!(hook.of_kind("heartbeat").len(), 1);
 }
+
+/// The shipped example receiver (`examples/council-receiver.rs`): `cargo test` builds it; a
+/// run filtered to this test builds it here.
+fn example_receiver() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = debug
+        .join("examples")
+        .join(format!("council-receiver{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "--example", "council-receiver"])
+            .status()
+            .unwrap();
+        assert!(built.success());
+    }
+    path
+}
+
+#[actix_rt::test]
+async fn the_example_receiver_verifies_the_signature_and_prints_who_looked() {
+    use std::io::BufRead;
+    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = "council-chosen-secret-0123456789abcdef";
+    let mut child = std::process::Command::new(example_receiver())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--secret",
+            secret,
+            "--token",
+            &app.council(LA_A),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the example receiver runs");
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = lines.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    // Waiting on another process: bounded polling (the server under test keeps running meanwhile).
+    let wait_for = |needle: &'static str| {
+        let lines = lines.clone();
+        async move {
+            for _ in 0..200 {
+                if lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                    return true;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for("listening").await, "the receiver starts");
+    let mut s = subscription_json(&format!("http://127.0.0.1:{port}/"), None);
+    s["channel"]["extension"] = json!([{
+        "url": "https://cpis-fhir.example.org/fhir/StructureDefinition/subscription-signing-secret",
+        "valueString": secret,
+    }]);
+    assert_eq!(
+        app.post_json("/Subscription", &app.council(LA_A), &s)
+            .await
+            .status,
+        201
+    );
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    assert_eq!(
+        app.deliver().await.delivered,
+        1,
+        "the handshake is accepted"
+    );
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    assert_eq!(app.deliver().await.events_delivered, 1);
+    let found = wait_for("looked up by Test User").await;
+    // A notification signed with another secret is refused.
+    let forged = awc::Client::default()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .insert_header(("X-CPIS-Signature", "sha256=00"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let printed = lines.lock().unwrap().join("\n");
+    assert!(found, "{printed}");
+    assert!(
+        printed.contains("organisation RDE01") && printed.contains("unscheduled care"),
+        "{printed}"
+    );
+    assert_eq!(forged.status().as_u16(), 401);
+}
