@@ -817,6 +817,7 @@ async fn the_example_receiver_verifies_the_signature_and_prints_who_looked() {
         .await
         .unwrap();
     let _ = child.kill();
+    let _ = child.wait();
     let printed = lines.lock().unwrap().join("\n");
     assert!(found, "{printed}");
     assert!(
