@@ -146,3 +146,13 @@ fn newest_first(
 pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
     audit_events::table.count().get_result(conn)
 }
+
+/// The councils of every listed (notifiable) access recorded at or after `since`, one
+/// space-separated string per access (the notification benchmark's independent count).
+pub fn listed_councils_since(conn: &mut DbConn, since: i64) -> QueryResult<Vec<String>> {
+    audit_events::table
+        .filter(audit_events::listed.eq(true))
+        .filter(audit_events::recorded.ge(since))
+        .select(audit_events::councils)
+        .load(conn)
+}
