@@ -209,7 +209,7 @@ impl Notifier {
     /// Posts one notification and says how it went.
     async fn deliver(&self, client: &awc::Client, claimed: Claimed) -> (Claimed, Attempt) {
         let row = &claimed.row;
-        let kind = if row.status == "requested" {
+        let kind = if subscriptions::needs_handshake(row) {
             Kind::Handshake
         } else if claimed.events.is_empty() {
             Kind::Heartbeat

@@ -253,7 +253,7 @@ pub fn fan_out(conn: &mut DbConn, limit: i64) -> QueryResult<usize> {
 }
 
 /// Work for the worker: a live subscription with no valid lease, whose back-off has passed, that
-/// needs a handshake, has undelivered events or a heartbeat due; or one whose `end` has passed.
+/// needs a handshake (asked for, or never yet accepted), has undelivered events or a heartbeat due; or one whose `end` has passed.
 /// (A macro: the expression's type is spelled out by the compiler, not by us.)
 macro_rules! due {
     ($now:expr) => {{
@@ -265,6 +265,7 @@ macro_rules! due {
         let ended = subscriptions::end_at.le(now).assume_not_null();
         let work = subscriptions::status
             .eq("requested")
+            .or(subscriptions::last_sent_at.is_null())
             .or(subscriptions::delivered_through.lt(subscriptions::event_count))
             .or(subscriptions::heartbeat_at.le(now).assume_not_null());
         subscriptions::status
@@ -336,7 +337,7 @@ pub fn claim(
             continue;
         }
         let Some(row) = get(conn, &id)? else { continue };
-        let events = if row.status == "requested" {
+        let events = if needs_handshake(&row) {
             Vec::new()
         } else {
             events(
@@ -350,6 +351,12 @@ pub fn claim(
         out.push(Claimed { row, events });
     }
     Ok(out)
+}
+
+/// A subscription is handshaken when it asks for it (`requested`) and until an endpoint has
+/// accepted a first notification (one that went to `error` before that still needs it).
+pub fn needs_handshake(row: &SubscriptionRow) -> bool {
+    row.status == "requested" || row.last_sent_at.is_none()
 }
 
 /// How one delivery attempt went.

@@ -826,3 +826,38 @@ async fn the_example_receiver_verifies_the_signature_and_prints_who_looked() {
     );
     assert_eq!(forged.status().as_u16(), 401);
 }
+
+#[actix_rt::test]
+async fn a_subscription_whose_handshake_keeps_failing_shows_error_then_is_handshaken_when_the_endpoint_recovers(
+) {
+    let app = TestApp::spawn().await;
+    let hook = Receiver::start().await;
+    hook.fail_next(3);
+    let (id, _) = subscribe(&app, LA_A, &hook.url).await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    for wait in [0, 10, 20] {
+        app.advance(wait);
+        assert_eq!(app.deliver().await.failed, 1);
+    }
+    let s = subscription(&app, LA_A, &id).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    app.advance(40);
+    app.deliver().await; // the handshake
+    app.deliver().await; // then the event that waited for it
+    let kinds: Vec<String> = hook.all().iter().map(Received::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "handshake",
+            "handshake",
+            "handshake",
+            "handshake",
+            "event-notification"
+        ]
+    );
+    assert_eq!(subscription(&app, LA_A, &id).await["status"], "active");
+}
