@@ -861,3 +861,26 @@ async fn a_subscription_whose_handshake_keeps_failing_shows_error_then_is_handsh
     );
     assert_eq!(subscription(&app, LA_A, &id).await["status"], "active");
 }
+
+#[actix_rt::test]
+async fn the_worker_thread_inside_the_server_delivers_without_being_stepped() {
+    let app =
+        TestApp::spawn_with(|s| s.notify_interval = Some(std::time::Duration::from_millis(200)))
+            .await;
+    let hook = Receiver::start().await;
+    subscribe(&app, LA_A, &hook.url).await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    // The worker runs on its own thread here: wait for it, bounded.
+    for _ in 0..100 {
+        if !hook.events().is_empty() {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(hook.events().len(), 1, "{:?}", hook.all());
+    assert_eq!(hook.of_kind("handshake").len(), 1);
+}

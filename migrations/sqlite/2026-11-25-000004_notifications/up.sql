@@ -47,9 +47,11 @@ CREATE INDEX notifications_by_recorded ON notifications (recorded);
 -- disclosed a record), written by the same INSERT statement as its AuditEvent (the trigger runs
 -- inside it), so the two are committed together or not at all, with no extra work for the
 -- look-up. The delivery worker turns each row into numbered events of the councils'
--- subscriptions and deletes it in one transaction.
+-- subscriptions and deletes it in one transaction. No AUTOINCREMENT: it would update
+-- sqlite_sequence on every look-up; ids only need to order the rows present, which a plain
+-- rowid does.
 CREATE TABLE notification_outbox (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             INTEGER PRIMARY KEY,
     audit_event_id TEXT NOT NULL,
     councils       TEXT NOT NULL,
     recorded       BIGINT NOT NULL
