@@ -884,3 +884,22 @@ async fn the_worker_thread_inside_the_server_delivers_without_being_stepped() {
     assert_eq!(hook.events().len(), 1, "{:?}", hook.all());
     assert_eq!(hook.of_kind("handshake").len(), 1);
 }
+
+#[actix_rt::test]
+async fn an_access_to_a_council_nobody_subscribed_for_leaves_nothing_to_deliver() {
+    let app = TestApp::spawn().await;
+    let hook = Receiver::start().await;
+    subscribe(&app, LA_B, &hook.url).await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    let store = cpis_fhir::store::Store::open(app.database(), 1).unwrap();
+    let waiting = store
+        .read_blocking(|c| Ok(cpis_fhir::store::subscriptions::outbox_len(c)?))
+        .unwrap();
+    assert_eq!(waiting, 0);
+    app.deliver().await;
+    assert!(hook.events().is_empty());
+}

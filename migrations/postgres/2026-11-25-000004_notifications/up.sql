@@ -47,7 +47,9 @@ CREATE INDEX notifications_by_recorded ON notifications (recorded);
 -- disclosed a record), written by the same INSERT statement as its AuditEvent (the trigger runs
 -- inside it), so the two are committed together or not at all, with no extra work for the
 -- look-up. The delivery worker turns each row into numbered events of the councils'
--- subscriptions and deletes it in one transaction.
+-- subscriptions and deletes it in one transaction. An access to records of councils with no
+-- live subscription writes nothing: nobody could be notified of it (a subscription sees only
+-- accesses made after it was created).
 CREATE TABLE notification_outbox (
     id             BIGSERIAL PRIMARY KEY,
     audit_event_id TEXT NOT NULL,
@@ -56,6 +58,12 @@ CREATE TABLE notification_outbox (
 );
 CREATE FUNCTION audit_events_notify() RETURNS trigger AS $$
 BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM subscriptions
+        WHERE position(' ' || council || ' ' IN ' ' || NEW.councils || ' ') > 0
+          AND status IN ('requested', 'active', 'error')) THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO notification_outbox (audit_event_id, councils, recorded)
     VALUES (NEW.id, NEW.councils, NEW.recorded);
     RETURN NULL;

@@ -47,7 +47,9 @@ CREATE INDEX notifications_by_recorded ON notifications (recorded);
 -- disclosed a record), written by the same INSERT statement as its AuditEvent (the trigger runs
 -- inside it), so the two are committed together or not at all, with no extra work for the
 -- look-up. The delivery worker turns each row into numbered events of the councils'
--- subscriptions and deletes it in one transaction. No AUTOINCREMENT: it would update
+-- subscriptions and deletes it in one transaction. An access to records of councils with no
+-- live subscription writes nothing: nobody could be notified of it (a subscription sees only
+-- accesses made after it was created). No AUTOINCREMENT: it would update
 -- sqlite_sequence on every look-up; ids only need to order the rows present, which a plain
 -- rowid does.
 CREATE TABLE notification_outbox (
@@ -57,7 +59,13 @@ CREATE TABLE notification_outbox (
     recorded       BIGINT NOT NULL
 );
 CREATE TRIGGER audit_events_notify AFTER INSERT ON audit_events
-WHEN NEW.listed AND NEW.councils <> ''
+WHEN NEW.listed AND NEW.councils <> '' AND (
+    EXISTS (SELECT 1 FROM subscriptions
+            WHERE council = NEW.councils AND status IN ('requested', 'active', 'error'))
+    OR (instr(NEW.councils, ' ') > 0 AND EXISTS (
+        SELECT 1 FROM subscriptions
+        WHERE instr(' ' || NEW.councils || ' ', ' ' || council || ' ') > 0
+          AND status IN ('requested', 'active', 'error'))))
 BEGIN
     INSERT INTO notification_outbox (audit_event_id, councils, recorded)
     VALUES (NEW.id, NEW.councils, NEW.recorded);
