@@ -119,9 +119,14 @@ pub fn new_row(
 
 /// The settings after a council's update. A new endpoint or headers, or a subscription coming
 /// back from `off` or `error`, is handshaken again (and retried at once); otherwise the status
-/// stays as it is. The secret changes only when the council sends a new one.
+/// stays as it is. Headers and secret are never shown, so a subscription read and sent back
+/// has none: they change only when the council sends new ones.
 pub fn updated(current: &SubscriptionRow, input: &SubscriptionInput, now: i64) -> Settings {
-    let headers = headers_json(input);
+    let headers = if input.headers.is_empty() {
+        current.headers.clone()
+    } else {
+        headers_json(input)
+    };
     let rehandshake = input.endpoint != current.endpoint
         || headers != current.headers
         || matches!(current.status.as_str(), "off" | "error");

@@ -903,3 +903,41 @@ async fn an_access_to_a_council_nobody_subscribed_for_leaves_nothing_to_deliver(
     app.deliver().await;
     assert!(hook.events().is_empty());
 }
+
+#[actix_rt::test]
+async fn a_subscription_round_trips_in_xml() {
+    let app = TestApp::spawn().await;
+    let hook = Receiver::start().await;
+    let (id, _) = subscribe(&app, LA_A, &hook.url).await;
+    let t = app.council(LA_A);
+    let xml = app
+        .get(&format!("/Subscription/{id}?_format=xml"), &t)
+        .await;
+    assert_eq!(xml.status, 200, "{}", xml.text());
+    assert!(
+        xml.text().contains("backport-filter-criteria"),
+        "{}",
+        xml.text()
+    );
+    let changed = xml.text().replace(
+        "Access to Service Notifications for our case system",
+        "Notifications for the new case system",
+    );
+    let put = app
+        .request(
+            Method::PUT,
+            &format!("/Subscription/{id}"),
+            Some(&t),
+            &[("Content-Type", "application/fhir+xml")],
+            Some(changed.into_bytes()),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let now = subscription(&app, LA_A, &id).await;
+    assert_eq!(now["reason"], "Notifications for the new case system");
+    assert_eq!(now["meta"]["versionId"], "2");
+    assert_eq!(
+        now["_criteria"]["extension"][0]["valueString"],
+        "AuditEvent?council=LA901"
+    );
+}
