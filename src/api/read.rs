@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::fhir::{audit_event, flag, organization, patient};
 use crate::nhs_number::NhsNumber;
 use crate::state::AppState;
-use crate::store::{audit as audit_store, councils, flags, patients, subscriptions};
+use crate::store::{audit as audit_store, councils, flags, patients};
 
 /// The date before which an ended plan is past its retention window.
 pub fn visible_since(state: &AppState) -> String {
@@ -164,13 +164,7 @@ pub async fn read_subscription(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::api::subscription::require_subscriber(&caller)?;
-    let id = path.into_inner();
-    let row = state
-        .store
-        .read(move |conn| crate::api::subscription::found(subscriptions::get(conn, &id)?, &id))
-        .await?;
-    crate::api::subscription::require_owner(&caller, &row)?;
+    let row = crate::api::subscription::owned(&state, &caller, path.into_inner()).await?;
     Reply::ok(crate::fhir::subscription::render(&row))
         .versioned(row.version, row.updated_at)
         .into_response(&req)

@@ -187,6 +187,22 @@ pub fn changes(current: &SubscriptionRow, s: &Settings) -> bool {
         || current.secret != s.secret
 }
 
+/// A subscription the caller may see (its council's, or any for an administrator), or
+/// 403/404: what read and `$status` start from.
+pub async fn owned(
+    state: &AppState,
+    caller: &Caller,
+    id: String,
+) -> Result<SubscriptionRow, ApiError> {
+    require_subscriber(caller)?;
+    let row = state
+        .store
+        .read(move |conn| found(crate::store::subscriptions::get(conn, &id)?, &id))
+        .await?;
+    require_owner(caller, &row)?;
+    Ok(row)
+}
+
 /// The current subscription or 404.
 pub fn found(row: Option<SubscriptionRow>, id: &str) -> Result<SubscriptionRow, ApiError> {
     row.ok_or_else(|| ApiError::NotFound(format!("Subscription/{id} does not exist")))

@@ -12,7 +12,7 @@ use crate::api::subscription::{found, require_owner, require_subscriber};
 use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
 use crate::fhir::search::{pairs, Params};
-use crate::fhir::subscription::{notification_with, Kind};
+use crate::fhir::subscription::{notification, Kind};
 use crate::state::AppState;
 use crate::store::{micros, subscriptions};
 
@@ -61,7 +61,7 @@ pub async fn subscription_events(
         }
     };
     let limit = i64::try_from(state.settings.max_page_size).unwrap_or(100);
-    let (row, events) = state
+    let (row, events, last_wanted) = state
         .store
         .read(move |conn| {
             let row = found(subscriptions::get(conn, &id)?, &id)?;
@@ -71,12 +71,12 @@ pub async fn subscription_events(
             };
             let to = until.unwrap_or(row.event_count).min(row.event_count);
             let events = subscriptions::events(conn, &id, from, to, limit)?;
-            Ok((row, events))
+            Ok((row, events, to))
         })
         .await?;
     require_owner(&caller, &row)?;
     let base = &state.settings.base_url;
-    let mut bundle = notification_with(
+    let mut bundle = notification(
         base,
         &row,
         Kind::QueryEvent,
@@ -84,7 +84,6 @@ pub async fn subscription_events(
         content,
         micros(state.now()),
     );
-    let last_wanted = until.unwrap_or(row.event_count).min(row.event_count);
     if let Some(last) = events.last().map(|e| e.event_number) {
         if events.len() as i64 == limit && last < last_wanted {
             bundle["link"] = json!([{

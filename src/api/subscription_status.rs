@@ -6,12 +6,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::api::http::Reply;
-use crate::api::subscription::{found, require_owner, require_subscriber};
+use crate::api::subscription::owned;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::fhir::subscription::{status, Kind};
 use crate::state::AppState;
-use crate::store::subscriptions;
 
 pub async fn subscription_status(
     req: HttpRequest,
@@ -19,13 +18,7 @@ pub async fn subscription_status(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_subscriber(&caller)?;
-    let id = path.into_inner();
-    let row = state
-        .store
-        .read(move |conn| found(subscriptions::get(conn, &id)?, &id))
-        .await?;
-    require_owner(&caller, &row)?;
+    let row = owned(&state, &caller, path.into_inner()).await?;
     let base = &state.settings.base_url;
     let parameters = status(base, &row, Kind::QueryStatus, &[], &row.content);
     let bundle = json!({

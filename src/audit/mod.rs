@@ -130,8 +130,9 @@ pub struct Interaction {
 }
 
 /// Runs a read (`f`), then writes its audit row, on the same connection and in the same
-/// transaction. Refusals from `f` are audited and returned inside `Ok`; only a failure to write
-/// the audit row is an outer `Err`, which rolls back and answers 503.
+/// transaction. Refusals from `f` are audited and returned inside `Ok`, with whether the access
+/// was listed (and so is to be notified); only a failure to write the audit row is an outer
+/// `Err`, which rolls back and answers 503.
 pub fn audited<T>(
     conn: &mut DbConn,
     ctx: &AccessContext,
@@ -139,7 +140,7 @@ pub fn audited<T>(
     patient_hint: Option<String>,
     now: i64,
     f: impl FnOnce(&mut DbConn) -> Result<(T, Disclosure), ApiError>,
-) -> Result<Result<T, ApiError>, ApiError> {
+) -> Result<(Result<T, ApiError>, bool), ApiError> {
     let outcome = match &ctx.unscheduled {
         Err(why) => Err(ApiError::PreconditionHeader(why.clone())),
         Ok(_) => f(conn),
@@ -147,7 +148,7 @@ pub fn audited<T>(
     let row = row_for(ctx, what, patient_hint, now, &outcome);
     audit_store::insert(conn, &row)
         .map_err(|e| ApiError::Unavailable(format!("the audit trail could not be written: {e}")))?;
-    Ok(outcome.map(|(t, _)| t))
+    Ok((outcome.map(|(t, _)| t), row.listed))
 }
 
 fn row_for<T>(
@@ -208,21 +209,11 @@ where
     let now = micros(state.now());
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
     // same statement).
-    let (outcome, notifiable) = state
+    let (outcome, listed) = state
         .store
-        .write_single(move |conn| {
-            let mut notifiable = false;
-            let outcome = audited(conn, &ctx, what, patient_hint, now, |c| {
-                let r = f(c, &ctx);
-                if let Ok((_, d)) = &r {
-                    notifiable = is_listed(&ctx, what, true, d);
-                }
-                r
-            })?;
-            Ok((outcome, notifiable))
-        })
+        .write_single(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
         .await?;
-    if notifiable {
+    if listed {
         state.notifier.wake.wake();
     }
     outcome

@@ -610,20 +610,9 @@ pub fn status(
 }
 
 /// A notification (or `$events` answer): a `history` Bundle, the SubscriptionStatus first, then
-/// for `id-only` one entry per AuditEvent with its URL only.
+/// for `id-only` one entry per AuditEvent with its URL only. `content` is the subscription's,
+/// or what a `$events` caller asked for.
 pub fn notification(
-    base: &str,
-    row: &SubscriptionRow,
-    kind: Kind,
-    events: &[EventRow],
-    now: i64,
-) -> Value {
-    let content = row.content.as_str();
-    notification_with(base, row, kind, events, content, now)
-}
-
-/// [`notification`] with the content level chosen by the caller (`$events`).
-pub fn notification_with(
     base: &str,
     row: &SubscriptionRow,
     kind: Kind,

@@ -222,7 +222,14 @@ impl Notifier {
             Kind::EventNotification
         };
         let now = self.now();
-        let body = payload::notification(&self.base_url, row, kind, &claimed.events, now);
+        let body = payload::notification(
+            &self.base_url,
+            row,
+            kind,
+            &claimed.events,
+            &row.content,
+            now,
+        );
         let result = self.post(client, row, &body).await;
         let attempt = match result {
             Ok(()) => Attempt::Delivered {
