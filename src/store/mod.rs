@@ -75,9 +75,9 @@ impl Backend {
 /// Applied to every pooled SQLite connection; pragmas are per connection (STACK.md).
 #[derive(Debug)]
 struct SqlitePragmas {
-    /// The writer's connection never checkpoints: copying WAL pages into the database inside a
-    /// commit stalls every queued look-up for milliseconds (the p99). The checkpointer thread
-    /// does it beside the writer instead.
+    /// The writer's connection never checkpoints on its own: copying WAL pages into the
+    /// database inside a commit stalls every queued look-up for milliseconds (the p99). The
+    /// checkpointer thread does it beside the writer instead (see [`checkpoint`]).
     writer: bool,
 }
 
@@ -90,8 +90,9 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
             c.batch_execute(&format!(
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                 PRAGMA temp_store = MEMORY; \
+                 PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = {}; \
                  PRAGMA wal_autocheckpoint = {};",
+                checkpoint::SIZE_LIMIT_BYTES,
                 if self.writer { 0 } else { 1000 }
             ))
             .map_err(diesel::r2d2::Error::QueryError)?;
@@ -145,12 +146,17 @@ impl Store {
         }
         let read = build(read_pool_size.max(1), false)?;
         let alive = std::sync::Arc::new(());
+        let restart = std::sync::Arc::new(checkpoint::Restart::default());
         if backend == Backend::Sqlite {
-            checkpoint::start(&target, std::sync::Arc::downgrade(&alive))?;
+            checkpoint::start(
+                &target,
+                std::sync::Arc::downgrade(&alive),
+                std::sync::Arc::clone(&restart),
+            )?;
         }
         Ok(Self {
             read,
-            writer: writer::Writer::start(write, writers as usize),
+            writer: writer::Writer::start(write, writers as usize, restart),
             backend,
             _alive: alive,
         })

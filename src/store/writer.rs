@@ -15,6 +15,7 @@ use diesel::Connection;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::store::checkpoint::{self, Restart};
 use crate::store::{DbConn, DbPool};
 
 /// What a job gives back once the batch's fate is known.
@@ -30,8 +31,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `threads` writer threads, each holding one connection of `pool` for its life.
-    pub fn start(pool: DbPool, threads: usize) -> Self {
+    /// Starts `threads` writer threads, each holding one connection of `pool` for its life;
+    /// between batches they start the SQLite WAL over when `restart` asks.
+    pub fn start(pool: DbPool, threads: usize, restart: Arc<Restart>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let ids = crate::store::audit::IdContext::default();
@@ -39,11 +41,12 @@ impl Writer {
             let rx = Arc::clone(&rx);
             let pool = pool.clone();
             let ids = Arc::clone(&ids);
+            let restart = Arc::clone(&restart);
             let spawned = std::thread::Builder::new()
                 .name(format!("cpis-writer-{n}"))
                 .spawn(move || {
                     crate::store::audit::use_id_context(ids);
-                    writer_loop(&pool, &rx)
+                    writer_loop(&pool, &rx, &restart)
                 });
             if let Err(e) = spawned {
                 log::error!("cannot start writer thread: {e}");
@@ -123,7 +126,7 @@ fn answer<T>(r: Result<Result<T, ApiError>, oneshot::error::RecvError>) -> Resul
     r.map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
 }
 
-fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>, restart: &Restart) {
     let mut conn = None;
     let (mut batches, mut jobs_done, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
     loop {
@@ -164,11 +167,15 @@ fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>) {
                 busy.as_secs_f64() * 1e6 / jobs_done as f64
             );
         }
-        if !committed && is_broken(c) {
-            conn = None;
-        }
+        let broken = !committed && is_broken(c);
         for f in finishes {
             f(committed);
+        }
+        // After answering, so no caller waits for it.
+        if broken {
+            conn = None;
+        } else {
+            checkpoint::restart_if_asked(c, restart);
         }
     }
 }
