@@ -82,7 +82,7 @@ pub fn start(path: &str, alive: Weak<()>, restart: Arc<Restart>) -> Result<(), S
 
 /// One passive checkpoint; asks the writer to start the WAL over once it holds `restart_at`
 /// frames and this checkpoint was not held up by a reader.
-pub fn run_once(conn: &mut SqliteConnection, restart: &Restart, restart_at: i32) {
+fn run_once(conn: &mut SqliteConnection, restart: &Restart, restart_at: i32) {
     match checkpoint(conn, "PASSIVE") {
         Ok(r) => {
             log::trace!(
