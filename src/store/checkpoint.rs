@@ -138,6 +138,17 @@ mod tests {
         c
     }
 
+    /// A database with one table: its directory (kept alive), path, the writer's connection
+    /// and the checkpointer's.
+    fn database() -> (tempfile::TempDir, String, DbConn, SqliteConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db").to_string_lossy().into_owned();
+        let mut writer = DbConn::Sqlite(open(&path));
+        writer.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
+        let side = open(&path);
+        (dir, path, writer, side)
+    }
+
     fn insert(c: &mut DbConn, n: usize) {
         for _ in 0..n {
             c.batch_execute("INSERT INTO t VALUES (randomblob(3000))")
@@ -147,11 +158,7 @@ mod tests {
 
     #[test]
     fn the_wal_starts_over_from_its_beginning_once_the_writer_has_caught_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db").to_string_lossy().into_owned();
-        let mut writer = DbConn::Sqlite(open(&path));
-        writer.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
-        let mut side = open(&path);
+        let (_dir, path, mut writer, mut side) = database();
         let restart = Restart::default();
         insert(&mut writer, 50);
 
@@ -180,11 +187,7 @@ mod tests {
 
     #[test]
     fn a_small_wal_is_not_started_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db").to_string_lossy().into_owned();
-        let mut writer = DbConn::Sqlite(open(&path));
-        writer.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
-        let mut side = open(&path);
+        let (_dir, _, mut writer, mut side) = database();
         let restart = Restart::default();
         insert(&mut writer, 5);
         run_once(&mut side, &restart, 40);
