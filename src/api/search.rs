@@ -116,10 +116,12 @@ struct Ran<T> {
 }
 
 /// The shared shape of every audited search: parameters from the query string (and form
-/// body), refused unless supported (or lenient), then `run` on the writer with the audit row
-/// written in the same transaction — parse errors and refusals are audited as well.
+/// body), refused unless supported (or lenient) and turned into a query by `prepare`, then
+/// `run` on the writer with the audit row written in the same transaction. Parsing happens
+/// here, on the HTTP worker, so the one writer thread spends its time only on the database; a
+/// parse error or refusal is carried into the writer's job and audited like any other.
 #[allow(clippy::too_many_arguments)]
-async fn audited_search<T, F>(
+async fn audited_search<Q, T, P, F>(
     req: &HttpRequest,
     ctx: AccessContext,
     state: &web::Data<AppState>,
@@ -127,23 +129,27 @@ async fn audited_search<T, F>(
     resource_type: &'static str,
     supported: &'static [&'static str],
     hint_names: &'static [&'static str],
+    prepare: P,
     run: F,
 ) -> Result<Ran<T>, ApiError>
 where
+    Q: Send + 'static,
     T: Send + 'static,
-    F: FnOnce(
-            &mut DbConn,
-            &Caller,
-            &Params,
-            &AppState,
-            String,
-        ) -> Result<(T, Disclosure), ApiError>
+    P: FnOnce(Params, &AppState) -> Result<Q, ApiError>,
+    F: FnOnce(&mut DbConn, &Caller, Q, &AppState, String) -> Result<(T, Disclosure), ApiError>
         + Send
         + 'static,
 {
     let raw = params_of(req, &body);
     let hint = patient_hint(&raw, hint_names);
     let lenient = lenient(req);
+    let prepared = raw.and_then(|raw| {
+        let params = Params::new(raw, supported, lenient)?;
+        let used = params.query_string(true);
+        let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+        let cursor = params.cursor()?;
+        Ok((prepare(params, state)?, used, count, cursor))
+    });
     let since = visible_since(state);
     let st = state.clone();
     // Reading a person's access history is audited but is not itself an access to list.
@@ -153,11 +159,8 @@ where
         listable: resource_type != "AuditEvent",
     };
     disclose(state, ctx, what, hint, move |conn, ctx| {
-        let params = Params::new(raw?, supported, lenient)?;
-        let used = params.query_string(true);
-        let count = params.count(DEFAULT_PAGE, st.settings.max_page_size)?;
-        let cursor = params.cursor()?;
-        let (rows, d) = run(conn, &ctx.caller, &params, &st, since)?;
+        let (query, used, count, cursor) = prepared?;
+        let (rows, d) = run(conn, &ctx.caller, query, &st, since)?;
         Ok((
             Ran {
                 rows,
@@ -419,9 +422,8 @@ pub async fn search_flags(
             "patient",
             "subject",
         ],
-        |conn, caller, params, st, since| {
-            run_flag_search(conn, caller, flag_query(params, st)?, since)
-        },
+        |params, st| flag_query(&params, st),
+        |conn, caller, query, _, since| run_flag_search(conn, caller, query, since),
     )
     .await?;
     let page = ran.rows;
@@ -568,7 +570,8 @@ pub async fn search_patients(
         "Patient",
         PATIENT_PARAMS,
         &["identifier", "_id"],
-        run_patient_search,
+        |params, _| Ok(params),
+        |conn, caller, params, st, since| run_patient_search(conn, caller, &params, st, since),
     )
     .await?;
     let bundle = paged_bundle(
@@ -777,8 +780,9 @@ pub async fn search_audit_events(
         "AuditEvent",
         AUDIT_PARAMS,
         &["patient:identifier", "entity:identifier", "patient"],
+        |params, _| Ok(params),
         |conn, caller, params, st, since| {
-            let (rows, next, d) = run_audit_search(conn, caller, params, st, since)?;
+            let (rows, next, d) = run_audit_search(conn, caller, &params, st, since)?;
             Ok(((rows, next), d))
         },
     )

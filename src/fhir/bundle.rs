@@ -1,7 +1,7 @@
 //! Bundles (FHIR R4 §2.36 Bundle): `searchset` with `self`/`next` links, `total` and
 //! `search.mode` match/include (§3.1.1.2 paging), and `history`.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// One resource in a searchset.
 pub struct Entry {
@@ -42,43 +42,58 @@ fn url(base: &str, path: &str, query: &str, cursor: Option<&str>) -> String {
 }
 
 impl SearchSet<'_> {
+    /// The Bundle. Built from maps rather than with `json!` around the entries: `json!` copies
+    /// every value it is given, and a searchset would copy each resource twice.
     pub fn render(self) -> Value {
-        let mut links = vec![json!({
-            "relation": "self",
-            "url": url(self.base, self.path, &self.query, self.cursor.as_deref()),
-        })];
+        let mut links = vec![link(
+            "self",
+            url(self.base, self.path, &self.query, self.cursor.as_deref()),
+        )];
         if let Some(next) = &self.next_cursor {
-            links.push(json!({
-                "relation": "next",
-                "url": url(self.base, self.path, &self.query, Some(next)),
-            }));
+            links.push(link(
+                "next",
+                url(self.base, self.path, &self.query, Some(next)),
+            ));
         }
         let entries: Vec<Value> = self
             .entries
             .into_iter()
             .map(|e| {
-                json!({
-                    "fullUrl": format!("{}/{}/{}", self.base, e.resource_type, e.id),
-                    "resource": e.resource,
-                    "search": { "mode": if e.include { "include" } else { "match" } },
-                })
+                let mut entry = Map::with_capacity(3);
+                entry.insert(
+                    "fullUrl".into(),
+                    Value::String(format!("{}/{}/{}", self.base, e.resource_type, e.id)),
+                );
+                entry.insert("resource".into(), e.resource);
+                let mode = if e.include { "include" } else { "match" };
+                entry.insert("search".into(), json!({ "mode": mode }));
+                Value::Object(entry)
             })
             .collect();
-        let mut b = json!({
-            "resourceType": "Bundle",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "meta": { "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true) },
-            "type": "searchset",
-            "link": links,
-        });
+        let mut b = Map::with_capacity(7);
+        b.insert("resourceType".into(), "Bundle".into());
+        b.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+        b.insert(
+            "meta".into(),
+            json!({ "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true) }),
+        );
+        b.insert("type".into(), "searchset".into());
         if let Some(t) = self.total {
-            b["total"] = json!(t);
+            b.insert("total".into(), t.into());
         }
+        b.insert("link".into(), Value::Array(links));
         if !entries.is_empty() {
-            b["entry"] = json!(entries);
+            b.insert("entry".into(), Value::Array(entries));
         }
-        b
+        Value::Object(b)
     }
+}
+
+fn link(relation: &str, url: String) -> Value {
+    let mut l = Map::with_capacity(2);
+    l.insert("relation".into(), relation.into());
+    l.insert("url".into(), Value::String(url));
+    Value::Object(l)
 }
 
 /// Pages `items` (already in a stable order, keyed by `key`) after `cursor`.

@@ -9,7 +9,7 @@ use crate::domain::{
     ODS_ORG_SYSTEM, SNOMED_SYSTEM,
 };
 use crate::error::Issue;
-use crate::fhir::{full_date, meta, text};
+use crate::fhir::{full_date, meta, object, text};
 use crate::nhs_number::NhsNumber;
 use crate::store::flags::FlagRow;
 
@@ -178,39 +178,47 @@ impl FlagInput {
 /// Renders a stored Flag (current or historical version). `council_name`, when known, is shown
 /// as the author's display so a clinician sees whom to call without a second request.
 pub fn render(row: &FlagRow, council_name: Option<&str>) -> Value {
-    let plan = PlanType::from_snomed(&row.plan_type);
     let mut period = json!({ "start": row.period_start });
-    if let Some(end) = &row.period_end {
-        period["end"] = json!(end);
+    if let (Some(end), Some(p)) = (&row.period_end, period.as_object_mut()) {
+        p.insert("end".into(), end.clone().into());
     }
     let mut author = json!({
         "reference": format!("Organization/{}", row.la_ods),
         "identifier": { "system": ODS_ORG_SYSTEM, "value": row.la_ods },
     });
-    if let Some(name) = council_name {
-        author["display"] = json!(name);
+    if let (Some(name), Some(a)) = (council_name, author.as_object_mut()) {
+        a.insert("display".into(), name.into());
     }
     let mut code = json!({ "system": SNOMED_SYSTEM, "code": row.plan_type });
-    if let Some(p) = plan {
-        code["display"] = json!(p.display());
+    if let (Some(p), Some(c)) = (PlanType::from_snomed(&row.plan_type), code.as_object_mut()) {
+        c.insert("display".into(), p.display().into());
     }
-    json!({
-        "resourceType": "Flag",
-        "id": row.id,
-        "meta": meta(row.version, row.updated_at, "CPIS-Flag"),
-        "identifier": [{ "system": row.local_ref_system, "value": row.local_ref_value }],
-        "status": row.status,
-        "category": [{ "coding": [{
-            "system": FLAG_CATEGORY_SYSTEM,
-            "code": FLAG_CATEGORY_CODE,
-            "display": "Child Protection Information System flag",
-        }]}],
-        "code": { "coding": [code] },
-        "subject": {
-            "reference": format!("Patient/{}", row.nhs_number),
-            "identifier": { "system": NHS_NUMBER_SYSTEM, "value": row.nhs_number },
-        },
-        "period": period,
-        "author": author,
-    })
+    object([
+        ("resourceType", "Flag".into()),
+        ("id", row.id.clone().into()),
+        ("meta", meta(row.version, row.updated_at, "CPIS-Flag")),
+        (
+            "identifier",
+            json!([{ "system": row.local_ref_system, "value": row.local_ref_value }]),
+        ),
+        ("status", row.status.clone().into()),
+        (
+            "category",
+            json!([{ "coding": [{
+                "system": FLAG_CATEGORY_SYSTEM,
+                "code": FLAG_CATEGORY_CODE,
+                "display": "Child Protection Information System flag",
+            }]}]),
+        ),
+        ("code", object([("coding", Value::Array(vec![code]))])),
+        (
+            "subject",
+            json!({
+                "reference": format!("Patient/{}", row.nhs_number),
+                "identifier": { "system": NHS_NUMBER_SYSTEM, "value": row.nhs_number },
+            }),
+        ),
+        ("period", period),
+        ("author", author),
+    ])
 }

@@ -21,6 +21,17 @@ use serde_json::{json, Value};
 use crate::domain::PROFILE_BASE;
 use crate::store::from_micros;
 
+/// A JSON object of `members`, in order, each value moved in. (`json!` serialises every value
+/// it is handed as an expression, which deep-copies a `Value`: renderers nest their parts
+/// with this instead.)
+pub fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    let mut map = serde_json::Map::with_capacity(N);
+    for (k, v) in members {
+        map.insert(k.to_owned(), v);
+    }
+    Value::Object(map)
+}
+
 /// `meta` for a stored resource: version, last update, and the profile it conforms to.
 pub fn meta(version: i64, updated_at: i64, profile: &str) -> Value {
     json!({

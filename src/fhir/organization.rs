@@ -8,7 +8,7 @@ use crate::domain::{
     OdsCode, CONTACT_PURPOSE_SYSTEM, COUNCIL_ROLE_CODE, ODS_ORG_SYSTEM, ORG_ROLE_SYSTEM,
 };
 use crate::error::Issue;
-use crate::fhir::{meta, text};
+use crate::fhir::{meta, object, text};
 use crate::store::councils::CouncilRow;
 
 #[derive(Debug, Clone)]
@@ -100,19 +100,39 @@ fn contact(purpose: &str, display: &str, phone: &str) -> Value {
 }
 
 pub fn render(row: &CouncilRow) -> Value {
-    json!({
-        "resourceType": "Organization",
-        "id": row.ods_code,
-        "meta": meta(row.version, row.updated_at, "CPIS-Organization"),
-        "identifier": [{ "system": ODS_ORG_SYSTEM, "value": row.ods_code }],
-        "active": row.active,
-        "type": [{ "coding": [{
-            "system": ORG_ROLE_SYSTEM, "code": COUNCIL_ROLE_CODE, "display": "LOCAL AUTHORITY",
-        }]}],
-        "name": row.name,
-        "contact": [
-            contact("office-hours", "Children's services (office hours)", &row.office_phone),
-            contact("emergency-duty", "Emergency duty team (out of hours)", &row.emergency_phone),
-        ],
-    })
+    object([
+        ("resourceType", "Organization".into()),
+        ("id", row.ods_code.clone().into()),
+        (
+            "meta",
+            meta(row.version, row.updated_at, "CPIS-Organization"),
+        ),
+        (
+            "identifier",
+            json!([{ "system": ODS_ORG_SYSTEM, "value": row.ods_code }]),
+        ),
+        ("active", row.active.into()),
+        (
+            "type",
+            json!([{ "coding": [{
+                "system": ORG_ROLE_SYSTEM, "code": COUNCIL_ROLE_CODE, "display": "LOCAL AUTHORITY",
+            }]}]),
+        ),
+        ("name", row.name.clone().into()),
+        (
+            "contact",
+            Value::Array(vec![
+                contact(
+                    "office-hours",
+                    "Children's services (office hours)",
+                    &row.office_phone,
+                ),
+                contact(
+                    "emergency-duty",
+                    "Emergency duty team (out of hours)",
+                    &row.emergency_phone,
+                ),
+            ]),
+        ),
+    ])
 }
