@@ -3,6 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::fhir::object;
+
 /// One resource in a searchset.
 pub struct Entry {
     pub resource_type: &'static str,
@@ -59,15 +61,15 @@ impl SearchSet<'_> {
             .entries
             .into_iter()
             .map(|e| {
-                let mut entry = Map::with_capacity(3);
-                entry.insert(
-                    "fullUrl".into(),
-                    Value::String(format!("{}/{}/{}", self.base, e.resource_type, e.id)),
-                );
-                entry.insert("resource".into(), e.resource);
                 let mode = if e.include { "include" } else { "match" };
-                entry.insert("search".into(), json!({ "mode": mode }));
-                Value::Object(entry)
+                object([
+                    (
+                        "fullUrl",
+                        format!("{}/{}/{}", self.base, e.resource_type, e.id).into(),
+                    ),
+                    ("resource", e.resource),
+                    ("search", json!({ "mode": mode })),
+                ])
             })
             .collect();
         let mut b = Map::with_capacity(7);
@@ -90,10 +92,7 @@ impl SearchSet<'_> {
 }
 
 fn link(relation: &str, url: String) -> Value {
-    let mut l = Map::with_capacity(2);
-    l.insert("relation".into(), relation.into());
-    l.insert("url".into(), Value::String(url));
-    Value::Object(l)
+    object([("relation", relation.into()), ("url", url.into())])
 }
 
 /// Pages `items` (already in a stable order, keyed by `key`) after `cursor`.
