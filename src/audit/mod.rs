@@ -208,10 +208,10 @@ where
 {
     let now = micros(state.now());
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
-    // same statement).
+    // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
     let (outcome, listed) = state
         .store
-        .write_single(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
+        .write_unguarded(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
         .await?;
     if listed {
         state.notifier.wake.wake();

@@ -104,8 +104,24 @@ pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
             a::query.eq(&row.query),
         ),
     );
-    super::on_backend!(conn, c => diesel::insert_into(audit_events::table).values(values).execute(c))
-        .map(|_| ())
+    // On SQLite OR IGNORE, so that the INSERT needs no statement journal (see the migration
+    // `outbox_trigger_without_statement_journal`); a row it ignored is a failure like any other.
+    let inserted = match conn {
+        DbConn::Sqlite(c) => diesel::insert_or_ignore_into(audit_events::table)
+            .values(values)
+            .execute(c)?,
+        DbConn::Pg(c) => diesel::insert_into(audit_events::table)
+            .values(values)
+            .execute(c)?,
+    };
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            Box::new(format!("the audit row {} was not written", row.id)),
+        ))
+    }
 }
 
 pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<AuditRow>> {

@@ -191,13 +191,14 @@ impl Store {
         self.writer.run(f).await
     }
 
-    /// [`Store::write`] for a job that makes at most one write statement (no savepoint needed).
-    pub async fn write_single<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// [`Store::write`] for a job that makes one write statement, without a savepoint: an `Err`
+    /// from `f` rolls back its whole batch (see [`writer::Writer::run_unguarded`]).
+    pub async fn write_unguarded<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
     {
-        self.writer.run_single_write(f).await
+        self.writer.run_unguarded(f).await
     }
 
     /// [`Store::write`] for code outside the async runtime (start-up tasks, tools).

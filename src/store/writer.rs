@@ -6,6 +6,12 @@
 //! its neighbours — commits once, and only then answers each caller. Under load batches grow by
 //! themselves; idle, a batch is one request. Nothing is answered before it is durable: if the
 //! commit fails, every job in the batch gets 503 and nothing is disclosed.
+//!
+//! The audited read runs without a savepoint ([`Writer::run_unguarded`]): its one write, the
+//! audit INSERT, needs none, and a savepoint would make SQLite copy every page the INSERT
+//! touches into a statement journal. When that job fails, the audit trail could not be written
+//! (and SQLite may already have rolled the whole transaction back on an I/O error), so the
+//! whole batch is rolled back and every caller in it gets 503: nothing is disclosed.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -20,7 +26,14 @@ use crate::store::{DbConn, DbPool};
 
 /// What a job gives back once the batch's fate is known.
 type Finish = Box<dyn FnOnce(bool) + Send>;
-type Job = Box<dyn FnOnce(&mut DbConn) -> Finish + Send>;
+type Job = Box<dyn FnOnce(&mut DbConn) -> Ran + Send>;
+
+/// A job that has run: how to answer its caller, and whether it failed part-way through writes
+/// it cannot undo by itself (the batch must then be rolled back).
+struct Ran {
+    finish: Finish,
+    spoils_batch: bool,
+}
 
 /// The most jobs in one transaction: bounds the latency a batch can add.
 const MAX_BATCH: usize = 256;
@@ -65,10 +78,12 @@ impl Writer {
         answer(self.submit(f, true)?.await)
     }
 
-    /// Like [`Writer::run`] but without a savepoint around `f`: only for jobs that make at most
-    /// one write statement (an audited read inserts its one audit row), which SQLite and
-    /// PostgreSQL apply atomically on their own. Saves two statements per look-up.
-    pub async fn run_single_write<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Like [`Writer::run`] but without a savepoint around `f`, which saves the savepoint's
+    /// statements and SQLite's copies of the pages `f` touches: for jobs that make one write
+    /// statement. An `Err` from `f` rolls back the whole batch: every caller in it gets 503, and
+    /// jobs not yet run are not run. Only for jobs whose `Err` means the batch cannot be trusted
+    /// (the audited read: its `Err` says the audit trail cannot be written).
+    pub async fn run_unguarded<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
@@ -101,17 +116,22 @@ impl Writer {
             } else {
                 f(conn)
             };
-            Box::new(move |committed: bool| {
-                let out = if committed {
-                    result
-                } else {
-                    Err(ApiError::Unavailable(
+            let spoils_batch = !savepoint && result.is_err();
+            let finish: Finish = Box::new(move |committed: bool| {
+                let out = match result {
+                    Ok(_) if !committed => Err(ApiError::Unavailable(
                         "the transaction could not be committed".into(),
-                    ))
+                    )),
+                    // A job's own failure is its answer, whatever became of the batch.
+                    other => other,
                 };
                 // The caller may have gone away; its work is committed either way.
                 let _ = reply.send(out);
-            })
+            });
+            Ran {
+                finish,
+                spoils_batch,
+            }
         });
         self.tx
             .send(job)
@@ -196,7 +216,20 @@ fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
         drop(jobs);
         return (Vec::new(), false);
     }
-    let finishes: Vec<Finish> = jobs.into_iter().map(|job| job(conn)).collect();
+    let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let ran = job(conn);
+        finishes.push(ran.finish);
+        if ran.spoils_batch {
+            log::error!("a job failed part-way through the batch: rolling the batch back");
+            if let Err(e) = <DbConn as Connection>::TransactionManager::rollback_transaction(conn) {
+                log::error!("writer rollback failed: {e}");
+            }
+            // The jobs not yet run are dropped: their callers answer 503 through their closed
+            // reply channels.
+            return (finishes, false);
+        }
+    }
     match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
         Ok(()) => (finishes, true),
         Err(e) => {
@@ -209,4 +242,85 @@ fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
 
 fn is_broken(conn: &mut DbConn) -> bool {
     <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::store::Store;
+
+    fn count(store: &Store) -> i64 {
+        store
+            .read_blocking(|c| {
+                Ok(
+                    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                        "(SELECT count(*) FROM scratch)",
+                    ))
+                    .get_result(c)?,
+                )
+            })
+            .unwrap()
+    }
+
+    fn write(n: i64) -> impl FnOnce(&mut DbConn) -> Result<(), ApiError> + Send + 'static {
+        move |c| Ok(c.batch_execute(&format!("INSERT INTO scratch VALUES ({n})"))?)
+    }
+
+    #[test]
+    fn an_unguarded_job_that_fails_rolls_back_its_whole_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
+        let w = store.writer.clone();
+        w.run_blocking(|c| Ok(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?))
+            .unwrap();
+
+        // Hold the writer inside a batch of its own until the next three jobs are queued, so
+        // they run together in the following batch.
+        let (started, wait_started) = std::sync::mpsc::channel::<()>();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holding = w
+            .submit(
+                move |_| {
+                    started.send(()).ok();
+                    wait_release.recv().ok();
+                    Ok(())
+                },
+                true,
+            )
+            .unwrap();
+        wait_started.recv().unwrap();
+        let good = w.submit(write(1), false).unwrap();
+        let failing = w
+            .submit(
+                |c| {
+                    write(2)(c)?;
+                    Err::<(), _>(ApiError::Unavailable("the audit trail is full".into()))
+                },
+                false,
+            )
+            .unwrap();
+        let behind = w.submit(write(3), true).unwrap();
+        release.send(()).unwrap();
+
+        assert!(answer(holding.blocking_recv()).is_ok());
+        let good = answer(good.blocking_recv()).unwrap_err();
+        assert!(
+            good.to_string().contains("could not be committed"),
+            "{good}"
+        );
+        let failing = answer(failing.blocking_recv()).unwrap_err();
+        assert!(
+            failing.to_string().contains("audit trail is full"),
+            "{failing}"
+        );
+        let behind = answer(behind.blocking_recv()).unwrap_err();
+        assert!(matches!(behind, ApiError::Unavailable(_)), "{behind}");
+        assert_eq!(count(&store), 0, "nothing of the failed batch was kept");
+
+        w.run_blocking(write(4)).unwrap();
+        assert_eq!(count(&store), 1);
+    }
 }
