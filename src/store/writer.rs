@@ -28,8 +28,9 @@ use crate::store::{DbConn, DbPool};
 type Finish = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&mut DbConn) -> Ran + Send>;
 
-/// A job that has run: how to answer its caller, and whether it failed part-way through writes
-/// it cannot undo by itself (the batch must then be rolled back).
+/// A job that has run: how to answer its caller, and whether it ran without a savepoint and
+/// failed, so that whatever it wrote cannot be undone on its own (the batch must then be rolled
+/// back).
 struct Ran {
     finish: Finish,
     spoils_batch: bool,
@@ -221,7 +222,7 @@ fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
         let ran = job(conn);
         finishes.push(ran.finish);
         if ran.spoils_batch {
-            log::error!("a job failed part-way through the batch: rolling the batch back");
+            log::error!("a job without a savepoint failed: rolling its whole batch back");
             if let Err(e) = <DbConn as Connection>::TransactionManager::rollback_transaction(conn) {
                 log::error!("writer rollback failed: {e}");
             }
