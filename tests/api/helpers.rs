@@ -192,6 +192,23 @@ impl TestApp {
         *self.now.lock().expect("clock") = t.with_timezone(&Utc);
     }
 
+    /// Ids of every audit row about a person, newest first, read straight from the database.
+    pub fn audit_ids_about(&self, nhs: &str) -> Vec<String> {
+        use cpis_fhir::store::schema::audit_events as a;
+        use diesel::prelude::*;
+        let nhs = nhs.to_owned();
+        Store::open(&self.db_url, 1)
+            .expect("store")
+            .read_blocking(move |c| {
+                Ok(a::table
+                    .filter(a::patient.eq(nhs))
+                    .order(a::id.desc())
+                    .select(a::id)
+                    .load::<String>(c)?)
+            })
+            .expect("audit ids")
+    }
+
     /// Rows in the audit trail, read straight from the database.
     pub fn audit_count(&self) -> i64 {
         let store = Store::open(&self.db_url, 1).expect("store");
@@ -406,6 +423,35 @@ impl TestApp {
             format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}{extra}");
         self.request(Method::GET, &path, Some(token), headers, None)
             .await
+    }
+
+    /// The ids of every audit record about a person, as the audit team pages through them
+    /// `count` at a time, newest first.
+    pub async fn audit_ids_paged(&self, nhs: &str, count: usize) -> Vec<String> {
+        let t = self.token(Role::Auditor, "X26");
+        let mut next = Some(format!(
+            "/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count={count}"
+        ));
+        let (mut ids, mut pages) = (Vec::new(), 0);
+        while let Some(path) = next.take() {
+            let r = self.get(&path, &t).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let b = r.json();
+            let page = entries(&b, "match");
+            assert!(page.len() <= count);
+            ids.extend(
+                page.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_owned)),
+            );
+            next = b["link"]
+                .as_array()
+                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+                .and_then(|l| l["url"].as_str())
+                .map(|u| u.trim_start_matches(&self.base).to_owned());
+            pages += 1;
+            assert!(pages < 100, "paging does not end");
+        }
+        ids
     }
 
     /// Every audit record about a person, as the audit team sees them, newest first.

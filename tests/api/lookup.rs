@@ -446,6 +446,37 @@ async fn the_access_history_shows_the_latest_25_unscheduled_disclosures_newest_f
 }
 
 #[actix_rt::test]
+async fn the_audit_team_pages_through_every_access_to_a_person_once_newest_first() {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    let c = app.clinician();
+    for _ in 0..3 {
+        app.lookup(&c, NHS_1, "", &[]).await;
+    }
+    app.lookup(
+        &app.token(Role::ClinicianScheduled, "GPX01"),
+        NHS_1,
+        "",
+        &[],
+    )
+    .await;
+    app.lookup(&c, NHS_2, "", &[]).await;
+    app.lookup(&app.council(LA_A), NHS_1, "", &[]).await;
+
+    let truth = app.audit_ids_about(NHS_1);
+    assert_eq!(truth.len(), 5);
+    assert_eq!(app.audit_ids_paged(NHS_1, 2).await, truth);
+    // Each page the audit team reads is itself an access to the person, listed from then on.
+    let truth = app.audit_ids_about(NHS_1);
+    assert_eq!(truth.len(), 5 + 3);
+    assert_eq!(app.audit_ids_paged(NHS_1, 3).await, truth);
+    let truth = app.audit_ids_about(NHS_1);
+    assert_eq!(app.audit_ids_paged(NHS_1, 100).await, truth);
+    assert_eq!(app.audit_ids_about(NHS_2).len(), 1);
+    assert_eq!(app.audit_of(NHS_2).await.len(), 1);
+}
+
+#[actix_rt::test]
 async fn audit_events_cannot_be_created_changed_or_deleted() {
     let app = TestApp::spawn().await;
     app.given_flag(LA_A, NHS_1, "PLAN-1").await;
