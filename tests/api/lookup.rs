@@ -466,7 +466,7 @@ async fn the_audit_team_pages_through_every_access_to_a_person_once_newest_first
     let truth = app.audit_ids_about(NHS_1);
     assert_eq!(truth.len(), 5);
     assert_eq!(app.audit_ids_paged(NHS_1, 2).await, truth);
-    // Each page the audit team reads is itself an access to the person, listed from then on.
+    // Each page the audit team reads is itself an access to the person, found from then on.
     let truth = app.audit_ids_about(NHS_1);
     assert_eq!(truth.len(), 5 + 3);
     assert_eq!(app.audit_ids_paged(NHS_1, 3).await, truth);
