@@ -136,6 +136,44 @@ async fn plans_from_two_councils_are_both_shown_with_both_councils_included() {
 }
 
 #[actix_rt::test]
+async fn every_spelling_of_the_person_finds_and_includes_the_same() {
+    let app = TestApp::spawn().await;
+    let flag = app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    app.given_flag(LA_B, NHS_2, "PLAN-2").await;
+    let clinician = app.clinician();
+    let nhs = format!("https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}");
+    for (person, include) in [
+        (format!("patient:identifier={nhs}"), "Flag:patient"),
+        (format!("subject:identifier={nhs}"), "Flag:subject"),
+        (format!("patient=Patient/{NHS_1}"), "Flag:patient"),
+        (format!("subject=Patient/{NHS_1}"), "Flag:subject"),
+    ] {
+        let path = format!("/Flag?{person}&_include={include}&_include=Flag:author");
+        let r = app.get(&path, &clinician).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let b = r.json();
+        assert_eq!(b["total"], 1, "{path}");
+        assert_eq!(entries(&b, "match")[0]["id"], flag["id"], "{path}");
+        let mut included: Vec<String> = entries(&b, "include")
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap_or(""),
+                    r["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        included.sort();
+        assert_eq!(
+            included,
+            [format!("Organization/{LA_A}"), format!("Patient/{NHS_1}")],
+            "{path}"
+        );
+    }
+}
+
+#[actix_rt::test]
 async fn paging_with_count_1_returns_every_flag_exactly_once() {
     let app = TestApp::spawn().await;
     let mut expected = Vec::new();
