@@ -204,6 +204,45 @@ async fn paging_with_count_1_returns_every_flag_exactly_once() {
 }
 
 #[actix_rt::test]
+async fn pages_are_capped_at_the_configured_maximum_and_count_0_gives_the_total_alone() {
+    let app = TestApp::spawn_with(|s| s.max_page_size = 2).await;
+    for i in 0..3 {
+        app.given_flag(LA_A, NHS_1, &format!("P{i}")).await;
+    }
+    let clinician = app.clinician();
+    let search = format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}");
+    let next_of = |b: &serde_json::Value| {
+        b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(|u| u.trim_start_matches(&app.base).to_owned())
+    };
+    for asked in ["", "&_count=50"] {
+        let b = app
+            .get(&format!("{search}{asked}"), &clinician)
+            .await
+            .json();
+        assert_eq!(b["total"], 3);
+        assert_eq!(entries(&b, "match").len(), 2, "{asked}");
+        let next = next_of(&b).expect("a next page");
+        let rest = app.get(&next, &clinician).await.json();
+        assert_eq!(entries(&rest, "match").len(), 1);
+        assert_eq!(next_of(&rest), None);
+    }
+    let b = app
+        .get(&format!("{search}&_count=0"), &clinician)
+        .await
+        .json();
+    assert_eq!(b["total"], 3);
+    assert!(entries(&b, "match").is_empty());
+    assert_eq!(next_of(&b), None);
+    app.get(&format!("{search}&_count=many"), &clinician)
+        .await
+        .assert_outcome(400, "invalid");
+}
+
+#[actix_rt::test]
 async fn every_look_up_hit_miss_or_refusal_leaves_exactly_one_audit_event() {
     let app = TestApp::spawn().await;
     app.given_flag(LA_A, NHS_1, "PLAN-1").await;
