@@ -425,6 +425,15 @@ impl TestApp {
             .await
     }
 
+    /// The path of a searchset's `next` link, if it has one.
+    pub fn next_page(&self, bundle: &Value) -> Option<String> {
+        bundle["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(|u| u.trim_start_matches(&self.base).to_owned())
+    }
+
     /// The ids of every audit record about a person, as the audit team pages through them
     /// `count` at a time, newest first.
     pub async fn audit_ids_paged(&self, nhs: &str, count: usize) -> Vec<String> {
@@ -443,11 +452,7 @@ impl TestApp {
                 page.iter()
                     .filter_map(|e| e["id"].as_str().map(str::to_owned)),
             );
-            next = b["link"]
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-                .and_then(|l| l["url"].as_str())
-                .map(|u| u.trim_start_matches(&self.base).to_owned());
+            next = self.next_page(&b);
             pages += 1;
             assert!(pages < 100, "paging does not end");
         }

@@ -192,11 +192,7 @@ async fn paging_with_count_1_returns_every_flag_exactly_once() {
         let page = entries(&b, "match");
         assert!(page.len() <= 1);
         seen.extend(page.iter().map(|f| f["id"].clone()));
-        next = b["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(|u| u.trim_start_matches(&app.base).to_owned());
+        next = app.next_page(&b);
         pages += 1;
         assert!(pages < 10);
     }
@@ -211,13 +207,6 @@ async fn pages_are_capped_at_the_configured_maximum_and_count_0_gives_the_total_
     }
     let clinician = app.clinician();
     let search = format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}");
-    let next_of = |b: &serde_json::Value| {
-        b["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(|u| u.trim_start_matches(&app.base).to_owned())
-    };
     for asked in ["", "&_count=50"] {
         let b = app
             .get(&format!("{search}{asked}"), &clinician)
@@ -225,10 +214,10 @@ async fn pages_are_capped_at_the_configured_maximum_and_count_0_gives_the_total_
             .json();
         assert_eq!(b["total"], 3);
         assert_eq!(entries(&b, "match").len(), 2, "{asked}");
-        let next = next_of(&b).expect("a next page");
+        let next = app.next_page(&b).expect("a next page");
         let rest = app.get(&next, &clinician).await.json();
         assert_eq!(entries(&rest, "match").len(), 1);
-        assert_eq!(next_of(&rest), None);
+        assert_eq!(app.next_page(&rest), None);
     }
     let b = app
         .get(&format!("{search}&_count=0"), &clinician)
@@ -236,7 +225,7 @@ async fn pages_are_capped_at_the_configured_maximum_and_count_0_gives_the_total_
         .json();
     assert_eq!(b["total"], 3);
     assert!(entries(&b, "match").is_empty());
-    assert_eq!(next_of(&b), None);
+    assert_eq!(app.next_page(&b), None);
     app.get(&format!("{search}&_count=many"), &clinician)
         .await
         .assert_outcome(400, "invalid");
