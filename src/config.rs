@@ -22,7 +22,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("retention_months", "months a record stays visible after its plan ends (default 12)"),
     ("max_page_size", "largest _count a search may ask for (default 100)"),
     ("max_bundle_entries", "most entries in one transaction or batch Bundle; more is refused with 413 (default 10000)"),
-    ("bundle_body_limit", "largest accepted Bundle body in bytes (default 67108864 = 64 MiB)"),
+    ("bundle_body_limit", "largest accepted Bundle body in bytes (default 33554432 = 32 MiB; a 10,000-entry Bundle is about 7–15 MB)"),
     ("audit_retention_months", "months an AuditEvent is kept (default 96 = 8 years)"),
     ("lifecycle_interval_secs", "seconds between runs of the record lifecycle (ended plans, age 18, removals); 0 turns the scheduler off (default 900)"),
     ("notify_interval_ms", "milliseconds between the notification worker's rounds when no look-up wakes it (retries, heartbeats); 0 turns the worker off (default 1000)"),
@@ -30,11 +30,22 @@ pub const KEYS: &[(&str, &str)] = &[
     ("notify_backoff_cap_secs", "longest wait between delivery attempts (default 3600)"),
     ("notify_error_after", "failed deliveries in a row after which a subscription shows status error; it keeps being retried (default 3)"),
     ("notify_allow_http_loopback", "let subscriptions use plain http to 127.0.0.1, [::1] or localhost (default false; true with --dev)"),
+    ("limits.body_max_depth", "deepest nesting of objects/arrays (JSON) or elements (XML) a body may have; deeper is refused with 400 before parsing (default 32)"),
+    ("limits.bodies_in_flight", "bytes of request bodies all requests together may be receiving at once (default 33554432 = 32 MiB; at least bundle_body_limit)"),
+    ("limits.parsed_in_flight", "estimated bytes the parsed bodies of all requests together may hold at once (default 100663296 = 96 MiB)"),
+    ("limits.wait_secs", "seconds a request waits for room in those budgets before it is answered 503 with Retry-After (default 10)"),
+    ("limits.body_timeout_secs", "seconds a request body may take to arrive; slower is answered 408 (default 60)"),
+    ("limits.max_url_bytes", "longest path and query string accepted; longer is answered 414 (default 8192)"),
+    ("limits.max_query_params", "most query parameters a request may carry; more is answered 400 (default 64)"),
+    ("limits.max_connections", "most open connections per HTTP worker; more wait to be accepted (default 1024)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
     ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
     ("auth.algorithm", "signature algorithm of that key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 (default RS512)"),
     ("auth.kid", "key id expected in the token header for that key (optional)"),
+    ("auth.leeway_secs", "clock skew allowed when checking a token's exp, nbf and iat (default 30)"),
+    ("auth.max_token_lifetime_secs", "longest token lifetime accepted (exp − iat, or exp − now without iat); longer is refused (default 43200 = 12 h)"),
+    ("auth.failure_fold_secs", "refused authentications with the same reason, source and claimed user within this many seconds are audited as one AuditEvent with a count (default 60)"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +67,25 @@ pub struct AuthSettings {
     pub public_key_file: Option<PathBuf>,
     pub algorithm: Algorithm,
     pub kid: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Longest `exp − iat` accepted.
+    pub max_token_lifetime_secs: u64,
+    /// Window in which identical refused authentications are folded into one AuditEvent.
+    pub failure_fold_secs: u64,
+}
+
+/// Bounds on what one request, and all requests together, may cost (README "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub body_max_depth: usize,
+    pub bodies_in_flight: usize,
+    pub parsed_in_flight: usize,
+    pub wait: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub max_url_bytes: usize,
+    pub max_query_params: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +115,7 @@ pub struct Settings {
     /// Subscriptions may post over plain http to this machine (development, tests).
     pub notify_allow_loopback: bool,
     pub auth: AuthSettings,
+    pub limits: Limits,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
 }
@@ -251,6 +282,30 @@ impl Settings {
                 "is required when auth.public_key_file is set",
             ));
         }
+        let size = |k: &str, default: u64, min: u64| -> Result<usize, ConfigError> {
+            usize::try_from(parse_num(k, default, min)?).map_err(|_| bad(k, "too large"))
+        };
+        let bundle_body_limit = size("bundle_body_limit", 32 * 1024 * 1024, 1024)?;
+        let limits = Limits {
+            body_max_depth: size("limits.body_max_depth", 32, 8)?,
+            bodies_in_flight: size("limits.bodies_in_flight", 32 * 1024 * 1024, 1024)?,
+            parsed_in_flight: size("limits.parsed_in_flight", 96 * 1024 * 1024, 1024)?,
+            wait: std::time::Duration::from_secs(parse_num("limits.wait_secs", 10, 1)?),
+            body_timeout: std::time::Duration::from_secs(parse_num(
+                "limits.body_timeout_secs",
+                60,
+                1,
+            )?),
+            max_url_bytes: size("limits.max_url_bytes", 8192, 256)?,
+            max_query_params: size("limits.max_query_params", 64, 8)?,
+            max_connections: size("limits.max_connections", 1024, 16)?,
+        };
+        if limits.bodies_in_flight < bundle_body_limit {
+            return Err(bad(
+                "limits.bodies_in_flight",
+                "must be at least bundle_body_limit, or no Bundle of that size could ever be received",
+            ));
+        }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -275,12 +330,7 @@ impl Settings {
                 .map_err(|_| bad("max_page_size", "too large"))?,
             max_bundle_entries: usize::try_from(parse_num("max_bundle_entries", 10_000, 1)?)
                 .map_err(|_| bad("max_bundle_entries", "too large"))?,
-            bundle_body_limit: usize::try_from(parse_num(
-                "bundle_body_limit",
-                64 * 1024 * 1024,
-                1024,
-            )?)
-            .map_err(|_| bad("bundle_body_limit", "too large"))?,
+            bundle_body_limit,
             audit_retention_months: u32::try_from(parse_num("audit_retention_months", 96, 1)?)
                 .map_err(|_| bad("audit_retention_months", "too large"))?,
             lifecycle_interval: match parse_num("lifecycle_interval_secs", 900, 0)? {
@@ -310,7 +360,11 @@ impl Settings {
                 public_key_file,
                 algorithm,
                 kid: get("auth.kid"),
+                leeway_secs: parse_num("auth.leeway_secs", 30, 0)?,
+                max_token_lifetime_secs: parse_num("auth.max_token_lifetime_secs", 43_200, 60)?,
+                failure_fold_secs: parse_num("auth.failure_fold_secs", 60, 0)?,
             },
+            limits,
             dev,
         })
     }

@@ -114,6 +114,54 @@ impl Issue {
     }
 }
 
+/// The most issues one OperationOutcome lists; past it, one more issue says how many were left
+/// out. A body of a million empty arrays must not be answered with a million issues.
+pub const MAX_ISSUES: usize = 100;
+
+/// A list of issues that keeps at most [`MAX_ISSUES`] and counts the rest, so collecting the
+/// problems of a hostile body costs bounded memory however many it has.
+#[derive(Debug, Default)]
+pub struct Issues {
+    list: Vec<Issue>,
+    more: usize,
+}
+
+impl Issues {
+    pub fn push(&mut self, issue: Issue) {
+        if self.list.len() < MAX_ISSUES {
+            self.list.push(issue);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether the cap has been reached (a walker may stop looking).
+    pub fn is_full(&self) -> bool {
+        self.list.len() >= MAX_ISSUES
+    }
+
+    /// The issues kept, and one saying how many more were found.
+    pub fn finish(mut self) -> Vec<Issue> {
+        if self.more > 0 {
+            self.list.push(more_issues(self.more));
+        }
+        self.list
+    }
+}
+
+fn more_issues(n: usize) -> Issue {
+    Issue::general(
+        "too-costly",
+        format!(
+            "{n} more problem(s) were found and are not listed; fix those above and submit again"
+        ),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is not well-formed FHIR (syntax, structure, base types).
@@ -150,6 +198,15 @@ pub enum ApiError {
     /// The service cannot safely answer now (for example the audit trail cannot be written).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Too much work is in flight to take this request now; it may be retried (`Retry-After`).
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The request line is longer than this server reads (414).
+    #[error("URI too long: {0}")]
+    UriTooLong(String),
+    /// The body did not arrive in time (408).
+    #[error("request timeout: {0}")]
+    Timeout(String),
     /// A fault of ours. The text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -216,6 +273,13 @@ impl ApiError {
             VersionConflict(_) => (StatusCode::PRECONDITION_FAILED, "conflict", None),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly", None),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", None),
+            Busy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "throttled",
+                Some(("SERVICE_UNAVAILABLE", "Service unavailable")),
+            ),
+            UriTooLong(_) => (StatusCode::URI_TOO_LONG, "too-long", None),
+            Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", None),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "transient",
@@ -244,7 +308,9 @@ impl ApiError {
             InvalidSearch(text) | PreconditionHeader(text)
             | Unauthenticated(text) | Forbidden(text) | NotFound(text) | MethodNotAllowed(text)
             | NotAcceptable(text) | Conflict(text) | VersionConflict(text) | PayloadTooLarge(text)
-            | UnsupportedMediaType(text) => vec![Issue::general(code, text.clone())],
+            | UnsupportedMediaType(text) | Busy(text) | UriTooLong(text) | Timeout(text) => {
+                vec![Issue::general(code, text.clone())]
+            }
             InBundle(entries) => entries
                 .iter()
                 .flat_map(|(index, e)| e.issues().into_iter().map(move |i| i.in_entry(*index)))
@@ -291,9 +357,18 @@ impl ApiError {
 pub struct Outcome(pub Value);
 
 impl Outcome {
+    /// At most [`MAX_ISSUES`] of `issues`, and one more saying how many were left out.
     pub fn from_issues(issues: &[Issue], details: Option<(&str, &str)>) -> Self {
-        let issues: Vec<Value> = issues
+        let left_out = issues.len().saturating_sub(MAX_ISSUES + 1);
+        let summary = (left_out > 0).then(|| more_issues(left_out + 1));
+        let shown = if left_out > 0 {
+            &issues[..MAX_ISSUES]
+        } else {
+            issues
+        };
+        let issues: Vec<Value> = shown
             .iter()
+            .chain(summary.iter())
             .map(|i| {
                 let mut v = json!({ "severity": "error", "code": i.code });
                 if let Some((code, display)) = details {
@@ -350,6 +425,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(status);
         if matches!(self, ApiError::Unauthenticated(_)) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"cpis-fhir\""));
+        }
+        if matches!(self, ApiError::Busy(_)) {
+            res.insert_header((header::RETRY_AFTER, "5"));
         }
         let mut res = res.finish();
         res.extensions_mut().insert(self.outcome());

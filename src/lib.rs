@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod fhir;
 pub mod lifecycle;
+pub mod limits;
 pub mod load;
 pub mod middleware;
 pub mod nhs_number;

@@ -2,6 +2,14 @@
 //! accepted as `TraceID`) and the rendering of every error as a FHIR OperationOutcome in the
 //! negotiated format — including errors raised outside our handlers (unknown route, wrong
 //! method). 5xx bodies carry a fixed text plus the request id (DESIGN.md "Habits").
+//!
+//! It also refuses, before any handler runs, what no handler should see: a path and query
+//! longer than `limits.max_url_bytes` (414), more than `limits.max_query_params` parameters
+//! (400), control characters in the path, and a `TraceID` that is not a short printable token
+//! (400 `PRECONDITION_FAILED`, DOMAIN.md "Errors"); and it marks every response
+//! `X-Content-Type-Options: nosniff` and, unless it is a conformance resource anyone may cache,
+//! `Cache-Control: no-store` (responses carry children's plans, access histories and NHS
+//! numbers, which no browser, proxy or EPR cache may keep).
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -10,8 +18,11 @@ use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use serde_json::json;
 
-use crate::error::Outcome;
+use crate::audit::refusals::{self, Refusal};
+use crate::auth::AuthRefusal;
+use crate::error::{ApiError, Outcome};
 use crate::fhir::format::{self, Format};
+use crate::state::AppState;
 
 /// The request's id, available to handlers through request extensions.
 #[derive(Clone, Debug)]
@@ -41,7 +52,29 @@ pub async fn envelope(
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
+    let client = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let mut res = match refused(&req) {
+        Some(e) => req.error_response(e),
+        None => next.call(req).await?.map_into_boxed_body(),
+    };
+    let refusal = res.request().extensions_mut().remove::<AuthRefusal>();
+    if let (Some(r), Some(state)) = (refusal, &state) {
+        audit_refusal(state, r, res.request(), client, &id).await;
+    }
+    let headers = res.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !cacheable(res.request()) {
+        let headers = res.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
     // The matched pattern, never the path itself: paths carry NHS numbers, which must not reach
     // logs at info level.
     log::info!(
@@ -97,4 +130,86 @@ pub async fn envelope(
         head.headers.remove(header::CONTENT_LENGTH);
         BoxBody::new(bytes)
     }))
+}
+
+/// Audits a refused authentication (folded, see `audit::refusals`) before the 401 is sent.
+async fn audit_refusal(
+    state: &AppState,
+    r: AuthRefusal,
+    req: &actix_web::HttpRequest,
+    client: String,
+    id: &str,
+) {
+    let refusal = Refusal {
+        reason: r.reason,
+        claimed_sub: r.claimed_sub,
+        claimed_org: r.claimed_org,
+        client,
+        request_id: id.to_owned(),
+        trace_id: req
+            .headers()
+            .get("TraceID")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned),
+        request: format!("{} {}", req.method(), req.path()),
+        detail: r.detail,
+    };
+    let rows = state
+        .refusals
+        .record(refusal, crate::store::micros(state.now()));
+    refusals::write(&state.store, rows).await;
+}
+
+/// Conformance resources hold no personal data; everything else may.
+fn cacheable(req: &actix_web::HttpRequest) -> bool {
+    const PUBLIC: &[&str] = &[
+        "/metadata",
+        "/StructureDefinition/",
+        "/ValueSet/",
+        "/CodeSystem/",
+        "/OperationDefinition/",
+    ];
+    req.method() == actix_web::http::Method::GET && PUBLIC.iter().any(|p| req.path().starts_with(p))
+}
+
+/// What the request line and headers alone already refuse.
+fn refused(req: &ServiceRequest) -> Option<ApiError> {
+    let state = req.app_data::<actix_web::web::Data<AppState>>()?;
+    let limits = &state.settings.limits;
+    let uri = req.uri();
+    let length = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if length > limits.max_url_bytes {
+        return Some(ApiError::UriTooLong(format!(
+            "the path and query string are {length} bytes; this server reads at most {}",
+            limits.max_url_bytes
+        )));
+    }
+    let params = req
+        .query_string()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .count();
+    if params > limits.max_query_params {
+        return Some(ApiError::InvalidSearch(format!(
+            "the query string has {params} parameters; this server reads at most {}",
+            limits.max_query_params
+        )));
+    }
+    let path = crate::api::rules::percent_decode(req.path());
+    if path.is_none_or(|p| p.chars().any(|c| !crate::fhir::json::allowed_char(c))) {
+        return Some(ApiError::InvalidSearch(
+            "the path holds a control character or a malformed %-escape".into(),
+        ));
+    }
+    if let Some(trace) = req.headers().get("TraceID") {
+        let ok = trace.to_str().is_ok_and(|t| {
+            (1..=200).contains(&t.trim().len()) && t.bytes().all(|b| b.is_ascii_graphic())
+        });
+        if !ok {
+            return Some(ApiError::PreconditionHeader(
+                "the TraceID header must be 1 to 200 printable ASCII characters (a UUID)".into(),
+            ));
+        }
+    }
+    None
 }

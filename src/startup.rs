@@ -17,7 +17,10 @@ use crate::store::Store;
 /// unless in dev mode.
 pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String> {
     let profiles = Profiles::load()?;
-    let mut verifier = Verifier::default();
+    let mut verifier = Verifier::new(
+        settings.auth.leeway_secs,
+        settings.auth.max_token_lifetime_secs,
+    );
     if let (Some(file), Some(issuer)) = (&settings.auth.public_key_file, &settings.auth.issuer) {
         let pem = std::fs::read(file).map_err(|e| {
             format!("configuration: `auth.public_key_file` (CPIS_AUTH_PUBLIC_KEY_FILE): cannot read {}: {e}", file.display())
@@ -83,7 +86,27 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         }
         None => None,
     };
+    let refusals = std::sync::Arc::new(crate::audit::refusals::Refusals::new(
+        settings.auth.failure_fold_secs,
+    ));
+    // Like the notification worker, the flusher runs on its own only when background work is
+    // on; tests step it through the refusals themselves.
+    if let (Some(every), Some(alive)) = (settings.notify_interval, &notify) {
+        crate::audit::refusals::start_flusher(
+            refusals.clone(),
+            store.clone(),
+            clock.clone(),
+            every.max(std::time::Duration::from_secs(1)),
+            std::sync::Arc::downgrade(alive),
+        )?;
+    }
+    let budget = crate::limits::Budget::new(
+        settings.limits.bodies_in_flight,
+        settings.limits.parsed_in_flight,
+        settings.limits.wait,
+    );
     Ok(AppState {
+        budget,
         store,
         verifier,
         profiles,
@@ -93,8 +116,12 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         _lifecycle: lifecycle,
         notifier,
         _notify: notify,
+        refusals,
     })
 }
+
+/// The largest `POST …/_search` form body read.
+pub const SEARCH_FORM_LIMIT: usize = 16 * 1024;
 
 /// A bound, not yet running, server.
 pub struct Application {
@@ -107,15 +134,20 @@ impl Application {
     pub fn build(state: AppState, listener: TcpListener) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         let workers = state.settings.workers;
+        let max_connections = state.settings.limits.max_connections;
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // The only bodies read whole by an extractor are `_search` forms: a few
+                // parameters (resource bodies are read by `api::http::receive`).
+                .app_data(web::PayloadConfig::new(SEARCH_FORM_LIMIT))
                 .wrap(from_fn(envelope))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
         })
         .workers(workers)
+        .max_connections(max_connections)
         .listen(listener)?
         .run();
         Ok(Self { port, server })

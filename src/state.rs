@@ -14,6 +14,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 pub struct AppState {
     pub store: Store,
+    /// What request bodies may hold at once (see `limits`).
+    pub budget: crate::limits::Budget,
     pub verifier: Verifier,
     pub profiles: Profiles,
     pub settings: Settings,
@@ -26,6 +28,8 @@ pub struct AppState {
     pub notifier: crate::notify::Notifier,
     /// The notification worker's thread runs while this is held.
     pub _notify: Option<Arc<()>>,
+    /// Refused authentications, folded before they are audited.
+    pub refusals: Arc<crate::audit::refusals::Refusals>,
 }
 
 impl AppState {

@@ -4,22 +4,91 @@
 //! §3.1.0.1.8 `Prefer: return=minimal`).
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::fhir::guard::Limits;
 use crate::fhir::{codec, format};
+use crate::limits::Held;
 use crate::state::AppState;
 use crate::store::from_micros;
 
-/// Reads the request body, refusing more than the configured limit with 413.
-pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
-    read_body_sized(payload, limit, 0).await
+/// The most values a single resource's body may hold (a CP-IS Patient or Flag has about 40);
+/// a Bundle may hold [`VALUES_PER_ENTRY`] per entry it is allowed.
+pub const RESOURCE_MAX_VALUES: usize = 10_000;
+pub const VALUES_PER_ENTRY: usize = 64;
+
+/// A body received within the shared budget and scanned, not yet parsed. Its share of the
+/// bodies budget is given back when it is dropped; its parsed form's share is held by the
+/// request until it is answered.
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub scanned: format::Scanned,
+    _body: Held,
 }
 
-/// [`read_body`] with the size the request declared (`Content-Length`), to size the buffer once.
-pub async fn read_body_sized(
+/// The bounds of a single resource's body.
+pub fn resource_limits(state: &AppState) -> Limits {
+    Limits {
+        max_depth: state.settings.limits.body_max_depth,
+        max_nodes: RESOURCE_MAX_VALUES,
+    }
+}
+
+/// The bounds of a Bundle's body.
+pub fn bundle_limits(state: &AppState) -> Limits {
+    Limits {
+        max_depth: state.settings.limits.body_max_depth,
+        max_nodes: state
+            .settings
+            .max_bundle_entries
+            .saturating_mul(VALUES_PER_ENTRY),
+    }
+}
+
+/// Receives a body of at most `limit` bytes: 413 early from `Content-Length` or while reading,
+/// 408 when it does not arrive within the body timeout, 503 when the shared budget has no room
+/// (see `limits`); then the scan of `format::scan` (415, 400).
+pub async fn receive(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    limit: usize,
+    expected_type: &str,
+    limits: Limits,
+) -> Result<Received, ApiError> {
+    let declared = check_length(req, limit)?;
+    // Nothing to read costs nothing: the scan will say what is missing.
+    let room = state
+        .budget
+        .for_body(if declared > 0 { declared } else { limit })
+        .await?;
+    let timeout = state.settings.limits.body_timeout;
+    let bytes = actix_web::rt::time::timeout(timeout, read_body_sized(payload, limit, declared))
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ))
+        })??;
+    let scanned = format::scan(format::content_type(req), &bytes, expected_type, limits)?;
+    let parsed = state.budget.for_parsed(bytes.len(), scanned.shape).await?;
+    req.extensions_mut().insert(Parsed(parsed));
+    Ok(Received {
+        bytes,
+        scanned,
+        _body: room,
+    })
+}
+
+/// The request's share of the parsed-bodies budget, held in its extensions until it is dropped.
+struct Parsed(#[allow(dead_code)] Held);
+
+/// Reads a body, refusing more than `limit` bytes with 413.
+async fn read_body_sized(
     mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
         + Unpin,
     limit: usize,
@@ -69,7 +138,7 @@ pub fn check_length(req: &HttpRequest, limit: usize) -> Result<usize, ApiError> 
     }
 }
 
-/// The submit pipeline for one resource: read the body, check it is FHIR, check the CP-IS
+/// The submit pipeline for one resource: receive the body, check it is FHIR, check the CP-IS
 /// profile (all violations together, 422), then the FHIR R4 base definitions.
 pub async fn submitted(
     req: &HttpRequest,
@@ -77,11 +146,29 @@ pub async fn submitted(
     state: &AppState,
     resource_type: &str,
 ) -> Result<Value, ApiError> {
-    check_length(req, state.settings.body_limit)?;
-    let body = read_body(payload, state.settings.body_limit).await?;
-    let value = format::parse_body(req, &body, resource_type)?;
+    let value = received_resource(req, payload, state, resource_type).await?;
     check_resource(state, &value, resource_type)?;
     Ok(value)
+}
+
+/// A single resource's body, received and parsed (not yet checked against its profile).
+pub async fn received_resource(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    resource_type: &str,
+) -> Result<Value, ApiError> {
+    let limits = resource_limits(state);
+    let body = receive(
+        req,
+        payload,
+        state,
+        state.settings.body_limit,
+        resource_type,
+        limits,
+    )
+    .await?;
+    format::parse_body(&body.scanned, &body.bytes, resource_type)
 }
 
 /// The checks every submitted resource passes, alone or in a Bundle: the CP-IS profile (all

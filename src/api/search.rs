@@ -654,29 +654,28 @@ const AUDIT_PARAMS: &[&str] = &[
     "patient",
     "entity:identifier",
     "subtype",
+    "type",
 ];
 
-/// `GET /AuditEvent?subtype=destroy`: the audit team lists the record lifecycle's runs.
-fn lifecycle_runs(
+/// `GET /AuditEvent?subtype=destroy`: the audit team lists the record lifecycle's runs;
+/// `GET /AuditEvent?type=110114`, the refused authentications. Newest first.
+fn system_events(
     conn: &mut DbConn,
     caller: &Caller,
     p: &Params,
     state: &AppState,
+    role: &str,
 ) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
     if !matches!(caller.role, Role::Auditor | Role::Admin) {
         return Err(ApiError::Forbidden(
-            "only the audit team lists the record lifecycle's runs".into(),
+            "only the audit team lists the record lifecycle's runs and refused authentications"
+                .into(),
         ));
     }
     let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
     let cursor = p.cursor()?;
     let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
-    let mut rows = audit_store::lifecycle_runs(
-        conn,
-        crate::lifecycle::SYSTEM_ROLE,
-        cursor.as_deref(),
-        limit,
-    )?;
+    let mut rows = audit_store::events_of_role(conn, role, cursor.as_deref(), limit)?;
     let next = if rows.len() > count {
         rows.truncate(count);
         rows.last().map(|r| r.id.clone())
@@ -705,9 +704,27 @@ fn run_audit_search(
         allow_test,
     )?;
     let subtypes = p.all("subtype");
-    match (&nhs, subtypes.as_slice()) {
-        (None, [crate::lifecycle::AUDIT_SUBTYPE]) => return lifecycle_runs(conn, caller, p, state),
-        (_, []) => {}
+    let types = p.all("type");
+    let authentication = |t: &&str| {
+        let code = t.rsplit('|').next().unwrap_or_default();
+        let system = t.split_once('|').map(|(s, _)| s);
+        code == audit_event::AUTHENTICATION_CODE
+            && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
+    };
+    match (&nhs, subtypes.as_slice(), types.as_slice()) {
+        (None, [], [t]) if authentication(t) => {
+            return system_events(conn, caller, p, state, crate::audit::refusals::AUTH_ROLE)
+        }
+        (_, _, [_, ..]) => {
+            return Err(ApiError::InvalidSearch(format!(
+                "type is supported only as type={} (refused authentications), without other filters",
+                audit_event::AUTHENTICATION_CODE
+            )))
+        }
+        (None, [crate::lifecycle::AUDIT_SUBTYPE], []) => {
+            return system_events(conn, caller, p, state, crate::lifecycle::SYSTEM_ROLE)
+        }
+        (_, [], []) => {}
         _ => {
             return Err(ApiError::InvalidSearch(format!(
                 "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",

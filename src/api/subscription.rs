@@ -6,12 +6,12 @@
 
 use actix_web::{web, HttpRequest};
 
-use crate::api::http::{check_length, read_body};
+use crate::api::http::received_resource;
 use crate::auth::Caller;
 use crate::domain::Role;
 use crate::error::ApiError;
+use crate::fhir::codec;
 use crate::fhir::subscription::{self as fhir_sub, EndpointRule, SubscriptionInput};
-use crate::fhir::{codec, format};
 use crate::state::AppState;
 use crate::store::subscriptions::{Settings, SubscriptionRow};
 
@@ -62,9 +62,11 @@ pub async fn submitted(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<(serde_json::Value, SubscriptionInput), ApiError> {
-    check_length(req, state.settings.body_limit)?;
-    let body = read_body(payload, state.settings.body_limit).await?;
-    let value = format::parse_body(req, &body, "Subscription")?;
+    let value = received_resource(req, payload, state, "Subscription").await?;
+    let controls = crate::fhir::json::control_characters(&value, "Subscription");
+    if !controls.is_empty() {
+        return Err(ApiError::Unprocessable(controls));
+    }
     // The CP-IS rules first: they name every element at fault at once.
     let input = fhir_sub::parse(&value, endpoint_rule(state)).map_err(ApiError::Unprocessable)?;
     codec::check_json(&value).map_err(|i| ApiError::Invalid(vec![i]))?;

@@ -17,7 +17,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::api::http::{check_length, check_resource, parse_etag, read_body_sized};
+use crate::api::http::{check_resource, parse_etag, receive, Received};
 use crate::api::rules::Known;
 use crate::api::update::patient_for_id;
 use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Shown};
@@ -36,11 +36,10 @@ pub async fn submit(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     policy::require_council(&caller)?;
-    let limit = state.settings.bundle_body_limit;
-    let declared = check_length(&req, limit)?;
     let answer_in = format::negotiate(&req)?;
-    let body = read_body_sized(payload, limit, declared).await?;
-    let content_type = format::content_type(&req).to_owned();
+    let limit = state.settings.bundle_body_limit;
+    let limits = crate::api::http::bundle_limits(&state);
+    let body = receive(&req, payload, &state, limit, "Bundle", limits).await?;
     let representation = prefers_representation(&req);
     let now = state.now();
     let (today, now) = (now.date_naive(), store::micros(now));
@@ -48,7 +47,7 @@ pub async fn submit(
     // sharing it are not held up.
     let prepared = {
         let (state, caller) = (state.clone(), caller.clone());
-        web::block(move || prepare(&state, &caller, &content_type, &body)).await??
+        web::block(move || prepare(&state, &caller, &body)).await??
     };
     let Prepared { kind, ops } = prepared;
     let (ready, mut results) = split(kind, ops)?;
@@ -248,13 +247,12 @@ fn refused(e: ApiError) -> EntryResponse {
 }
 
 /// Reads the Bundle and turns each entry into a checked change (or its refusal).
-fn prepare(
-    state: &AppState,
-    caller: &Caller,
-    content_type: &str,
-    body: &[u8],
-) -> Result<Prepared, ApiError> {
-    let value = format::parse_as(content_type, body, "Bundle")?;
+fn prepare(state: &AppState, caller: &Caller, body: &Received) -> Result<Prepared, ApiError> {
+    let value = format::parse_as(&body.scanned, &body.bytes, "Bundle")?;
+    let controls = json::control_characters(&value, "Bundle");
+    if !controls.is_empty() {
+        return Err(ApiError::Unprocessable(controls));
+    }
     let (kind, mut entries) = bundle::entries(
         value,
         &state.settings.base_url,

@@ -4,6 +4,8 @@
 //! as the read; the response is sent only after that transaction commits. If the row cannot be
 //! written the caller gets 503 and nothing is disclosed (fail closed).
 
+pub mod refusals;
+
 use std::future::{ready, Ready};
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest};

@@ -1,6 +1,9 @@
 //! Bearer-token verification with jsonwebtoken: the algorithm is pinned per trusted key, and
 //! `exp`, `iss`, `aud` and `sub` are required (STACK.md "jsonwebtoken"), so `alg=none`, stripped
 //! signatures, a wrong audience and HMAC tokens signed with a public key are all refused.
+//! `nbf` is enforced, an `iat` in the future is refused and so is a lifetime (`exp − iat`)
+//! longer than configured, each with the configured leeway for clock skew. Every refusal has a
+//! [`Reason`], which the audit trail records (see `audit::refusals`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,9 +11,26 @@ use std::sync::Mutex;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::refusals::Reason;
 use crate::auth::Caller;
 use crate::domain::{OdsCode, Role};
 use crate::error::ApiError;
+
+/// A token refused, and why.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: Reason,
+    pub error: ApiError,
+}
+
+impl Refused {
+    fn new(reason: Reason, why: &str) -> Self {
+        Self {
+            reason,
+            error: ApiError::Unauthenticated(format!("the bearer token was refused: {why}")),
+        }
+    }
+}
 
 /// The claims a CP-IS token carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,13 +63,30 @@ const CACHE_MAX: usize = 4096;
 /// already verified. A signature check costs far more than the whole look-up (DESIGN.md:
 /// RS256 verification halves throughput), and a clinician's EPR sends the same token with
 /// every request, so a verified token is remembered until it expires.
-#[derive(Default)]
 pub struct Verifier {
     keys: Vec<TrustedKey>,
     cache: Mutex<HashMap<String, (Caller, u64)>>,
+    leeway: u64,
+    max_lifetime: u64,
+}
+
+impl Default for Verifier {
+    /// 30 s of leeway and tokens of at most 12 h (the configuration's defaults).
+    fn default() -> Self {
+        Self::new(30, 12 * 3600)
+    }
 }
 
 impl Verifier {
+    pub fn new(leeway_secs: u64, max_lifetime_secs: u64) -> Self {
+        Self {
+            keys: Vec::new(),
+            cache: Mutex::new(HashMap::new()),
+            leeway: leeway_secs,
+            max_lifetime: max_lifetime_secs,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -72,7 +109,8 @@ impl Verifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
         self.keys.push(TrustedKey {
             kid,
             algorithm,
@@ -84,7 +122,7 @@ impl Verifier {
 
     /// Verifies a token (or recalls that it was verified and has not expired since) and
     /// returns who is calling.
-    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Caller, Refused> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         if let Ok(cache) = self.cache.lock() {
             if let Some((caller, exp)) = cache.get(token) {
@@ -106,10 +144,9 @@ impl Verifier {
         Ok(caller)
     }
 
-    fn verify_signature(&self, token: &str) -> Result<(Caller, u64), ApiError> {
-        let unauth =
-            |why: &str| ApiError::Unauthenticated(format!("the bearer token was refused: {why}"));
-        let header = decode_header(token).map_err(|_| unauth("it is not a well-formed JWT"))?;
+    fn verify_signature(&self, token: &str) -> Result<(Caller, u64), Refused> {
+        let header = decode_header(token)
+            .map_err(|_| Refused::new(Reason::Malformed, "it is not a well-formed JWT"))?;
         let candidates = self.keys.iter().filter(|k| {
             k.algorithm == header.alg
                 && match (&k.kid, &header.kid) {
@@ -118,43 +155,86 @@ impl Verifier {
                     (None, _) => true,
                 }
         });
-        let mut last = "no trusted key matches its algorithm and key id".to_owned();
+        let mut last = Refused::new(
+            Reason::UnknownKey,
+            "no trusted key matches its algorithm and key id",
+        );
         for k in candidates {
             match decode::<Claims>(token, &k.key, &k.validation) {
                 Ok(data) => {
-                    let exp = data.claims.exp;
-                    return caller_from(data.claims).map(|c| (c, exp));
+                    let c = data.claims;
+                    self.check_times(&c)?;
+                    let exp = c.exp;
+                    return caller_from(c).map(|c| (c, exp));
                 }
                 Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                            "it has expired".into()
+                        K::ExpiredSignature => Refused::new(Reason::Expired, "it has expired"),
+                        K::ImmatureSignature => {
+                            Refused::new(Reason::NotYetValid, "it is not valid yet (nbf)")
                         }
-                        jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience".into(),
-                        jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".into(),
-                        jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature".into(),
-                        jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => {
-                            format!("the {c} claim is missing")
+                        K::InvalidAudience => Refused::new(Reason::WrongAudience, "wrong audience"),
+                        K::InvalidIssuer => Refused::new(Reason::WrongIssuer, "wrong issuer"),
+                        K::InvalidSignature => Refused::new(Reason::BadSignature, "bad signature"),
+                        K::MissingRequiredClaim(c) => {
+                            Refused::new(Reason::Malformed, &format!("the {c} claim is missing"))
                         }
-                        _ => "it could not be verified".into(),
+                        _ => Refused::new(Reason::Malformed, "it could not be verified"),
                     }
                 }
             }
         }
-        Err(unauth(&last))
+        Err(last)
+    }
+
+    /// `iat` must not be in the future, and the token must not live longer than allowed.
+    fn check_times(&self, c: &Claims) -> Result<(), Refused> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if c.iat > now.saturating_add(self.leeway) {
+            return Err(Refused::new(
+                Reason::NotYetValid,
+                "it was issued in the future (iat)",
+            ));
+        }
+        let lifetime = c.exp.saturating_sub(c.iat);
+        if lifetime > self.max_lifetime.saturating_add(self.leeway) {
+            return Err(Refused::new(
+                Reason::LifetimeTooLong,
+                &format!(
+                    "its lifetime (exp - iat = {lifetime} s) is longer than the {} s this server accepts",
+                    self.max_lifetime
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
-fn caller_from(c: Claims) -> Result<Caller, ApiError> {
+fn caller_from(c: Claims) -> Result<Caller, Refused> {
+    let unusable = |e: ApiError| Refused {
+        reason: Reason::UnusableClaims,
+        error: e,
+    };
     let role = Role::parse(&c.role).ok_or_else(|| {
-        ApiError::Forbidden(format!("the token's role '{}' is not a CP-IS role", c.role))
+        unusable(ApiError::Forbidden(format!(
+            "the token's role '{}' is not a CP-IS role",
+            c.role
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect::<String>()
+        )))
     })?;
-    let org = OdsCode::parse(&c.org)
-        .ok_or_else(|| ApiError::Forbidden("the token's org claim is not an ODS code".into()))?;
+    let org = OdsCode::parse(&c.org).ok_or_else(|| {
+        unusable(ApiError::Forbidden(
+            "the token's org claim is not an ODS code".into(),
+        ))
+    })?;
     if c.sub.trim().is_empty() {
-        return Err(ApiError::Unauthenticated(
+        return Err(unusable(ApiError::Unauthenticated(
             "the token's sub claim is empty".into(),
-        ));
+        )));
     }
     Ok(Caller {
         user_id: c.sub,

@@ -7,8 +7,10 @@ pub mod policy;
 
 use std::future::{ready, Ready};
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
+use crate::audit::refusals::{clean_claim, Reason};
+use crate::auth::jwt::Refused;
 use crate::domain::{OdsCode, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,27 +37,99 @@ impl FromRequest for Caller {
     }
 }
 
-/// The verified caller of `req`, or why there is none.
+/// The verified caller of `req`, or why there is none. A refusal is left in the request's
+/// extensions as an [`AuthRefusal`], which the request middleware audits before answering.
 pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthenticated("an Authorization: Bearer token is required".into())
-        })?;
-    let text = header.to_str().map_err(|_| {
-        ApiError::Unauthenticated("the Authorization header is not readable".into())
-    })?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
-        })?;
-    state.verifier.verify(token)
+    let header = req.headers().get(actix_web::http::header::AUTHORIZATION);
+    let token = header.map(|h| bearer_token(h.as_bytes()));
+    let verified = match token {
+        None => Err(Refused {
+            reason: Reason::Missing,
+            error: ApiError::Unauthenticated("an Authorization: Bearer token is required".into()),
+        }),
+        Some(None) => Err(Refused {
+            reason: Reason::Malformed,
+            error: ApiError::Unauthenticated(
+                "the Authorization header must be 'Bearer <token>'".into(),
+            ),
+        }),
+        Some(Some(t)) => state.verifier.verify(t),
+    };
+    verified.map_err(|refused| {
+        let claims = token.flatten().map(unverified_claims).unwrap_or_default();
+        req.extensions_mut().insert(AuthRefusal {
+            reason: refused.reason,
+            claimed_sub: claims.0,
+            claimed_org: claims.1,
+            detail: refused.error.to_string(),
+        });
+        refused.error
+    })
+}
+
+/// A refused authentication, for the audit trail (see `audit::refusals`).
+#[derive(Debug, Clone)]
+pub struct AuthRefusal {
+    pub reason: Reason,
+    pub claimed_sub: Option<String>,
+    pub claimed_org: Option<String>,
+    pub detail: String,
+}
+
+/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 7235
+/// §2.1). `None` when the header is not a bearer credential.
+fn bearer_token(header: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
+}
+
+/// `sub` and `org` as an unverified token claims them, cleaned for the audit trail; nothing
+/// when the payload cannot be read.
+fn unverified_claims(token: &str) -> (Option<String>, Option<String>) {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1).filter(|p| p.len() <= 16 * 1024) else {
+        return (None, None);
+    };
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
+    else {
+        return (None, None);
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return (None, None);
+    };
+    let claim = |k: &str| v.get(k).and_then(|c| c.as_str()).and_then(clean_claim);
+    (claim("sub"), claim("org"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token(b"bEaReR   abc "), Some("abc"));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer a b"), None);
+    }
+
+    #[test]
+    fn unverified_claims_are_read_and_cleaned() {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"user\u001b1","org":"LA901"}"#);
+        let (sub, org) = unverified_claims(&format!("x.{payload}.y"));
+        assert_eq!(sub.as_deref(), Some("user1"));
+        assert_eq!(org.as_deref(), Some("LA901"));
+        assert_eq!(unverified_claims("garbage"), (None, None));
+    }
 }

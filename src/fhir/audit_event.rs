@@ -22,6 +22,9 @@ pub fn render(row: &AuditRow) -> Value {
     if row.user_role == crate::lifecycle::SYSTEM_ROLE {
         return render_lifecycle(row);
     }
+    if row.user_role == crate::audit::refusals::AUTH_ROLE {
+        return render_refusal(row);
+    }
     let (access_code, access_display) = if row.unscheduled {
         (
             "unscheduled",
@@ -188,6 +191,95 @@ fn render_lifecycle(row: &AuditRow) -> Value {
     }
     event
 }
+
+/// A refused authentication (DICOM 110114 User Authentication, subtype 110122 Login, outcome
+/// 4): the reason class, what the token claimed (unverified), the client address, how many
+/// identical refusals this event stands for and between which instants.
+fn render_refusal(row: &AuditRow) -> Value {
+    let q: Value = serde_json::from_str(&row.query).unwrap_or_default();
+    let count = q["count"].as_u64().unwrap_or(1);
+    let mut user = json!({
+        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
+        "requestor": true,
+        "network": { "address": row.client, "type": "2" },
+    });
+    if row.user_id.is_empty() {
+        user["who"] = json!({ "display": "unknown (no readable token)" });
+    } else {
+        user["who"] = json!({
+            "identifier": { "system": SDS_USER_SYSTEM, "value": row.user_id },
+            "display": "claimed by the refused token (unverified)",
+        });
+    }
+    let mut agents = vec![user];
+    if !row.user_org.is_empty() {
+        agents.push(json!({
+            "type": { "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                "code": "PROV",
+                "display": "healthcare provider",
+            }]},
+            "who": {
+                "identifier": { "system": ODS_ORG_SYSTEM, "value": row.user_org },
+                "display": "claimed by the refused token (unverified)",
+            },
+            "requestor": false,
+        }));
+    }
+    agents.push(json!({
+        "type": { "coding": [{ "system": DCM, "code": "110152", "display": "Destination Role ID" }] },
+        "who": { "display": "cpis-fhir" },
+        "requestor": false,
+    }));
+    let detail = |k: &str, v: String| json!({ "type": k, "valueString": v });
+    let mut details = vec![
+        detail("reason", row.subtype.clone()),
+        detail("count", count.to_string()),
+    ];
+    if count > 1 {
+        for k in ["from", "to"] {
+            if let Some(t) = q[k].as_i64() {
+                details.push(detail(k, instant(t)));
+            }
+        }
+    }
+    let mut entities = vec![json!({
+        "what": { "display": q["request"].as_str().unwrap_or_default() },
+        "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+        "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
+        "detail": details,
+    })];
+    entities.push(json!({
+        "what": { "identifier": { "value": row.request_id } },
+        "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
+    }));
+    if let Some(trace) = &row.trace_id {
+        entities.push(json!({
+            "what": { "identifier": { "value": trace } },
+            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "TraceID" },
+            "description": "TraceID header",
+        }));
+    }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": row.id,
+        "type": { "system": DCM, "code": AUTHENTICATION_CODE, "display": "User Authentication" },
+        "subtype": [{ "system": DCM, "code": "110122", "display": "Login" }],
+        "action": "E",
+        "recorded": instant(row.recorded),
+        "outcome": row.outcome,
+        "agent": agents,
+        "source": source(),
+        "entity": entities,
+    });
+    if let Some(desc) = &row.outcome_desc {
+        event["outcomeDesc"] = json!(desc);
+    }
+    event
+}
+
+/// DICOM's code for a user authentication event (the `type` an auditor searches refusals by).
+pub const AUTHENTICATION_CODE: &str = "110114";
 
 /// This server as the event's source (an application server).
 fn source() -> Value {

@@ -6,6 +6,7 @@ use actix_web::HttpRequest;
 use serde_json::Value;
 
 use crate::error::{ApiError, Issue};
+use crate::fhir::guard::{self, Limits, Shape};
 use crate::fhir::{codec, json};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -95,10 +96,50 @@ pub fn negotiate(req: &HttpRequest) -> Result<Format, ApiError> {
     )))
 }
 
-/// Reads a request body as the JSON form of a FHIR resource of `expected_type`, refusing what
+/// A body whose format is known and whose depth and size are within the limits: the only way
+/// to reach the parsers.
+#[derive(Debug, Clone, Copy)]
+pub struct Scanned {
+    format: Format,
+    pub shape: Shape,
+}
+
+/// Checks a body before anything parses it: a supported `Content-Type` (415), not empty (400),
+/// and nesting and size within `limits` (400, see `guard`).
+pub fn scan(
+    ct: &str,
+    body: &[u8],
+    expected_type: &str,
+    limits: Limits,
+) -> Result<Scanned, ApiError> {
+    let format = mime_format(ct.split(';').next().unwrap_or_default()).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(if ct.is_empty() {
+            "a Content-Type header is required: application/fhir+json or application/fhir+xml".to_owned()
+        } else {
+            format!("Content-Type '{ct}' is not supported; send application/fhir+json or application/fhir+xml")
+        })
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::Invalid(vec![Issue::general(
+            "required",
+            format!("the request body is empty; send a {expected_type} resource"),
+        )]));
+    }
+    let shape = match format {
+        Format::Json => guard::scan_json(body, limits),
+        Format::Xml => guard::scan_xml(body, limits),
+    }
+    .map_err(|r| match r {
+        guard::Refused::Invalid(i) => ApiError::Invalid(vec![i]),
+        guard::Refused::TooLarge(text) => ApiError::PayloadTooLarge(text),
+    })?;
+    Ok(Scanned { format, shape })
+}
+
+/// Reads a scanned body as the JSON form of a FHIR resource of `expected_type`, refusing what
 /// FHIR forbids (400) before any profile check runs.
-pub fn parse_body(req: &HttpRequest, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
-    let value = parse_as(content_type(req), body, expected_type)?;
+pub fn parse_body(scanned: &Scanned, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
+    let value = parse_as(scanned, body, expected_type)?;
     let empties = json::forbidden_empties(&value, expected_type);
     if !empties.is_empty() {
         return Err(ApiError::Invalid(empties));
@@ -116,21 +157,8 @@ pub fn content_type(req: &HttpRequest) -> &str {
 
 /// [`parse_body`] without the check for empty values, for a Bundle whose entries are checked
 /// one by one (so one bad entry of a batch does not refuse the others).
-pub fn parse_as(ct: &str, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
-    let format = mime_format(ct.split(';').next().unwrap_or_default()).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(if ct.is_empty() {
-            "a Content-Type header is required: application/fhir+json or application/fhir+xml".to_owned()
-        } else {
-            format!("Content-Type '{ct}' is not supported; send application/fhir+json or application/fhir+xml")
-        })
-    })?;
-    if body.is_empty() {
-        return Err(ApiError::Invalid(vec![Issue::general(
-            "required",
-            format!("the request body is empty; send a {expected_type} resource"),
-        )]));
-    }
-    let value = match format {
+pub fn parse_as(scanned: &Scanned, body: &[u8], expected_type: &str) -> Result<Value, ApiError> {
+    let value = match scanned.format {
         Format::Json => json::parse_strict(body).map_err(|i| ApiError::Invalid(vec![i]))?,
         // An element FHIR knows nothing of is a profile matter (422), as it is in JSON.
         Format::Xml => codec::xml_to_json(body).map_err(|i| match i.expression {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::error::Issue;
+use crate::error::{Issue, Issues};
 
 /// serde_json's private marker for numbers under `arbitrary_precision`, which fhirbolt turns on
 /// for the whole build: such numbers reach a visitor as a one-entry map.
@@ -94,15 +94,86 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, Issue> {
 /// Lists every `null` outside an array, empty array, empty object and empty string, with its
 /// FHIRPath-like location (`Flag.identifier[0].system`).
 pub fn forbidden_empties(root: &Value, root_name: &str) -> Vec<Issue> {
-    let mut out = Vec::new();
+    let mut out = Issues::default();
     let mut path = root_name.to_owned();
     walk(root, &mut path, false, &mut out);
-    out
+    out.finish()
+}
+
+/// Whether `c` may appear in a FHIR string. FHIR R4 §2.1.28.0.1 (string): "Strings SHALL NOT
+/// contain Unicode character points below 32, except for u0009 (horizontal tab), u0010
+/// (carriage return) and u0013 (line feed)". This server also refuses DEL and the C1 controls
+/// (U+007F–U+009F): no name or reference holds them, and they drive terminals and screens
+/// downstream (CSI is U+009B).
+pub fn allowed_char(c: char) -> bool {
+    !c.is_control() || matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Lists every string value (and property name) holding a character FHIR strings forbid, with
+/// its location. In a Bundle, `entry[].resource` is skipped: each entry's resource is checked
+/// on its own, so one bad entry of a batch does not refuse the others.
+pub fn control_characters(root: &Value, root_name: &str) -> Vec<Issue> {
+    let mut out = Issues::default();
+    let mut path = root_name.to_owned();
+    controls(root, &mut path, root_name == "Bundle", 0, &mut out);
+    out.finish()
+}
+
+fn controls(v: &Value, path: &mut String, bundle: bool, depth: usize, out: &mut Issues) {
+    let bad = |s: &str| s.chars().find(|c| !allowed_char(*c));
+    match v {
+        Value::String(s) => {
+            if let Some(c) = bad(s) {
+                out.push(Issue::new(
+                    "value",
+                    path.clone(),
+                    format!(
+                        "{path}: contains the control character U+{:04X}, which FHIR strings do not allow",
+                        u32::from(c)
+                    ),
+                ));
+            }
+        }
+        Value::Array(items) => {
+            let len = path.len();
+            for (i, item) in items.iter().enumerate() {
+                path.push('[');
+                path.push_str(&i.to_string());
+                path.push(']');
+                controls(item, path, bundle, depth + 1, out);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            let len = path.len();
+            for (k, item) in map {
+                // Bundle.entry[i].resource: the path is `Bundle.entry[i]`, two levels down.
+                if bundle && depth == 2 && k == "resource" {
+                    continue;
+                }
+                path.push('.');
+                path.push_str(k);
+                if let Some(c) = bad(k) {
+                    out.push(Issue::new(
+                        "value",
+                        path.clone(),
+                        format!(
+                            "{path}: the property name contains the control character U+{:04X}",
+                            u32::from(c)
+                        ),
+                    ));
+                }
+                controls(item, path, bundle, depth + 1, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Walks the tree with one path buffer, extended and truncated in place: a Bundle of thousands
 /// of resources is walked without building a string per element.
-fn walk(v: &Value, path: &mut String, in_array: bool, out: &mut Vec<Issue>) {
+fn walk(v: &Value, path: &mut String, in_array: bool, out: &mut Issues) {
     let mut issue = |what: &str| {
         out.push(Issue::new(
             "structure",
@@ -168,6 +239,39 @@ mod tests {
             paths,
             ["Patient.name", "Patient.x", "Patient.y", "Patient.z"]
         );
+    }
+
+    #[test]
+    fn control_characters_are_found_but_not_tab_or_newlines() {
+        let v =
+            parse_strict(br#"{"name":[{"family":"A\u0000B","given":["x\ty\r\n"]}],"id":"\u001b"}"#)
+                .ok();
+        let issues = v
+            .map(|v| control_characters(&v, "Patient"))
+            .unwrap_or_default();
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(paths, ["Patient.name[0].family", "Patient.id"]);
+        assert!(!allowed_char('\u{9b}'));
+        assert!(allowed_char('é'));
+    }
+
+    #[test]
+    fn a_bundle_leaves_its_entries_resources_to_the_entry_checks() {
+        let v = parse_strict(br#"{"entry":[{"fullUrl":"urn:\u0007","resource":{"id":"\u0007"}}]}"#)
+            .ok();
+        let issues = v
+            .map(|v| control_characters(&v, "Bundle"))
+            .unwrap_or_default();
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(paths, ["Bundle.entry[0].fullUrl"]);
+    }
+
+    #[test]
+    fn a_million_empties_give_a_bounded_list() {
+        let body = format!("{{\"a\":[{}[]]}}", "[],".repeat(5000));
+        let v = parse_strict(body.as_bytes()).ok();
+        let issues = v.map(|v| forbidden_empties(&v, "Flag")).unwrap_or_default();
+        assert_eq!(issues.len(), crate::error::MAX_ISSUES + 1);
     }
 
     #[test]

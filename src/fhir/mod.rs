@@ -7,6 +7,7 @@ pub mod capability;
 pub mod codec;
 pub mod flag;
 pub mod format;
+pub mod guard;
 pub mod json;
 pub mod organization;
 pub mod patient;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use crate::error::Issue;
+use crate::error::{Issue, Issues};
 
 /// The conformance resources shipped in `fhir-profiles/`, served as they are.
 pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
@@ -189,21 +189,26 @@ impl Profiles {
         self.profiles.get(resource_type)
     }
 
-    /// Every violation of the profile for `resource`'s type; empty means it conforms.
+    /// The violations of the profile for `resource`'s type (at most `MAX_ISSUES`, then a
+    /// count of the rest), and every string holding a control character FHIR forbids; empty
+    /// means it conforms.
     pub fn validate(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
-        let mut out = Vec::new();
+        let mut out = Issues::default();
         let Some(profile) = self.profiles.get(resource_type) else {
             out.push(Issue::general(
                 "not-supported",
                 format!("no profile for {resource_type}"),
             ));
-            return out;
+            return out.finish();
         };
         match resource.as_object() {
             Some(obj) => self.check_object(profile, obj, resource_type, resource_type, &mut out),
             None => out.push(Issue::general("structure", "a resource is a JSON object")),
         }
-        out
+        for issue in crate::fhir::json::control_characters(resource, resource_type) {
+            out.push(issue);
+        }
+        out.finish()
     }
 
     fn check_object(
@@ -212,7 +217,7 @@ impl Profiles {
         obj: &Map<String, Value>,
         elem_id: &str,
         path: &str,
-        out: &mut Vec<Issue>,
+        out: &mut Issues,
     ) {
         let no_children = Vec::new();
         let children = profile.children.get(elem_id).unwrap_or(&no_children);
@@ -263,7 +268,7 @@ impl Profiles {
         d: &ElementDef,
         val: &Value,
         path: &str,
-        out: &mut Vec<Issue>,
+        out: &mut Issues,
     ) {
         let items: Vec<(&Value, String)> = match (d.base_array, val) {
             (true, Value::Array(a)) => a
@@ -366,7 +371,7 @@ impl Profiles {
         d: &ElementDef,
         item: &Value,
         path: &str,
-        out: &mut Vec<Issue>,
+        out: &mut Issues,
     ) {
         if d.is_primitive() {
             let t = d.type_code.as_deref().unwrap_or_default();

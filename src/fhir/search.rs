@@ -8,6 +8,7 @@ use chrono::{Duration, NaiveDate};
 use crate::api::rules::percent_decode;
 use crate::domain::NHS_NUMBER_SYSTEM;
 use crate::error::{ApiError, Issue};
+use crate::fhir::json::allowed_char;
 use crate::fhir::profile::{parse_date, parse_instant};
 use crate::nhs_number::NhsNumber;
 use crate::store::micros;
@@ -19,6 +20,11 @@ const COMMON: &[&str] = &["_format", "_count", "_cursor", "_pretty"];
 pub fn pairs(s: &str) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for part in s.split('&').filter(|p| !p.is_empty()) {
+        if out.len() == MAX_PAIRS {
+            return Err(ApiError::InvalidSearch(format!(
+                "a search may carry at most {MAX_PAIRS} parameters"
+            )));
+        }
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
             return Err(ApiError::Invalid(vec![Issue::general(
@@ -26,10 +32,20 @@ pub fn pairs(s: &str) -> Result<Vec<(String, String)>, ApiError> {
                 "the query string has a malformed %-escape",
             )]));
         };
+        if let Some(c) = k.chars().chain(v.chars()).find(|c| !allowed_char(*c)) {
+            return Err(ApiError::InvalidSearch(format!(
+                "the search parameter '{}' contains the control character U+{:04X}",
+                k.chars().filter(|c| allowed_char(*c)).collect::<String>(),
+                u32::from(c)
+            )));
+        }
         out.push((k, v));
     }
     Ok(out)
 }
+
+/// The most parameters one search (query string and form body together) is read for.
+const MAX_PAIRS: usize = 256;
 
 /// `Prefer: handling=lenient` makes unknown parameters ignored instead of refused.
 pub fn lenient(req: &HttpRequest) -> bool {

@@ -145,7 +145,9 @@ pub fn listed_for_patient(conn: &mut DbConn, nhs: &str, limit: i64) -> QueryResu
 
 /// The record lifecycle's own audit rows (by the system, about no one), newest first, after the
 /// cursor (an id), for the audit team. `patient IS NULL` keeps the scan on the patient index.
-pub fn lifecycle_runs(
+/// The rows of one kind of system event (the lifecycle's runs, refused authentications): rows
+/// about no person, made under `role`, newest first after the cursor.
+pub fn events_of_role(
     conn: &mut DbConn,
     role: &str,
     before_id: Option<&str>,
@@ -251,7 +253,7 @@ mod tests {
                     get(c, &a.id)?,
                     get(c, &b.id)?,
                     // Finds rows by `patient IS NULL`: an empty string would not match.
-                    lifecycle_runs(c, "system", None, 10)?,
+                    events_of_role(c, "system", None, 10)?,
                 ))
             })
             .unwrap();

@@ -1,0 +1,343 @@
+//! Refused authentications as AuditEvents (DICOM 110114 "User Authentication", outcome 4), so
+//! an audit team can see someone trying tokens against the service (issue "Hostile input").
+//!
+//! A flood must not fill the disk: the first refusal of a kind (same reason, same client
+//! address, same claimed user and organisation) is written at once; identical ones within the
+//! fold window are counted in memory, and when the window closes one more AuditEvent records
+//! how many there were and between which instants. At most [`MAX_KINDS`] kinds are tracked at
+//! once; past that, refusals fold by reason alone. The token itself is never recorded; what it
+//! claimed (`sub`, `org`) is, marked unverified.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::json;
+
+use crate::store::audit::{self as audit_store, AuditRow};
+
+/// `user_role` of a refused authentication's audit row (no verified role exists).
+pub const AUTH_ROLE: &str = "unauthenticated";
+
+/// Kinds of refusal tracked at once.
+pub const MAX_KINDS: usize = 10_000;
+
+/// Why a bearer token was refused: the classes an auditor filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Missing,
+    Malformed,
+    BadSignature,
+    UnknownKey,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    LifetimeTooLong,
+    /// Verified, but its role or organisation claim is not one this service knows.
+    UnusableClaims,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad-signature",
+            Reason::UnknownKey => "unknown-key",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not-yet-valid",
+            Reason::WrongIssuer => "wrong-issuer",
+            Reason::WrongAudience => "wrong-audience",
+            Reason::LifetimeTooLong => "lifetime-too-long",
+            Reason::UnusableClaims => "unusable-claims",
+        }
+    }
+}
+
+/// One refused authentication, as the request showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    /// What the token said, unverified (cleaned and shortened).
+    pub claimed_sub: Option<String>,
+    pub claimed_org: Option<String>,
+    /// The client's address as the socket saw it.
+    pub client: String,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    /// Method and path (the query string is left out: it may be long and is not needed).
+    pub request: String,
+    /// Why, in words (the response's diagnostics).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Kind {
+    reason: Reason,
+    client: String,
+    sub: Option<String>,
+    org: Option<String>,
+}
+
+#[derive(Debug)]
+struct Fold {
+    opened: i64,
+    /// The refusals counted since the first, not yet written.
+    more: u64,
+    first_more: i64,
+    last_more: i64,
+    last: Refusal,
+}
+
+/// The fold of refused authentications.
+#[derive(Debug)]
+pub struct Refusals {
+    window_micros: i64,
+    open: Mutex<HashMap<Kind, Fold>>,
+}
+
+impl Refusals {
+    pub fn new(window_secs: u64) -> Self {
+        Self {
+            window_micros: i64::try_from(window_secs)
+                .unwrap_or(i64::MAX / 1_000_000)
+                .saturating_mul(1_000_000),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a refusal at `now` (µs) and returns the audit rows to write before answering:
+    /// this refusal's own row when it opens a window, and the rows of windows that have closed.
+    pub fn record(&self, r: Refusal, now: i64) -> Vec<AuditRow> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows = closed(&mut open, now, self.window_micros);
+        let mut kind = Kind {
+            reason: r.reason,
+            client: r.client.clone(),
+            sub: r.claimed_sub.clone(),
+            org: r.claimed_org.clone(),
+        };
+        if !open.contains_key(&kind) && open.len() >= MAX_KINDS {
+            kind = Kind {
+                reason: r.reason,
+                client: "(many clients)".into(),
+                sub: None,
+                org: None,
+            };
+        }
+        match open.get_mut(&kind) {
+            Some(f) if self.window_micros > 0 => {
+                if f.more == 0 {
+                    f.first_more = now;
+                }
+                f.more += 1;
+                f.last_more = now;
+                f.last = r;
+            }
+            _ => {
+                rows.push(row(&r, 1, now, now, now));
+                if self.window_micros > 0 {
+                    open.insert(
+                        kind,
+                        Fold {
+                            opened: now,
+                            more: 0,
+                            first_more: now,
+                            last_more: now,
+                            last: r,
+                        },
+                    );
+                }
+            }
+        }
+        rows
+    }
+
+    /// The rows of windows closed by `now` (run on a schedule, so a burst followed by silence
+    /// is still written).
+    pub fn closed(&self, now: i64) -> Vec<AuditRow> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        closed(&mut open, now, self.window_micros)
+    }
+
+    /// Every count not yet written (at shutdown).
+    pub fn all(&self, now: i64) -> Vec<AuditRow> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        closed(&mut open, i64::MAX, 0)
+            .into_iter()
+            .map(|mut r| {
+                r.recorded = r.recorded.min(now);
+                r
+            })
+            .collect()
+    }
+}
+
+fn closed(open: &mut HashMap<Kind, Fold>, now: i64, window: i64) -> Vec<AuditRow> {
+    let mut rows = Vec::new();
+    open.retain(|_, f| {
+        if now.saturating_sub(f.opened) < window {
+            return true;
+        }
+        if f.more > 0 {
+            rows.push(row(&f.last, f.more, f.first_more, f.last_more, f.last_more));
+        }
+        false
+    });
+    rows
+}
+
+/// The audit row of `count` refusals like `r` between `from` and `to`.
+fn row(r: &Refusal, count: u64, from: i64, to: i64, recorded: i64) -> AuditRow {
+    AuditRow {
+        id: audit_store::new_id(recorded),
+        recorded,
+        resource_type: "Authentication".into(),
+        subtype: r.reason.code().into(),
+        outcome: "4".into(),
+        outcome_desc: Some(format!("401 {}", r.detail)),
+        user_id: r.claimed_sub.clone().unwrap_or_default(),
+        user_name: None,
+        user_role: AUTH_ROLE.into(),
+        user_org: r.claimed_org.clone().unwrap_or_default(),
+        client: r.client.clone(),
+        patient: None,
+        councils: String::new(),
+        disclosed: "[]".into(),
+        request_id: r.request_id.clone(),
+        trace_id: r.trace_id.clone(),
+        unscheduled: false,
+        listed: false,
+        query: json!({ "request": r.request, "count": count, "from": from, "to": to }).to_string(),
+    }
+}
+
+/// Writes refusal rows (in one transaction, on the writer).
+pub async fn write(store: &crate::store::Store, rows: Vec<AuditRow>) {
+    if rows.is_empty() {
+        return;
+    }
+    let n = rows.len();
+    let written = store
+        .write(move |conn| {
+            for r in &rows {
+                audit_store::insert(conn, r)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = written {
+        log::error!("{n} refused-authentication audit row(s) could not be written: {e}");
+    }
+}
+
+/// Writes the counts of closed fold windows every `every`, so a burst followed by silence is
+/// recorded within a window; runs while `alive` can be upgraded.
+pub fn start_flusher(
+    refusals: std::sync::Arc<Refusals>,
+    store: crate::store::Store,
+    clock: crate::state::Clock,
+    every: std::time::Duration,
+    alive: std::sync::Weak<()>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("cpis-refusals".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(every);
+                let rows = refusals.closed(crate::store::micros(clock()));
+                if rows.is_empty() {
+                    continue;
+                }
+                let n = rows.len();
+                let written = store.write_blocking(move |conn| {
+                    for r in &rows {
+                        audit_store::insert(conn, r)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = written {
+                    log::error!(
+                        "{n} refused-authentication audit row(s) could not be written: {e}"
+                    );
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the refused-authentication flusher: {e}"))
+}
+
+/// A claim from an unverified token, fit to record: printable ASCII, at most 64 characters.
+pub fn clean_claim(s: &str) -> Option<String> {
+    let s: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    let s = s.trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(client: &str) -> Refusal {
+        Refusal {
+            reason: Reason::Expired,
+            claimed_sub: Some("u1".into()),
+            claimed_org: None,
+            client: client.into(),
+            request_id: "r".into(),
+            trace_id: None,
+            request: "GET /Flag".into(),
+            detail: "expired".into(),
+        }
+    }
+
+    fn count(r: &AuditRow) -> u64 {
+        serde_json::from_str::<serde_json::Value>(&r.query)
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn identical_refusals_fold_into_one_row_with_a_count() {
+        let f = Refusals::new(60);
+        assert_eq!(f.record(refusal("a"), 0).len(), 1);
+        for t in 1..=4 {
+            assert!(f.record(refusal("a"), t * 1_000_000).is_empty());
+        }
+        assert_eq!(f.record(refusal("b"), 5_000_000).len(), 1);
+        assert!(f.closed(59_000_000).is_empty());
+        let rows = f.closed(60_000_000);
+        assert_eq!(rows.iter().map(count).collect::<Vec<_>>(), [4]);
+        // A new window starts with a row of its own.
+        assert_eq!(f.record(refusal("a"), 61_000_000).len(), 1);
+    }
+
+    #[test]
+    fn without_a_window_every_refusal_is_written() {
+        let f = Refusals::new(0);
+        assert_eq!(f.record(refusal("a"), 0).len(), 1);
+        assert_eq!(f.record(refusal("a"), 1).len(), 1);
+        assert!(f.all(2).is_empty());
+    }
+
+    #[test]
+    fn claims_are_cleaned() {
+        assert_eq!(clean_claim("a\u{1b}[2Jb").as_deref(), Some("a[2Jb"));
+        assert_eq!(clean_claim("\u{0}"), None);
+        assert_eq!(clean_claim(&"x".repeat(100)).map(|s| s.len()), Some(64));
+    }
+}
