@@ -48,9 +48,9 @@ pub async fn read_patient(
             && row.created_by != ctx.caller.org.as_str()
             && !patients::council_holds_flag(conn, nhs.as_str(), ctx.caller.org.as_str())?
         {
-            return Err(ApiError::Forbidden(
-                "this person's record is maintained by another council".into(),
-            ));
+            // The same answer as for a person not on CP-IS: a council learns nothing of other
+            // councils' records (README "Demographics integrity").
+            return Err(not_found());
         }
         if role.is_clinician() && !flags::has_visible(conn, nhs.as_str(), &since)? {
             return Err(not_found());

@@ -219,7 +219,7 @@ fn accepted(state: &AppState, done: Done, representation: bool) -> EntryResponse
     EntryResponse {
         status,
         location: has_location.then(|| done.location(state)),
-        version: Some(done.version),
+        version: (done.version > 0).then_some(done.version),
         updated_at: has_location.then_some(done.updated_at),
         resource: if representation && has_location {
             done.body()
@@ -421,7 +421,11 @@ fn entry_op(
                 )]));
             }
             let input = patient_for_id(r, &nhs, state)?;
-            Ok(Op::PutPatient { expected, input })
+            Ok(Op::PutPatient {
+                expected,
+                input,
+                visible_since: crate::api::read::visible_since(state),
+            })
         }
         ("DELETE", ["Patient", id], None) => Ok(Op::DeletePatient(nhs_of(id)?)),
         ("POST", ["Flag"], None) | ("PUT", ["Flag"], Some(_)) | ("PUT", ["Flag", _], None) => {

@@ -50,7 +50,13 @@ pub async fn update_patient(
     let value = submitted(&req, payload, &state, "Patient").await?;
     check_body_id(&value, "Patient", nhs.as_str())?;
     let input = patient_for_id(&value, &nhs, &state)?;
-    write::apply(&state, &caller, Op::PutPatient { expected, input })
+    let visible_since = crate::api::read::visible_since(&state);
+    let op = Op::PutPatient {
+        expected,
+        input,
+        visible_since,
+    };
+    write::apply(&state, &caller, op)
         .await?
         .respond(&state, &req)
 }

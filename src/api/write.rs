@@ -65,6 +65,8 @@ pub enum Op {
     PutPatient {
         expected: Option<i64>,
         input: PatientInput,
+        /// Plans that ended before this date are past retention (see [`put_patient`]).
+        visible_since: String,
     },
     /// Withdraws the caller's records about the person.
     DeletePatient(NhsNumber),
@@ -199,6 +201,10 @@ impl Done {
     ) -> Result<actix_web::HttpResponse, ApiError> {
         let location = self.location(state);
         match self.body() {
+            // Version 0: an answer about no version the caller may see (a trace-only submission).
+            Some(body) if self.version == 0 => {
+                Reply::ok(body).status(self.status).into_response(req)
+            }
             Some(body) => Reply::ok(body)
                 .status(self.status)
                 .versioned(self.version, self.updated_at)
@@ -277,8 +283,12 @@ pub fn execute(
             known.people.insert(done.id.clone());
             Ok(done)
         }
-        Op::PutPatient { expected, input } => {
-            let done = put_patient(conn, org, *expected, input, now)?;
+        Op::PutPatient {
+            expected,
+            input,
+            visible_since,
+        } => {
+            let done = put_patient(conn, org, *expected, input, visible_since, now)?;
             known.people.insert(done.id.clone());
             Ok(done)
         }
@@ -436,21 +446,45 @@ fn create_patient(
     Ok(Done::patient(StatusCode::CREATED, row))
 }
 
+/// Create-or-update of a person's demographics, under the demographics rule (README
+/// "Demographics integrity"):
+/// - a person not on CP-IS is created by whichever council submits them (201);
+/// - a person's stored demographics — what clinicians see — change only at the request of a
+///   council holding a live Flag on them (not withdrawn, not past retention), or, while no
+///   council holds one (clinicians see nothing), of the council that submitted them;
+/// - any other council's submission of a person already on CP-IS changes nothing: when its
+///   name and date of birth match those held it is accepted as the trace it is (200, an
+///   informational outcome, no resource, no version), so the council can go on to add its own
+///   plan; when they differ it is refused (422), as the national service refuses a record
+///   whose demographics do not match. The answer is the same whether another council holds a
+///   plan, held one, or holds none, so it tells nothing about other councils' records.
 fn put_patient(
     conn: &mut DbConn,
     org: &str,
     expected: Option<i64>,
     input: &PatientInput,
+    visible_since: &str,
     now: i64,
 ) -> Result<Done, ApiError> {
     match patients::get(conn, input.nhs_number.as_str())? {
-        // Any council may submit a person's demographics: they are traced against the national
-        // demographics service, so every council sends the same, and a second council taking a
-        // plan for a child already on CP-IS must be able to. Reading them back stays limited to
-        // the councils responsible.
         Some(current) => {
-            check_version(expected, current.version)?;
             let next = input.to_row(&current.created_by, current.version + 1, now);
+            let live = flags::search(
+                conn,
+                &FlagFilter {
+                    nhs_number: Some(current.nhs_number.clone()),
+                    visible_since: Some(visible_since.to_owned()),
+                    ..FlagFilter::default()
+                },
+            )?;
+            // A council's own submission that nobody has a live plan on yet (so clinicians see
+            // nothing of it) stays its own to correct.
+            let holds = live.iter().any(|f| f.la_ods == org)
+                || (live.is_empty() && current.created_by == org);
+            if !holds {
+                return trace_only(&current, &next, expected);
+            }
+            check_version(expected, current.version)?;
             if next.same_content(&current) {
                 return Ok(Done::patient(StatusCode::OK, current));
             }
@@ -470,6 +504,44 @@ fn put_patient(
     }
 }
 
+/// The answer to a council that holds no live Flag on a person already on CP-IS (see
+/// [`put_patient`]): nothing of the stored record — not its version, not its details — is shown.
+fn trace_only(
+    current: &PatientRow,
+    submitted: &PatientRow,
+    expected: Option<i64>,
+) -> Result<Done, ApiError> {
+    if expected.is_some() {
+        return Err(ApiError::VersionConflict(
+            "If-Match was given but you hold no plan on this person, so there is no version of yours to match".into(),
+        ));
+    }
+    let same_person = submitted.family == current.family
+        && submitted.given == current.given
+        && submitted.birth_date == current.birth_date;
+    if !same_person {
+        return Err(ApiError::Unprocessable(vec![Issue::new(
+            "business-rule",
+            "Patient.name",
+            "the name and date of birth do not match those held for this NHS number (CPR01); \
+             trace the person on the national demographics service and submit again",
+        )]));
+    }
+    Ok(Done {
+        status: StatusCode::OK,
+        resource: "Patient",
+        id: current.nhs_number.clone(),
+        version: 0,
+        updated_at: 0,
+        shown: Shown::Note(
+            "this person is already on CP-IS and the name and date of birth match; nothing was \
+             changed. A council changes a person's details while it holds a live plan on them, \
+             so add your plan (Flag) now"
+                .into(),
+        ),
+    })
+}
+
 /// A council withdraws what it holds about a person: each of its Flags becomes
 /// entered-in-error. The person's details stay while any Flag refers to them (earlier versions
 /// remain readable by the audit team) and leave with the records under the retention rules.
@@ -479,8 +551,8 @@ fn delete_patient(
     nhs: &NhsNumber,
     now: i64,
 ) -> Result<Done, ApiError> {
-    let person = patients::get(conn, nhs.as_str())?
-        .ok_or_else(|| ApiError::NotFound(format!("Patient/{nhs} is not on CP-IS")))?;
+    let not_found = || ApiError::NotFound(format!("Patient/{nhs} is not on CP-IS"));
+    let person = patients::get(conn, nhs.as_str())?.ok_or_else(not_found)?;
     let mine = flags::search(
         conn,
         &FlagFilter {
@@ -490,9 +562,8 @@ fn delete_patient(
         },
     )?;
     if mine.is_empty() && person.created_by != org {
-        return Err(ApiError::Forbidden(
-            "this person's record is maintained by another council".into(),
-        ));
+        // As for a person not on CP-IS: nothing is told of other councils' records.
+        return Err(not_found());
     }
     let mut withdrawn = 0;
     for f in mine {

@@ -37,10 +37,11 @@ async fn council_b_cannot_create_update_read_or_delete_council_a_s_flag() {
     app.post_json("/Flag", &b, &flag_json(NHS_1, LA_A, "PLAN-2"))
         .await
         .assert_outcome(403, "forbidden");
-    // B cannot read the person either, who has no plan of B's.
+    // B cannot read the person either, who has no plan of B's: the answer is the one for a
+    // person not on CP-IS, so it tells B nothing of A's records.
     app.get(&format!("/Patient/{NHS_1}"), &b)
         .await
-        .assert_outcome(403, "forbidden");
+        .assert_outcome(404, "not-found");
     // A's Flag is untouched.
     let a = app
         .get(&format!("/Flag/{id}"), &app.council(LA_A))

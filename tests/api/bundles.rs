@@ -346,7 +346,8 @@ async fn entries_can_withdraw_plans_by_plan_reference_and_people() {
             None,
         )
         .await;
-    r.assert_outcome(403, "forbidden");
+    // As for a person not on CP-IS: nothing told of the other council's records.
+    r.assert_outcome(404, "not-found");
 }
 
 #[actix_rt::test]
