@@ -61,13 +61,17 @@ pub async fn submit(
     for (i, r) in writes {
         results[i] = Some(r);
     }
+    let mut room = BUNDLE_MAX_ISSUES;
     let entries = results
         .into_iter()
         .enumerate()
         .map(|(i, r)| match r {
             Some(Ok(done)) => accepted(&state, done, representation),
-            Some(Err(e)) => refused(e),
-            None => refused(ApiError::Internal(format!("entry {i} has no result")).in_entry(i)),
+            Some(Err(e)) => refused(e, &mut room),
+            None => refused(
+                ApiError::Internal(format!("entry {i} has no result")).in_entry(i),
+                &mut room,
+            ),
         })
         .collect();
     let body = format::render(&bundle::response(kind, entries, now), answer_in)?;
@@ -230,8 +234,39 @@ fn accepted(state: &AppState, done: Done, representation: bool) -> EntryResponse
     }
 }
 
-fn refused(e: ApiError) -> EntryResponse {
+/// `N` of an issue reading "N more problem(s) …".
+fn more_count(diagnostics: &str) -> Option<usize> {
+    let (n, rest) = diagnostics.split_once(' ')?;
+    rest.starts_with("more problem(s)")
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+/// The most issues a batch response lists over all its entries; past it, each refused entry
+/// shows its first issue and how many more it had, so a response stays a few bytes per entry.
+pub const BUNDLE_MAX_ISSUES: usize = 1_000;
+
+/// An entry's refusal, its issues counted against `room` (see [`BUNDLE_MAX_ISSUES`]).
+fn refused(e: ApiError, room: &mut usize) -> EntryResponse {
     let status = actix_web::ResponseError::status_code(&e);
+    let mut outcome = e.outcome().0;
+    if let Some(issues) = outcome["issue"].as_array_mut() {
+        let keep = issues.len().min((*room).max(1));
+        if keep < issues.len() {
+            // A dropped issue may itself be the count of issues already left out.
+            let more: usize = issues[keep..]
+                .iter()
+                .map(|i| i["diagnostics"].as_str().and_then(more_count).unwrap_or(1))
+                .sum();
+            issues.truncate(keep);
+            issues.push(serde_json::json!({
+                "severity": "error",
+                "code": "too-costly",
+                "diagnostics": format!("{more} more problem(s) with this entry are not listed"),
+            }));
+        }
+        *room = room.saturating_sub(keep);
+    }
     EntryResponse {
         status: format!(
             "{} {}",
@@ -242,7 +277,7 @@ fn refused(e: ApiError) -> EntryResponse {
         version: None,
         updated_at: None,
         resource: None,
-        outcome: e.outcome().0,
+        outcome,
     }
 }
 

@@ -73,6 +73,16 @@ pub struct TokenRequest {
     pub audience: String,
 }
 
+/// Signs any claims with the data directory's dev key (tests and tools craft tokens the server
+/// must refuse: not yet valid, issued in the future, too long-lived).
+pub fn sign_claims(dir: &Path, claims: &serde_json::Value) -> Result<String, String> {
+    let pem = std::fs::read(private_path(dir)).map_err(|e| format!("no dev signing key: {e}"))?;
+    let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| format!("bad dev signing key: {e}"))?;
+    let mut header = Header::new(DEV_ALGORITHM);
+    header.kid = Some(DEV_KID.to_owned());
+    encode(&header, claims, &key).map_err(|e| format!("signing failed: {e}"))
+}
+
 /// Signs a token with the data directory's dev key.
 pub fn mint(dir: &Path, req: &TokenRequest) -> Result<String, String> {
     let pem = std::fs::read(private_path(dir)).map_err(|e| {

@@ -7,6 +7,7 @@ mod access;
 mod bundles;
 mod cli;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod load;
 mod lookup;
