@@ -11,6 +11,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fhir;
+pub mod fuzz;
 pub mod lifecycle;
 pub mod limits;
 pub mod load;

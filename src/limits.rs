@@ -22,10 +22,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::fhir::guard::Shape;
 
-/// What one parsed value costs, all told: the `serde_json::Value` with its map entry (~100
-/// bytes with `preserve_order`), its share of fhirbolt's model during the base check, and of
-/// the rows and issues made from it. Measured and checked by `cpis-bench hostile` (README).
-pub const BYTES_PER_VALUE: usize = 200;
+/// What one value, as `fhir::guard` counts them, costs once parsed and worked on. The scan
+/// counts about two per object member (its `:` and its `,`), and a member of a
+/// `serde_json::Value` object costs ~150–180 bytes with `preserve_order` (the bucket, the index
+/// slot, the key's allocation); array elements ~80. The rows, inputs and issues made from a
+/// Bundle entry, and fhirbolt's model of one entry at a time, add little beside that. Checked
+/// against the server's peak RSS by `cpis-bench hostile` (README "Limits").
+pub const BYTES_PER_VALUE: usize = 100;
 
 const KIB: usize = 1024;
 

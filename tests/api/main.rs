@@ -6,6 +6,7 @@
 mod access;
 mod bundles;
 mod cli;
+mod fuzz;
 mod helpers;
 mod hostile;
 mod lifecycle;

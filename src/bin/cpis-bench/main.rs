@@ -36,7 +36,9 @@ use cpis_fhir::store::patients::PatientRow;
 use cpis_fhir::store::{self, Store};
 
 #[derive(Parser, Debug)]
-#[command(about = "CP-IS benchmarks: the look-up (default) and bulk submission (`load`)")]
+#[command(
+    about = "CP-IS benchmarks: the look-up (default), bulk submission (`load`), the memory bound under hostile input (`hostile`) and the fuzzer (`fuzz`)"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -45,10 +47,16 @@ struct Cli {
     lookup: Args,
 }
 
+mod hostile;
+
 #[derive(clap::Subcommand, Debug)]
 enum Bench {
     /// Bulk submission: the national dataset through batch Bundles.
     Load(LoadArgs),
+    /// The memory bound: the costliest bodies found, from several clients at once.
+    Hostile(hostile::HostileArgs),
+    /// The fuzzer: mutated example resources and Bundles, JSON and XML.
+    Fuzz(hostile::FuzzArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +114,8 @@ fn main() {
     let result = match &cli.command {
         None => run(&cli.lookup),
         Some(Bench::Load(a)) => run_load(a),
+        Some(Bench::Hostile(a)) => hostile::run_hostile(a),
+        Some(Bench::Fuzz(a)) => hostile::run_fuzz(a),
     };
     if let Err(e) = result {
         eprintln!("cpis-bench: {e}");
@@ -160,7 +170,7 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         None
     };
-    let mut server = start_server(&dir, args.port)?;
+    let mut server = start_server(&dir, args.port, false)?;
     let result = drive(args, &dir, server.id());
     let notified = receiver.map(|r| r.drain(&db, Duration::from_secs(60)));
     let rss = peak_rss_kib(server.id());
@@ -328,23 +338,32 @@ fn plan_of(i: u32, p: usize, councils: &[String]) -> (String, PlanType, Option<c
     (la, plan, end)
 }
 
-fn start_server(dir: &Path, port: u16) -> Result<Child, String> {
+/// Starts the server over `dir`: trusting the dev key as a production key, or (`dev`) in dev
+/// mode with its demo councils and people.
+fn start_server(dir: &Path, port: u16, dev: bool) -> Result<Child, String> {
     let exe = std::env::current_exe()
         .map_err(|e| e.to_string())?
         .with_file_name("cpis-fhir");
-    let child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",
         ])
-        .arg(dir)
-        .env(
-            "CPIS_AUTH_PUBLIC_KEY_FILE",
-            dir.join("dev-signing-key.pub.pem"),
-        )
-        .env("CPIS_AUTH_ISSUER", dev::DEV_ISSUER)
+        .arg(dir);
+    if dev {
+        command.arg("--dev");
+    } else {
+        command
+            .env(
+                "CPIS_AUTH_PUBLIC_KEY_FILE",
+                dir.join("dev-signing-key.pub.pem"),
+            )
+            .env("CPIS_AUTH_ISSUER", dev::DEV_ISSUER);
+    }
+    let child = command
         .env("CPIS_ALLOW_TEST_NHS_NUMBERS", "true")
         .env("CPIS_NOTIFY_ALLOW_HTTP_LOOPBACK", "true")
         .env(
@@ -636,7 +655,7 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         work.len(),
         t.elapsed().as_secs_f64()
     );
-    let mut server = start_server(dir, args.port)?;
+    let mut server = start_server(dir, args.port, false)?;
     let queue = Arc::new(std::sync::Mutex::new(work.into_iter().collect::<Vec<_>>()));
     let started = Instant::now();
     let mut handles = Vec::new();
