@@ -416,7 +416,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
+        if matches!(self, ApiError::Busy(_)) {
+            log::warn!("{self}");
+        } else if status.is_server_error() {
             // Detail goes to the log only; it may name tables or paths.
             log::error!("{self}");
         } else {

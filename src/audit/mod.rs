@@ -34,10 +34,14 @@ pub struct AccessContext {
 
 impl AccessContext {
     fn from_parts(req: &HttpRequest, caller: Caller) -> Self {
-        let header = req
-            .headers()
-            .get("IsUnscheduledAccessEvent")
-            .map(|h| h.to_str().unwrap_or("").trim().to_ascii_lowercase());
+        let header = req.headers().get("IsUnscheduledAccessEvent").map(|h| {
+            // Recorded in the audit row when refused: printable characters only.
+            let v = h.to_str().unwrap_or("").trim().to_ascii_lowercase();
+            v.chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(64)
+                .collect::<String>()
+        });
         // DOMAIN.md: absent means unscheduled; `false` is a silent read (scheduled care).
         let unscheduled = match (caller.role, header.as_deref()) {
             (_, Some(v)) if v != "true" && v != "false" => Err(format!(

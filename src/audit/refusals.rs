@@ -89,11 +89,48 @@ struct Fold {
     last: Refusal,
 }
 
+/// Kinds of refusal tracked at once for one client address; past it, that client's refusals
+/// fold by reason alone (an attacker varying the claimed user cannot make a row per request).
+pub const MAX_KINDS_PER_CLIENT: usize = 20;
+
+#[derive(Debug, Default)]
+struct Open {
+    kinds: HashMap<Kind, Fold>,
+    per_client: HashMap<String, usize>,
+    /// When closed windows were last looked for (µs): at most once a second.
+    swept: i64,
+}
+
+impl Open {
+    /// The rows of windows closed by `now`, removed.
+    fn close(&mut self, now: i64, window: i64) -> Vec<AuditRow> {
+        self.swept = now;
+        let mut rows = Vec::new();
+        let per_client = &mut self.per_client;
+        self.kinds.retain(|k, f| {
+            if now.saturating_sub(f.opened) < window {
+                return true;
+            }
+            if f.more > 0 {
+                rows.push(row(&f.last, f.more, f.first_more, f.last_more, f.last_more));
+            }
+            if let Some(n) = per_client.get_mut(&k.client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_client.remove(&k.client);
+                }
+            }
+            false
+        });
+        rows
+    }
+}
+
 /// The fold of refused authentications.
 #[derive(Debug)]
 pub struct Refusals {
     window_micros: i64,
-    open: Mutex<HashMap<Kind, Fold>>,
+    open: Mutex<Open>,
 }
 
 impl Refusals {
@@ -102,34 +139,53 @@ impl Refusals {
             window_micros: i64::try_from(window_secs)
                 .unwrap_or(i64::MAX / 1_000_000)
                 .saturating_mul(1_000_000),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a refusal at `now` (µs) and returns the audit rows to write before answering:
     /// this refusal's own row when it opens a window, and the rows of windows that have closed.
-    pub fn record(&self, r: Refusal, now: i64) -> Vec<AuditRow> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut rows = closed(&mut open, now, self.window_micros);
+    pub fn record(&self, mut r: Refusal, now: i64) -> Vec<AuditRow> {
+        let window = self.window_micros;
+        if window <= 0 {
+            return vec![row(&r, 1, now, now, now)];
+        }
+        let mut open = self.lock();
+        let mut rows = if now.saturating_sub(open.swept) >= 1_000_000 {
+            open.close(now, window)
+        } else {
+            Vec::new()
+        };
         let mut kind = Kind {
             reason: r.reason,
             client: r.client.clone(),
             sub: r.claimed_sub.clone(),
             org: r.claimed_org.clone(),
         };
-        if !open.contains_key(&kind) && open.len() >= MAX_KINDS {
-            kind = Kind {
-                reason: r.reason,
-                client: "(many clients)".into(),
-                sub: None,
-                org: None,
-            };
+        if !open.kinds.contains_key(&kind) {
+            let of_client = open.per_client.get(&r.client).copied().unwrap_or(0);
+            if open.kinds.len() >= MAX_KINDS {
+                r.client = "(many clients)".into();
+            }
+            if open.kinds.len() >= MAX_KINDS || of_client >= MAX_KINDS_PER_CLIENT {
+                r.claimed_sub = Some("(various)".into());
+                r.claimed_org = None;
+                kind = Kind {
+                    reason: r.reason,
+                    client: r.client.clone(),
+                    sub: r.claimed_sub.clone(),
+                    org: None,
+                };
+            }
         }
-        match open.get_mut(&kind) {
-            Some(f) if self.window_micros > 0 => {
+        match open.kinds.get_mut(&kind) {
+            Some(f) => {
                 if f.more == 0 {
                     f.first_more = now;
                 }
@@ -137,20 +193,19 @@ impl Refusals {
                 f.last_more = now;
                 f.last = r;
             }
-            _ => {
+            None => {
                 rows.push(row(&r, 1, now, now, now));
-                if self.window_micros > 0 {
-                    open.insert(
-                        kind,
-                        Fold {
-                            opened: now,
-                            more: 0,
-                            first_more: now,
-                            last_more: now,
-                            last: r,
-                        },
-                    );
-                }
+                *open.per_client.entry(kind.client.clone()).or_default() += 1;
+                open.kinds.insert(
+                    kind,
+                    Fold {
+                        opened: now,
+                        more: 0,
+                        first_more: now,
+                        last_more: now,
+                        last: r,
+                    },
+                );
             }
         }
         rows
@@ -159,20 +214,14 @@ impl Refusals {
     /// The rows of windows closed by `now` (run on a schedule, so a burst followed by silence
     /// is still written).
     pub fn closed(&self, now: i64) -> Vec<AuditRow> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        closed(&mut open, now, self.window_micros)
+        let window = self.window_micros;
+        self.lock().close(now, window)
     }
 
     /// Every count not yet written (at shutdown).
     pub fn all(&self, now: i64) -> Vec<AuditRow> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        closed(&mut open, i64::MAX, 0)
+        self.lock()
+            .close(i64::MAX, 0)
             .into_iter()
             .map(|mut r| {
                 r.recorded = r.recorded.min(now);
@@ -180,20 +229,6 @@ impl Refusals {
             })
             .collect()
     }
-}
-
-fn closed(open: &mut HashMap<Kind, Fold>, now: i64, window: i64) -> Vec<AuditRow> {
-    let mut rows = Vec::new();
-    open.retain(|_, f| {
-        if now.saturating_sub(f.opened) < window {
-            return true;
-        }
-        if f.more > 0 {
-            rows.push(row(&f.last, f.more, f.first_more, f.last_more, f.last_more));
-        }
-        false
-    });
-    rows
 }
 
 /// The audit row of `count` refusals like `r` between `from` and `to`.
@@ -251,13 +286,17 @@ pub fn start_flusher(
 ) -> Result<(), String> {
     std::thread::Builder::new()
         .name("cpis-refusals".into())
-        .spawn(move || {
-            while alive.upgrade().is_some() {
-                std::thread::sleep(every);
-                let rows = refusals.closed(crate::store::micros(clock()));
-                if rows.is_empty() {
-                    continue;
-                }
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let stopping = alive.upgrade().is_none();
+            let now = crate::store::micros(clock());
+            // At shutdown every count still open is written.
+            let rows = if stopping {
+                refusals.all(now)
+            } else {
+                refusals.closed(now)
+            };
+            if !rows.is_empty() {
                 let n = rows.len();
                 let written = store.write_blocking(move |conn| {
                     for r in &rows {
@@ -270,6 +309,9 @@ pub fn start_flusher(
                         "{n} refused-authentication audit row(s) could not be written: {e}"
                     );
                 }
+            }
+            if stopping {
+                return;
             }
         })
         .map(|_| ())
@@ -332,6 +374,20 @@ mod tests {
         assert_eq!(f.record(refusal("a"), 0).len(), 1);
         assert_eq!(f.record(refusal("a"), 1).len(), 1);
         assert!(f.all(2).is_empty());
+    }
+
+    #[test]
+    fn a_client_varying_the_claimed_user_folds_by_reason() {
+        let f = Refusals::new(60);
+        let mut written = 0;
+        for i in 0..1_000 {
+            let mut r = refusal("a");
+            r.claimed_sub = Some(format!("u{i}"));
+            written += f.record(r, i).len();
+        }
+        assert_eq!(written, MAX_KINDS_PER_CLIENT + 1);
+        let rows = f.all(2_000);
+        assert_eq!(rows.iter().map(count).sum::<u64>(), 1_000 - written as u64);
     }
 
     #[test]
