@@ -60,7 +60,19 @@ pub async fn receive(
     limits: Limits,
 ) -> Result<Received, ApiError> {
     let declared = check_length(req, limit)?;
-    // Nothing to read costs nothing: the scan will say what is missing.
+    // Bodies are read as sent; a compressed one would only fail as unreadable FHIR.
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or_default().trim();
+        if !enc.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Encoding '{}' is not supported; send the body uncompressed",
+                enc.chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(40)
+                    .collect::<String>()
+            )));
+        }
+    }
     let room = state
         .budget
         .for_body(if declared > 0 { declared } else { limit })

@@ -112,6 +112,24 @@ async fn deeply_nested_bodies_on_every_endpoint_that_takes_one_are_refused_and_t
 }
 
 #[actix_rt::test]
+async fn a_compressed_body_is_refused_unread() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .request(
+            Method::POST,
+            "/Flag",
+            Some(&app.council(LA_A)),
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("Content-Encoding", "gzip"),
+            ],
+            Some(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0]),
+        )
+        .await;
+    r.assert_outcome(415, "not-supported");
+}
+
+#[actix_rt::test]
 async fn a_dtd_in_xml_is_refused() {
     let app = TestApp::spawn().await;
     let body = br#"<?xml version="1.0"?><!DOCTYPE lol [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]><Flag xmlns="http://hl7.org/fhir"><status value="&b;"/></Flag>"#;
@@ -249,6 +267,18 @@ async fn control_characters_are_refused_in_every_element_and_nothing_is_stored()
     app.put_json("/Organization/LA903", &app.admin(), &o)
         .await
         .assert_outcome(422, "value");
+    let sub = serde_json::json!({
+        "resourceType": "Subscription", "status": "requested", "reason": "ASN\u{1b}[2J",
+        "criteria": "https://cpis-fhir.example.org/fhir/SubscriptionTopic/cpis-access-notification",
+        "channel": { "type": "rest-hook", "endpoint": "https://x.example.org/h", "payload": "application/fhir+json" },
+    });
+    let r = app.post_json("/Subscription", &t, &sub).await;
+    r.assert_outcome(422, "value");
+    assert!(
+        r.expressions().contains(&"Subscription.reason".to_owned()),
+        "{}",
+        r.text()
+    );
     // In search values and the path: 400.
     for path in [
         "/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C944930%006753".to_owned(),
