@@ -73,17 +73,7 @@ pub fn render(row: &AuditRow) -> Value {
             "description": "Responsible council",
         }));
     }
-    entities.push(json!({
-        "what": { "identifier": { "value": row.request_id } },
-        "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
-    }));
-    if let Some(trace) = &row.trace_id {
-        entities.push(json!({
-            "what": { "identifier": { "value": trace } },
-            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "TraceID" },
-            "description": "TraceID header",
-        }));
-    }
+    entities.extend(request_entities(row));
     let mut event = json!({
         "resourceType": "AuditEvent",
         "id": row.id,
@@ -249,17 +239,7 @@ fn render_refusal(row: &AuditRow) -> Value {
         "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
         "detail": details,
     })];
-    entities.push(json!({
-        "what": { "identifier": { "value": row.request_id } },
-        "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
-    }));
-    if let Some(trace) = &row.trace_id {
-        entities.push(json!({
-            "what": { "identifier": { "value": trace } },
-            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "TraceID" },
-            "description": "TraceID header",
-        }));
-    }
+    entities.extend(request_entities(row));
     let mut event = json!({
         "resourceType": "AuditEvent",
         "id": row.id,
@@ -280,6 +260,22 @@ fn render_refusal(row: &AuditRow) -> Value {
 
 /// DICOM's code for a user authentication event (the `type` an auditor searches refusals by).
 pub const AUTHENTICATION_CODE: &str = "110114";
+
+/// The request's `X-Request-ID` and, when sent, its `TraceID` (IHE BALP XrequestId entities).
+fn request_entities(row: &AuditRow) -> Vec<Value> {
+    let mut out = vec![json!({
+        "what": { "identifier": { "value": row.request_id } },
+        "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
+    })];
+    if let Some(trace) = &row.trace_id {
+        out.push(json!({
+            "what": { "identifier": { "value": trace } },
+            "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "TraceID" },
+            "description": "TraceID header",
+        }));
+    }
+    out
+}
 
 /// This server as the event's source (an application server).
 fn source() -> Value {

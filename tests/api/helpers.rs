@@ -461,10 +461,16 @@ impl TestApp {
 
     /// Every audit record about a person, as the audit team sees them, newest first.
     pub async fn audit_of(&self, nhs: &str) -> Vec<Value> {
+        self.audit_search(&format!(
+            "patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count=100"
+        ))
+        .await
+    }
+
+    /// The AuditEvents an auditor's `GET /AuditEvent?{query}` finds (one page).
+    pub async fn audit_search(&self, query: &str) -> Vec<Value> {
         let t = self.token(Role::Auditor, "X26");
-        let r = self
-            .get(&format!("/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count=100"), &t)
-            .await;
+        let r = self.get(&format!("/AuditEvent?{query}"), &t).await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()["entry"]
             .as_array()

@@ -353,20 +353,8 @@ async fn tokens_not_yet_valid_issued_in_the_future_too_long_lived_or_expired_are
 }
 
 async fn refusals(app: &TestApp) -> Vec<Value> {
-    let r = app
-        .get(
-            "/AuditEvent?type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100",
-            &app.token(cpis_fhir::domain::Role::Auditor, "X26"),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| e["resource"].clone())
-        .collect()
+    app.audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100")
+        .await
 }
 
 fn detail(event: &Value, key: &str) -> Option<String> {
