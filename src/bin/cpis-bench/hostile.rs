@@ -32,6 +32,9 @@ pub struct HostileArgs {
     /// Port for the server.
     #[arg(long, default_value_t = 18183)]
     port: u16,
+    /// Send only the cases whose name contains this (to see what each costs).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -203,7 +206,14 @@ pub fn run_hostile(args: &HostileArgs) -> Result<(), String> {
     let baseline = peak_rss_kib(pid);
     let tokens = Arc::new(vec![token(&dir, Role::Council, "LA901")?]);
     let made = Instant::now();
-    let cases = Arc::new(cases());
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o)))
+        .collect();
+    if cases.is_empty() {
+        return Err("no case matches --only".into());
+    }
+    let cases = Arc::new(cases);
     println!(
         "worst cases built in {:.1} s: {}",
         made.elapsed().as_secs_f64(),
