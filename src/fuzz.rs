@@ -96,7 +96,9 @@ fn example(text: &str) -> Value {
 fn seeds() -> Vec<Seed> {
     let flag = example(include_str!("../examples/flag.json"));
     let organization = example(include_str!("../examples/organization.json"));
-    let subscription = example(include_str!("../examples/subscription.json"));
+    let mut subscription = example(include_str!("../examples/subscription.json"));
+    // Never an address off this machine, should a server under test ever post to it.
+    subscription["channel"]["endpoint"] = json!("https://127.0.0.1:9/cpis/notifications");
     let batch = example(include_str!("../examples/bundles/bundle-00001.json"));
     let patient = batch["entry"]
         .as_array()
@@ -529,7 +531,7 @@ fn mutate_value(v: &mut Value, rng: &mut Rng, max_bytes: usize) -> String {
                     "urn:uuid:x",
                     "Patient/../../etc",
                     "Organization/",
-                    "http://169.254.169.254/",
+                    "https://127.0.0.1:9/x",
                     "https://[::1]:1/x"
                 ])
                 .to_string());
