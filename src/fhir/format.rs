@@ -125,6 +125,13 @@ pub fn scan(
             format!("the request body is empty; send a {expected_type} resource"),
         )]));
     }
+    // FHIR XML is UTF-8 (§2.6.1); fhirbolt's reader panics on a namespace that is not.
+    if format == Format::Xml && std::str::from_utf8(body).is_err() {
+        return Err(ApiError::Invalid(vec![Issue::general(
+            "structure",
+            "the XML body is not valid UTF-8",
+        )]));
+    }
     let shape = match format {
         Format::Json => guard::scan_json(body, limits),
         Format::Xml => guard::scan_xml(body, limits),

@@ -130,6 +130,25 @@ async fn a_compressed_body_is_refused_unread() {
 }
 
 #[actix_rt::test]
+async fn xml_that_is_not_utf8_is_refused() {
+    let app = TestApp::spawn().await;
+    let mut body = b"<Flag xmlns=\"http://hl7.org/fhir".to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(b"\"><status value=\"active\"/></Flag>");
+    let r = app
+        .request(
+            Method::POST,
+            "/Flag",
+            Some(&app.council(LA_A)),
+            &[("Content-Type", "application/fhir+xml")],
+            Some(body),
+        )
+        .await;
+    r.assert_outcome(400, "structure");
+    assert!(r.text().contains("UTF-8"), "{}", r.text());
+}
+
+#[actix_rt::test]
 async fn a_dtd_in_xml_is_refused() {
     let app = TestApp::spawn().await;
     let body = br#"<?xml version="1.0"?><!DOCTYPE lol [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]><Flag xmlns="http://hl7.org/fhir"><status value="&b;"/></Flag>"#;
