@@ -74,7 +74,7 @@ pub fn render(row: &AuditRow) -> Value {
         }));
     }
     entities.extend(request_entities(row));
-    let mut event = json!({
+    let event = json!({
         "resourceType": "AuditEvent",
         "id": row.id,
         "meta": { "profile": [format!("{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent")] },
@@ -115,10 +115,7 @@ pub fn render(row: &AuditRow) -> Value {
         "source": source(),
         "entity": entities,
     });
-    if let Some(desc) = &row.outcome_desc {
-        event["outcomeDesc"] = json!(desc);
-    }
-    event
+    with_outcome_desc(event, row)
 }
 
 /// A run of the record lifecycle: the system destroyed records under the retention rules. The
@@ -160,7 +157,7 @@ fn render_lifecycle(row: &AuditRow) -> Value {
             "type": { "system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id" },
         }));
     }
-    let mut event = json!({
+    let event = json!({
         "resourceType": "AuditEvent",
         "id": row.id,
                 "type": { "system": DCM, "code": "110100", "display": "Application Activity" },
@@ -176,10 +173,7 @@ fn render_lifecycle(row: &AuditRow) -> Value {
         "source": source(),
         "entity": entities,
     });
-    if let Some(desc) = &row.outcome_desc {
-        event["outcomeDesc"] = json!(desc);
-    }
-    event
+    with_outcome_desc(event, row)
 }
 
 /// A refused authentication (DICOM 110114 User Authentication, subtype 110122 Login, outcome
@@ -240,7 +234,7 @@ fn render_refusal(row: &AuditRow) -> Value {
         "detail": details,
     })];
     entities.extend(request_entities(row));
-    let mut event = json!({
+    let event = json!({
         "resourceType": "AuditEvent",
         "id": row.id,
         "type": { "system": DCM, "code": AUTHENTICATION_CODE, "display": "User Authentication" },
@@ -252,14 +246,19 @@ fn render_refusal(row: &AuditRow) -> Value {
         "source": source(),
         "entity": entities,
     });
+    with_outcome_desc(event, row)
+}
+
+/// DICOM's code for a user authentication event (the `type` an auditor searches refusals by).
+pub const AUTHENTICATION_CODE: &str = "110114";
+
+/// The event with the row's `outcomeDesc`, when it has one.
+fn with_outcome_desc(mut event: Value, row: &AuditRow) -> Value {
     if let Some(desc) = &row.outcome_desc {
         event["outcomeDesc"] = json!(desc);
     }
     event
 }
-
-/// DICOM's code for a user authentication event (the `type` an auditor searches refusals by).
-pub const AUTHENTICATION_CODE: &str = "110114";
 
 /// The request's `X-Request-ID` and, when sent, its `TraceID` (IHE BALP XrequestId entities).
 fn request_entities(row: &AuditRow) -> Vec<Value> {

@@ -119,19 +119,23 @@ pub fn control_characters(root: &Value, root_name: &str) -> Vec<Issue> {
     out.finish()
 }
 
+fn control_issue(path: &str, what: &str, c: char) -> Issue {
+    Issue::new(
+        "value",
+        path,
+        format!(
+            "{path}: {what} the control character U+{:04X}, which FHIR strings do not allow",
+            u32::from(c)
+        ),
+    )
+}
+
 fn controls(v: &Value, path: &mut String, bundle: bool, depth: usize, out: &mut Issues) {
     let bad = |s: &str| s.chars().find(|c| !allowed_char(*c));
     match v {
         Value::String(s) => {
             if let Some(c) = bad(s) {
-                out.push(Issue::new(
-                    "value",
-                    path.clone(),
-                    format!(
-                        "{path}: contains the control character U+{:04X}, which FHIR strings do not allow",
-                        u32::from(c)
-                    ),
-                ));
+                out.push(control_issue(path, "contains", c));
             }
         }
         Value::Array(items) => {
@@ -154,14 +158,7 @@ fn controls(v: &Value, path: &mut String, bundle: bool, depth: usize, out: &mut 
                 path.push('.');
                 path.push_str(k);
                 if let Some(c) = bad(k) {
-                    out.push(Issue::new(
-                        "value",
-                        path.clone(),
-                        format!(
-                            "{path}: the property name contains the control character U+{:04X}",
-                            u32::from(c)
-                        ),
-                    ));
+                    out.push(control_issue(path, "has a property name holding", c));
                 }
                 controls(item, path, bundle, depth + 1, out);
                 path.truncate(len);

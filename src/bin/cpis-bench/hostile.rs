@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cpis_fhir::auth::dev::{self, TokenRequest};
 use cpis_fhir::domain::{OdsCode, Role};
 
-use super::{peak_rss_kib, read_response, start_server};
+use super::{peak_rss_kib, read_response, start_server, status_kib};
 
 /// The bound the issue sets for the default limits.
 const BOUND_MIB: f64 = 256.0;
@@ -302,12 +302,7 @@ pub fn run_hostile(args: &HostileArgs) -> Result<(), String> {
 }
 
 fn current_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    status_kib(pid, "VmRSS:")
 }
 
 /// One request on its own connection; its status, or what happened instead.
