@@ -9,10 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::dev::{self, TokenRequest};
 use crate::config::{CliOverrides, Settings};
 use crate::domain::{OdsCode, Role};
+use crate::records::lifecycle;
 use crate::startup::{build_state, Application};
 use crate::state::system_clock;
 use crate::store::Store;
-use crate::{demo, lifecycle, load};
+use crate::{demo, load};
 
 #[derive(Parser, Debug)]
 #[command(name = "cpis-fhir", version, about = "CP-IS FHIR R4 server")]
@@ -294,6 +295,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             println!("{b}");
         }
         log::info!("listening on {listen}");
+        app.stop_on_signals();
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
 }

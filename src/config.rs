@@ -10,7 +10,7 @@ use jsonwebtoken::Algorithm;
 
 /// Every setting: its dotted name in the TOML file and what it means. The environment variable
 /// is `CPIS_` + the name upper-cased with `.` replaced by `_` (for example `CPIS_AUTH_ISSUER`).
-pub const KEYS: &[(&str, &str)] = &[
+pub const KEYS: &[KeyDoc] = &[
     ("listen", "address and port to listen on (default 127.0.0.1:8080)"),
     ("data_dir", "directory for the SQLite database and dev keys (default ./cpis-data)"),
     ("database_url", "sqlite file path or sqlite://path, or postgres://… (default <data_dir>/cpis.db)"),
@@ -39,7 +39,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("limits.max_query_params", "most query parameters a request may carry; more is answered 400 (default 64)"),
     ("limits.max_connections", "most open connections per HTTP worker; more wait to be accepted (default 1024)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
-    ("auth.audience", "expected `aud` of every bearer token (default cpis-fhir)"),
+    ("auth.audience", "accepted `aud` of bearer tokens: one, or a list (in the environment, comma-separated) (default cpis-fhir)"),
     ("auth.public_key_file", "PEM public key that verifies bearer tokens"),
     ("auth.algorithm", "signature algorithm of that key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 (default RS512)"),
     ("auth.kid", "key id expected in the token header for that key (optional)"),
@@ -47,6 +47,35 @@ pub const KEYS: &[(&str, &str)] = &[
     ("auth.max_token_lifetime_secs", "longest token lifetime accepted (exp − iat, or exp − now without iat); longer is refused (default 43200 = 12 h)"),
     ("auth.failure_fold_secs", "refused authentications with the same reason, source and claimed user within this many seconds are audited as one AuditEvent with a count (default 60)"),
 ];
+
+/// Settings that hold a list of tables (`[[auth.issuers]]` in TOML): the list's name, its
+/// tables' keys, and what the list is for. Lists of tables are set in the file only.
+/// A setting's name and what it means.
+pub type KeyDoc = (&'static str, &'static str);
+
+pub const TABLE_LISTS: &[(&str, &[KeyDoc], &str)] = &[(
+    "auth.issuers",
+    &[
+        ("issuer", "the `iss` its tokens carry (required)"),
+        (
+            "public_key_file",
+            "PEM public key that verifies its tokens (required)",
+        ),
+        (
+            "algorithm",
+            "signature algorithm of that key, as auth.algorithm (default RS512)",
+        ),
+        ("kid", "key id expected in the token header (optional)"),
+        (
+            "audience",
+            "accepted `aud`, one or a list (default: auth.audience)",
+        ),
+    ],
+    "trusted token issuers, one table each; used beside auth.issuer/auth.public_key_file",
+)];
+
+/// Settings that may hold a list of strings (TOML arrays; comma-separated in the environment).
+const STRING_LISTS: &[&str] = &["auth.audience"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -60,10 +89,26 @@ fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("`{key}` ({}): {why}", env_name(key)))
 }
 
+/// One trusted issuer of bearer tokens and the key that verifies them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    pub public_key_file: PathBuf,
+    pub algorithm: Algorithm,
+    pub kid: Option<String>,
+    /// Accepted `aud` values (never empty).
+    pub audiences: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub issuer: Option<String>,
+    /// The first accepted audience (the one `token` mints for).
     pub audience: String,
+    /// Every accepted audience.
+    pub audiences: Vec<String>,
+    /// Trusted issuers: `auth.issuers`, then `auth.issuer` with `auth.public_key_file`.
+    pub issuers: Vec<IssuerSettings>,
     pub public_key_file: Option<PathBuf>,
     pub algorithm: Algorithm,
     pub kid: Option<String>,
@@ -130,11 +175,41 @@ pub struct CliOverrides {
     pub dev: bool,
 }
 
-fn flatten(
-    prefix: &str,
-    table: &toml::Table,
-    out: &mut BTreeMap<String, String>,
-) -> Result<(), ConfigError> {
+/// A configuration file, flattened: scalars and string lists by dotted key, and the tables of
+/// each list of tables.
+#[derive(Debug, Default)]
+struct Raw {
+    values: BTreeMap<String, String>,
+    tables: BTreeMap<String, Vec<BTreeMap<String, String>>>,
+}
+
+fn scalar(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(ConfigError(format!(
+            "`{key}`: use a string, a number or true/false"
+        ))),
+    }
+}
+
+/// A list of strings kept as one value, its items separated by newlines (which no item may hold).
+fn joined_list(key: &str, items: &[toml::Value]) -> Result<String, ConfigError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        let item = scalar(&format!("{key}[{i}]"), v)?;
+        if item.contains('\n') || item.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "`{key}[{i}]`: an item must be one non-empty line"
+            )));
+        }
+        out.push(item);
+    }
+    Ok(out.join("\n"))
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Raw) -> Result<(), ConfigError> {
     for (k, v) in table {
         let key = if prefix.is_empty() {
             k.clone()
@@ -143,19 +218,48 @@ fn flatten(
         };
         match v {
             toml::Value::Table(t) => flatten(&key, t, out)?,
-            toml::Value::String(s) => {
-                out.insert(key, s.clone());
+            toml::Value::Array(items) => {
+                if let Some((_, item_keys, _)) = TABLE_LISTS.iter().find(|(n, _, _)| *n == key) {
+                    let mut tables = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let here = format!("{key}[{i}]");
+                        let toml::Value::Table(t) = item else {
+                            return Err(ConfigError(format!(
+                                "`{here}`: must be a table ([[{key}]])"
+                            )));
+                        };
+                        let mut fields = BTreeMap::new();
+                        for (field, value) in t {
+                            if !item_keys.iter().any(|(n, _)| n == field) {
+                                return Err(ConfigError(format!(
+                                    "unknown key `{here}.{field}`; known keys of {key}: {}",
+                                    item_keys
+                                        .iter()
+                                        .map(|(n, _)| *n)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )));
+                            }
+                            let text = match value {
+                                toml::Value::Array(list) => {
+                                    joined_list(&format!("{here}.{field}"), list)?
+                                }
+                                other => scalar(&format!("{here}.{field}"), other)?,
+                            };
+                            fields.insert(field.clone(), text);
+                        }
+                        tables.push(fields);
+                    }
+                    out.tables.insert(key, tables);
+                } else if STRING_LISTS.contains(&key.as_str()) {
+                    out.values.insert(key.clone(), joined_list(&key, items)?);
+                } else {
+                    return Err(ConfigError(format!("`{key}`: takes one value, not a list")));
+                }
             }
-            toml::Value::Integer(i) => {
-                out.insert(key, i.to_string());
-            }
-            toml::Value::Boolean(b) => {
-                out.insert(key, b.to_string());
-            }
-            _ => {
-                return Err(ConfigError(format!(
-                    "`{key}`: use a string, a number or true/false"
-                )))
+            other => {
+                let text = scalar(&key, other)?;
+                out.values.insert(key, text);
             }
         }
     }
@@ -173,26 +277,52 @@ impl Settings {
         cli: &CliOverrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut raw = BTreeMap::new();
+        let mut file = Raw::default();
         if let Some(path) = &cli.config_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read the configuration file: {e}")))?;
             let table: toml::Table = toml::from_str(&text).map_err(|e| {
                 ConfigError(format!("the configuration file is not valid TOML: {e}"))
             })?;
-            flatten("", &table, &mut raw)?;
-            if let Some(unknown) = raw.keys().find(|k| !KEYS.iter().any(|(n, _)| n == k)) {
+            flatten("", &table, &mut file)?;
+            if let Some(unknown) = file
+                .values
+                .keys()
+                .find(|k| !KEYS.iter().any(|(n, _)| n == k))
+            {
                 return Err(ConfigError(format!(
                     "unknown key `{unknown}` in the configuration file; known keys: {}",
-                    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    KEYS.iter()
+                        .map(|(k, _)| *k)
+                        .chain(TABLE_LISTS.iter().map(|(k, _, _)| *k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
+        let Raw {
+            values: mut raw,
+            tables,
+        } = file;
         let env: BTreeMap<String, String> = env.into_iter().collect();
         for (key, _) in KEYS {
             if let Some(v) = env.get(&env_name(key)) {
-                raw.insert((*key).to_owned(), v.clone());
+                let v = if STRING_LISTS.contains(key) {
+                    v.split(',').map(str::trim).collect::<Vec<_>>().join("\n")
+                } else {
+                    v.clone()
+                };
+                raw.insert((*key).to_owned(), v);
             }
+        }
+        if let Some((key, _, _)) = TABLE_LISTS
+            .iter()
+            .find(|(k, _, _)| env.contains_key(&env_name(k)))
+        {
+            return Err(ConfigError(format!(
+                "{} cannot be set in the environment: `{key}` is a list of tables; set it in the configuration file ([[{key}]])",
+                env_name(key)
+            )));
         }
         if let Some(unknown) = env
             .keys()
@@ -212,10 +342,14 @@ impl Settings {
                 raw.insert(key.to_owned(), v.clone());
             }
         }
-        Self::from_raw(&raw, cli.dev)
+        Self::from_raw(&raw, &tables, cli.dev)
     }
 
-    fn from_raw(raw: &BTreeMap<String, String>, dev: bool) -> Result<Self, ConfigError> {
+    fn from_raw(
+        raw: &BTreeMap<String, String>,
+        tables: &BTreeMap<String, Vec<BTreeMap<String, String>>>,
+        dev: bool,
+    ) -> Result<Self, ConfigError> {
         let get = |k: &str| {
             raw.get(k)
                 .map(|s| s.trim().to_owned())
@@ -258,22 +392,8 @@ impl Settings {
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(bad("base_url", "must start with http:// or https://"));
         }
-        let algorithm = match get("auth.algorithm").as_deref().unwrap_or("RS512") {
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            other => {
-                return Err(bad(
-                    "auth.algorithm",
-                    format!("'{other}' is not a supported public-key algorithm"),
-                ))
-            }
-        };
+        let algorithm = algorithm(get("auth.algorithm").as_deref().unwrap_or("RS512"))
+            .map_err(|why| bad("auth.algorithm", why))?;
         let public_key_file = get("auth.public_key_file").map(PathBuf::from);
         let issuer = get("auth.issuer");
         if public_key_file.is_some() && issuer.is_none() {
@@ -281,6 +401,24 @@ impl Settings {
                 "auth.issuer",
                 "is required when auth.public_key_file is set",
             ));
+        }
+        let audiences: Vec<String> = match get("auth.audience") {
+            Some(list) => list
+                .lines()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            None => vec!["cpis-fhir".to_owned()],
+        };
+        let mut issuers = issuer_tables(tables, &audiences)?;
+        if let (Some(file), Some(iss)) = (&public_key_file, &issuer) {
+            issuers.push(IssuerSettings {
+                issuer: iss.clone(),
+                public_key_file: file.clone(),
+                algorithm,
+                kid: get("auth.kid"),
+                audiences: audiences.clone(),
+            });
         }
         let size = |k: &str, default: u64, min: u64| -> Result<usize, ConfigError> {
             usize::try_from(parse_num(k, default, min)?).map_err(|_| bad(k, "too large"))
@@ -356,7 +494,12 @@ impl Settings {
             notify_allow_loopback: parse_bool("notify_allow_http_loopback", dev)?,
             auth: AuthSettings {
                 issuer,
-                audience: get("auth.audience").unwrap_or_else(|| "cpis-fhir".to_owned()),
+                audience: audiences
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "cpis-fhir".to_owned()),
+                audiences,
+                issuers,
                 public_key_file,
                 algorithm,
                 kid: get("auth.kid"),
@@ -376,8 +519,71 @@ impl Settings {
             "data_dir".to_owned(),
             data_dir.to_string_lossy().into_owned(),
         );
-        Self::from_raw(&raw, dev)
+        Self::from_raw(&raw, &BTreeMap::new(), dev)
     }
+}
+
+/// A public-key signature algorithm by its JOSE name (RFC 7518 §3.1).
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    Ok(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        other => return Err(format!("'{other}' is not a supported public-key algorithm")),
+    })
+}
+
+/// The `[[auth.issuers]]` tables, each checked, with the key that names a bad value.
+fn issuer_tables(
+    tables: &BTreeMap<String, Vec<BTreeMap<String, String>>>,
+    default_audiences: &[String],
+) -> Result<Vec<IssuerSettings>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, t) in tables.get("auth.issuers").into_iter().flatten().enumerate() {
+        let here = |field: &str| format!("auth.issuers[{i}].{field}");
+        let field = |name: &str| {
+            t.get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |name: &str| {
+            field(name).ok_or_else(|| ConfigError(format!("`{}`: is required", here(name))))
+        };
+        let issuer = required("issuer")?;
+        let public_key_file = PathBuf::from(required("public_key_file")?);
+        let algorithm = algorithm(field("algorithm").as_deref().unwrap_or("RS512"))
+            .map_err(|why| ConfigError(format!("`{}`: {why}", here("algorithm"))))?;
+        let audiences = match field("audience") {
+            Some(list) => list
+                .lines()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            None => default_audiences.to_vec(),
+        };
+        if out
+            .iter()
+            .any(|o: &IssuerSettings| o.issuer == issuer && o.kid == field("kid"))
+        {
+            return Err(ConfigError(format!(
+                "`{}`: issuer '{issuer}' is listed twice with the same kid",
+                here("issuer")
+            )));
+        }
+        out.push(IssuerSettings {
+            issuer,
+            public_key_file,
+            algorithm,
+            kid: field("kid"),
+            audiences,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -452,5 +658,65 @@ mod tests {
         };
         let e = load(&[], cli).err();
         assert!(e.is_some_and(|e| e.to_string().contains("lisen")));
+    }
+
+    fn load_file(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError(e.to_string()))?;
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).map_err(|e| ConfigError(e.to_string()))?;
+        load(
+            env,
+            CliOverrides {
+                config_file: Some(file),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_list_of_issuers_is_read_from_tables_with_defaults_and_the_single_key_form_still_works() {
+        let s = load_file(
+            "[auth]\naudience = [\"cpis-fhir\", \"cpis-next\"]\nissuer = \"https://old\"\npublic_key_file = \"old.pem\"\n\n\
+             [[auth.issuers]]\nissuer = \"https://idp-a\"\npublic_key_file = \"a.pem\"\nalgorithm = \"PS256\"\nkid = \"k1\"\n\n\
+             [[auth.issuers]]\nissuer = \"https://idp-b\"\npublic_key_file = \"b.pem\"\naudience = \"b-only\"\n",
+            &[],
+        )
+        .unwrap();
+        let iss: Vec<_> = s.auth.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        assert_eq!(iss, ["https://idp-a", "https://idp-b", "https://old"]);
+        assert_eq!(s.auth.issuers[0].algorithm, Algorithm::PS256);
+        assert_eq!(s.auth.issuers[0].kid.as_deref(), Some("k1"));
+        assert_eq!(s.auth.issuers[0].audiences, ["cpis-fhir", "cpis-next"]);
+        assert_eq!(s.auth.issuers[1].algorithm, Algorithm::RS512);
+        assert_eq!(s.auth.issuers[1].audiences, ["b-only"]);
+        assert_eq!(s.auth.audience, "cpis-fhir");
+    }
+
+    #[test]
+    fn a_bad_key_or_value_inside_a_list_is_named_by_its_place() {
+        let e = load_file(
+            "[[auth.issuers]]\nissuer = \"x\"\npublic_key_file = \"a\"\ncolour = \"blue\"\n",
+            &[],
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("auth.issuers[0].colour")));
+        let e = load_file(
+            "[[auth.issuers]]\nissuer = \"x\"\npublic_key_file = \"a\"\n[[auth.issuers]]\nissuer = \"y\"\npublic_key_file = \"b\"\nalgorithm = \"HS256\"\n",
+            &[],
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("auth.issuers[1].algorithm")));
+        let e = load_file("[[auth.issuers]]\nissuer = \"x\"\n", &[]);
+        assert!(e.is_err_and(|e| e.to_string().contains("auth.issuers[0].public_key_file")));
+        let e = load_file("listen = [\"a\", \"b\"]\n", &[]);
+        assert!(e.is_err_and(|e| e.to_string().contains("`listen`: takes one value")));
+        let e = load_file("[limits]\nwait_secs = 0\n", &[]);
+        assert!(e.is_err_and(|e| e.to_string().contains("limits.wait_secs")));
+    }
+
+    #[test]
+    fn a_string_list_comes_comma_separated_from_the_environment_and_a_table_list_not_at_all() {
+        let s = load(&[("CPIS_AUTH_AUDIENCE", "a, b")], CliOverrides::default()).unwrap();
+        assert_eq!(s.auth.audiences, ["a", "b"]);
+        let e = load(&[("CPIS_AUTH_ISSUERS", "x")], CliOverrides::default());
+        assert!(e.is_err_and(|e| e.to_string().contains("configuration file")));
     }
 }

@@ -151,10 +151,44 @@ impl Role {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// Unscheduled care: its accesses are unscheduled unless the request says otherwise, go into
+    /// the person's access history and are notified to the council (DOMAIN.md "Who may do
+    /// what").
+    pub fn is_unscheduled_care(self) -> bool {
+        self == Role::Clinician
+    }
+
     /// Care-setting roles: they reach records only through the audited look-up.
     pub fn is_clinician(self) -> bool {
         matches!(self, Role::Clinician | Role::ClinicianScheduled)
     }
+}
+
+/// The verified caller of a request (made from a bearer token by `auth`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// The token subject: an SDS user id for people, a client id for council systems.
+    pub user_id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    /// The caller's organisation (ODS code).
+    pub org: OdsCode,
+    /// The token issuer, which identifies the calling system.
+    pub issuer: String,
+}
+
+/// The role recorded on AuditEvents written by the service itself (the record lifecycle).
+pub const SYSTEM_ROLE: &str = "system";
+/// The role recorded on AuditEvents of refused authentications (no verified caller).
+pub const AUTH_ROLE: &str = "unauthenticated";
+
+/// The time now, injected so that date rules (retention, age 18) are tested at their
+/// boundaries.
+pub type Clock = std::sync::Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
+
+/// The real clock.
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(chrono::Utc::now)
 }
 
 #[cfg(test)]

@@ -393,18 +393,6 @@ fn flag_resource(r: &Record, council: &OdsCode, plan_system: &str) -> Value {
     })
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// One batch Bundle for `rows`, and for each row the index of its Flag entry and of the entry
 /// that carries its person (people on several rows are sent once per Bundle).
 fn bundle(rows: &[Record], council: &OdsCode, plan_system: &str) -> (Value, Vec<(usize, usize)>) {
@@ -430,7 +418,7 @@ fn bundle(rows: &[Record], council: &OdsCode, plan_system: &str) -> (Value, Vec<
                 "method": "PUT",
                 "url": format!(
                     "Flag?identifier={}",
-                    percent_encode(&format!("{plan_system}|{}", r.reference))
+                    crate::fhir::percent::encode_strict(&format!("{plan_system}|{}", r.reference))
                 ),
             },
         }));
@@ -785,7 +773,7 @@ mod tests {
     #[test]
     fn conditional_urls_escape_the_plan_reference() {
         assert_eq!(
-            percent_encode("https://x/y|A 1"),
+            crate::fhir::percent::encode_strict("https://x/y|A 1"),
             "https%3A%2F%2Fx%2Fy%7CA%201"
         );
     }

@@ -24,9 +24,7 @@ use crate::error::{ApiError, Outcome};
 use crate::fhir::format::{self, Format};
 use crate::state::AppState;
 
-/// The request's id, available to handlers through request extensions.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub use crate::audit::RequestId;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -195,7 +193,7 @@ fn refused(req: &ServiceRequest) -> Option<ApiError> {
             limits.max_query_params
         )));
     }
-    let path = crate::api::rules::percent_decode(req.path());
+    let path = crate::fhir::percent::decode(req.path());
     if path.is_none_or(|p| p.chars().any(|c| !crate::fhir::json::allowed_char(c))) {
         return Some(ApiError::InvalidSearch(
             "the path holds a control character or a malformed %-escape".into(),

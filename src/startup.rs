@@ -17,23 +17,34 @@ use crate::store::Store;
 /// unless in dev mode.
 pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String> {
     let profiles = Profiles::load()?;
-    let mut verifier = Verifier::new(
+    let verifier = Verifier::new(
         settings.auth.leeway_secs,
         settings.auth.max_token_lifetime_secs,
     );
-    if let (Some(file), Some(issuer)) = (&settings.auth.public_key_file, &settings.auth.issuer) {
-        let pem = std::fs::read(file).map_err(|e| {
-            format!("configuration: `auth.public_key_file` (CPIS_AUTH_PUBLIC_KEY_FILE): cannot read {}: {e}", file.display())
+    for (i, trusted) in settings.auth.issuers.iter().enumerate() {
+        let pem = std::fs::read(&trusted.public_key_file).map_err(|e| {
+            format!(
+                "configuration: trusted issuer {} ({}): cannot read the public key file {}: {e}",
+                i + 1,
+                trusted.issuer,
+                trusted.public_key_file.display()
+            )
         })?;
         verifier
             .add_key(
                 &pem,
-                settings.auth.algorithm,
-                issuer,
-                &settings.auth.audience,
-                settings.auth.kid.clone(),
+                trusted.algorithm,
+                &trusted.issuer,
+                &trusted.audiences,
+                trusted.kid.clone(),
             )
-            .map_err(|e| format!("configuration: `auth.public_key_file`: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "configuration: trusted issuer {} ({}): {e}",
+                    i + 1,
+                    trusted.issuer
+                )
+            })?;
     }
     if settings.dev {
         let pem = dev::ensure_key(&settings.data_dir)?;
@@ -41,7 +52,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
             &pem,
             dev::DEV_ALGORITHM,
             dev::DEV_ISSUER,
-            &settings.auth.audience,
+            &settings.auth.audiences,
             Some(dev::DEV_KID.to_owned()),
         )?;
     }
@@ -60,46 +71,17 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
             )
         })?;
     }
-    let store = Store::open(&settings.database_url, settings.db_read_pool_size)?;
-    let capability = crate::fhir::capability::statement(&settings.base_url);
-    let lifecycle = match settings.lifecycle_interval {
-        Some(every) => {
-            let alive = std::sync::Arc::new(());
-            let rules = crate::lifecycle::Rules::of(&settings);
-            crate::lifecycle::start_scheduler(
-                store.clone(),
-                rules,
-                clock.clone(),
-                every,
-                std::sync::Arc::downgrade(&alive),
-            )?;
-            Some(alive)
-        }
-        None => None,
-    };
+    let mut background = crate::tasks::Tasks::new();
+    let store = Store::open_in(
+        &settings.database_url,
+        settings.db_read_pool_size,
+        &mut background,
+    )?;
+    let capability = crate::api::capability::statement(&settings.base_url);
     let notifier = crate::notify::Notifier::new(store.clone(), clock.clone(), &settings);
-    let notify = match settings.notify_interval {
-        Some(every) => {
-            let alive = std::sync::Arc::new(());
-            crate::notify::start(notifier.clone(), every, std::sync::Arc::downgrade(&alive))?;
-            Some(alive)
-        }
-        None => None,
-    };
     let refusals = std::sync::Arc::new(crate::audit::refusals::Refusals::new(
         settings.auth.failure_fold_secs,
     ));
-    // Like the notification worker, the flusher runs on its own only when background work is
-    // on; tests step it through the refusals themselves.
-    if let (Some(every), Some(alive)) = (settings.notify_interval, &notify) {
-        crate::audit::refusals::start_flusher(
-            refusals.clone(),
-            store.clone(),
-            clock.clone(),
-            every.max(std::time::Duration::from_secs(1)),
-            std::sync::Arc::downgrade(alive),
-        )?;
-    }
     let budget = crate::limits::Budget::new(
         settings.limits.bodies_in_flight,
         settings.limits.parsed_in_flight,
@@ -108,37 +90,96 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
     Ok(AppState {
         budget,
         store,
-        verifier,
+        verifier: std::sync::Arc::new(verifier),
         profiles,
         settings,
         clock,
         capability,
-        _lifecycle: lifecycle,
         notifier,
-        _notify: notify,
         refusals,
+        background,
     })
+}
+
+/// Starts the background work the settings turn on, on `tasks`: the record lifecycle, the
+/// notification worker and, with it, the refused-authentication flusher. (Tests turn them off
+/// and step the notifier and the refusals themselves.)
+fn start_background(state: &AppState, tasks: &mut crate::tasks::Tasks) -> std::io::Result<()> {
+    let settings = &state.settings;
+    let failed = |e: crate::tasks::TaskError| std::io::Error::other(e.to_string());
+    if let Some(every) = settings.lifecycle_interval {
+        let (store, rules, clock) = (
+            state.store.clone(),
+            state.lifecycle_rules(),
+            state.clock.clone(),
+        );
+        tasks
+            .spawn("lifecycle", move |stop| {
+                crate::records::lifecycle::run_scheduler(stop, store, rules, clock, every)
+            })
+            .map_err(failed)?;
+    }
+    if let Some(every) = settings.notify_interval {
+        let notifier = state.notifier.clone();
+        let wake = state.notifier.wake.clone();
+        tasks
+            .spawn("notify", move |stop| {
+                crate::notify::run_worker(stop, notifier, every)
+            })
+            .map_err(failed)?;
+        tasks.on_stop(move || wake.wake());
+        let (refusals, store, clock) = (
+            state.refusals.clone(),
+            state.store.clone(),
+            state.clock.clone(),
+        );
+        tasks
+            .spawn("refusals", move |stop| {
+                crate::audit::refusals::run_flusher(
+                    stop,
+                    refusals,
+                    store,
+                    clock,
+                    every.max(std::time::Duration::from_secs(1)),
+                )
+            })
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The largest `POST …/_search` form body read.
 pub const SEARCH_FORM_LIMIT: usize = 16 * 1024;
 
-/// A bound, not yet running, server.
+/// How long a stopping server waits for its background tasks (the notifier's current post,
+/// a lifecycle run) to finish; past it they are named in the log and left to the process's end.
+const TASKS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A bound server and the background work it owns.
+///
+/// SIGTERM or Ctrl-C (or [`Application::handle`]'s `stop(true)`) stops it gracefully: actix
+/// stops accepting connections and lets requests in flight finish (up to 30 s), then the
+/// background tasks are stopped between steps and joined.
 pub struct Application {
     pub port: u16,
     server: actix_web::dev::Server,
+    tasks: crate::tasks::Tasks,
 }
 
 impl Application {
-    /// Binds the listener and builds the server over `state`.
-    pub fn build(state: AppState, listener: TcpListener) -> std::io::Result<Self> {
+    /// Binds the listener, builds the server over `state` and starts its background work.
+    pub fn build(mut state: AppState, listener: TcpListener) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
+        let mut tasks = std::mem::take(&mut state.background);
+        start_background(&state, &mut tasks)?;
         let workers = state.settings.workers;
         let max_connections = state.settings.limits.max_connections;
+        let verifier = web::Data::from(std::sync::Arc::clone(&state.verifier));
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(verifier.clone())
                 // The only bodies read whole by an extractor are `_search` forms: a few
                 // parameters (resource bodies are read by `api::http::receive`).
                 .app_data(web::PayloadConfig::new(SEARCH_FORM_LIMIT))
@@ -148,16 +189,83 @@ impl Application {
         })
         .workers(workers)
         .max_connections(max_connections)
+        // Signals are the process's business (`stop_on_signals`): actix's own handling would
+        // stop at once on Ctrl-C, dropping requests in flight.
+        .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            tasks,
+        })
     }
 
-    pub fn server(self) -> actix_web::dev::Server {
-        self.server
+    /// Stops the server from elsewhere (tests, tools).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
     }
 
+    /// SIGTERM and SIGINT (Ctrl-C) stop the server gracefully: requests in flight finish, the
+    /// background tasks finish their current step. A second signal changes nothing; the
+    /// graceful stop is bounded anyway (30 s for requests, 30 s for tasks).
+    pub fn stop_on_signals(&self) {
+        let handle = self.handle();
+        actix_web::rt::spawn(async move {
+            let signal = stop_signal().await;
+            log::info!("{signal} received: stopping gracefully (requests in flight finish first)");
+            handle.stop(true).await;
+        });
+    }
+
+    /// Serves until stopped, then stops and joins the background tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        log::info!("server stopped; stopping background tasks");
+        let tasks = self.tasks;
+        let late = actix_web::rt::task::spawn_blocking(move || tasks.shutdown(TASKS_PATIENCE))
+            .await
+            .unwrap_or_default();
+        if late.is_empty() {
+            log::info!("stopped");
+        } else {
+            log::warn!(
+                "stopped; background tasks still running: {}",
+                late.join(", ")
+            );
+        }
+        served
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                let ctrl_c = actix_web::rt::signal::ctrl_c();
+                futures_util::pin_mut!(ctrl_c);
+                let term = term.recv();
+                futures_util::pin_mut!(term);
+                match futures_util::future::select(term, ctrl_c).await {
+                    futures_util::future::Either::Left(_) => "SIGTERM",
+                    futures_util::future::Either::Right(_) => "SIGINT",
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot listen for SIGTERM ({e}); only Ctrl-C stops the server gracefully"
+                );
+                let _ = actix_web::rt::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+        "Ctrl-C"
     }
 }

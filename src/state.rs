@@ -10,42 +10,47 @@ use crate::config::Settings;
 use crate::fhir::profile::Profiles;
 use crate::store::Store;
 
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub use crate::domain::{system_clock, Clock};
 
 pub struct AppState {
     pub store: Store,
     /// What request bodies may hold at once (see `limits`).
     pub budget: crate::limits::Budget,
-    pub verifier: Verifier,
+    /// Shared with the request extractor (`auth::caller_of`); its keys can be replaced at
+    /// run time.
+    pub verifier: Arc<Verifier>,
     pub profiles: Profiles,
     pub settings: Settings,
     pub clock: Clock,
     /// The CapabilityStatement: fixed for the life of the server, so built once.
     pub capability: serde_json::Value,
-    /// The lifecycle scheduler runs while this is held (it stops with the server).
-    pub _lifecycle: Option<Arc<()>>,
     /// The notification worker (stepped by tests; run by its own thread otherwise).
     pub notifier: crate::notify::Notifier,
-    /// The notification worker's thread runs while this is held.
-    pub _notify: Option<Arc<()>>,
     /// Refused authentications, folded before they are audited.
     pub refusals: Arc<crate::audit::refusals::Refusals>,
+    /// Background work started with the state (the SQLite checkpointer); `Application` takes
+    /// it over, adds the rest and stops it all at shutdown.
+    pub background: crate::tasks::Tasks,
 }
 
 impl AppState {
     /// The lifecycle's windows, from the settings.
-    pub fn lifecycle_rules(&self) -> crate::lifecycle::Rules {
-        crate::lifecycle::Rules::of(&self.settings)
+    pub fn lifecycle_rules(&self) -> crate::records::lifecycle::Rules {
+        crate::records::lifecycle::Rules::of(&self.settings)
     }
 }
 
 impl AppState {
+    /// Where this server's audited reads are written (see `audit::disclose`).
+    pub fn trail(&self) -> crate::audit::Trail<'_> {
+        crate::audit::Trail {
+            store: &self.store,
+            clock: &self.clock,
+            wake: &self.notifier.wake,
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
-}
-
-/// The real clock.
-pub fn system_clock() -> Clock {
-    Arc::new(Utc::now)
 }

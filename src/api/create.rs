@@ -7,9 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::api::http::{history_url, submitted, Reply};
 use crate::api::subscription;
 use crate::api::write::{self, Op, PlanRef};
-use crate::auth::{policy, Caller};
+use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
 use crate::fhir::{organization, patient, subscription as fhir_subscription};
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 use crate::store::{self, councils, subscriptions};
 
@@ -19,7 +20,7 @@ pub async fn create_patient(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let value = submitted(&req, payload, &state, "Patient").await?;
     let input = patient::parse(
         &value,
@@ -53,7 +54,7 @@ pub async fn create_flag(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let condition = if_none_exist(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
     let input = write::flag_input(&state, &caller, &value)?;
@@ -73,7 +74,7 @@ pub async fn create_organization(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_admin(&caller)?;
+    decide(&caller, Action::ManageCouncils)?;
     let value = submitted(&req, payload, &state, "Organization").await?;
     let input = organization::parse(&value).map_err(ApiError::Unprocessable)?;
     let row = input.to_row(1, store::micros(state.now()));

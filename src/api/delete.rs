@@ -11,9 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::api::http::if_match;
 use crate::api::update::plan_ref_of;
 use crate::api::write::{self, FlagTarget, Op};
-use crate::auth::{policy, Caller};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::nhs_number::NhsNumber;
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 use crate::store::subscriptions;
 
@@ -23,7 +24,7 @@ pub async fn delete_flag(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let op = Op::DeleteFlag {
         target: FlagTarget::Id(path.into_inner()),
         expected: if_match(&req)?,
@@ -39,7 +40,7 @@ pub async fn conditional_delete_flag(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let op = Op::DeleteFlag {
         target: FlagTarget::Ref(plan_ref_of(&req)?),
         expected: if_match(&req)?,
@@ -55,7 +56,7 @@ pub async fn delete_patient(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let nhs = NhsNumber::parse(&path, state.settings.allow_test_nhs_numbers)
         .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
     write::apply(&state, &caller, Op::DeletePatient(nhs))
@@ -81,7 +82,7 @@ pub async fn delete_subscription(
             crate::api::subscription::require_owner(&caller, &current)?;
             crate::api::http::check_version(expected, current.version)?;
             subscriptions::delete(conn, &id)?;
-            Ok(())
+            Ok::<_, ApiError>(())
         })
         .await?;
     Ok(HttpResponse::NoContent().finish())

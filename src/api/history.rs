@@ -7,9 +7,9 @@ use serde_json::json;
 
 use crate::api::http::Reply;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
-use crate::auth::policy;
 use crate::error::ApiError;
 use crate::fhir::{flag, instant};
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 use crate::store::{councils, flags};
 
@@ -26,11 +26,15 @@ pub async fn flag_history(
         subtype: "history-instance",
         listable: false,
     };
-    let (versions, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
-        policy::require_history_reader(&ctx.caller)?;
+    let (versions, council) = disclose(state.trail(), ctx, what, None, move |conn, ctx| {
+        let scope = decide(&ctx.caller, Action::ReadFlagHistory)?;
         let current = flags::get(conn, &lookup)?
             .ok_or_else(|| ApiError::NotFound(format!("Flag/{lookup} does not exist")))?;
-        policy::require_responsible(&ctx.caller, &current.la_ods)?;
+        if !scope.covers_council(&current.la_ods) {
+            return Err(ApiError::Forbidden(
+                "this record belongs to another council".into(),
+            ));
+        }
         let council = councils::get(conn, &current.la_ods)?;
         let versions = flags::versions(conn, &lookup)?;
         let mut d = Disclosure::about(Some(current.nhs_number.clone()));

@@ -1,6 +1,7 @@
 //! The FHIR REST surface: one file per interaction, and every route registered here, in one
 //! table that the CapabilityStatement is generated from (FHIR R4 §3.1.0 "RESTful API").
 
+pub mod capability;
 pub mod conformance;
 pub mod create;
 pub mod delete;
@@ -9,7 +10,6 @@ pub mod http;
 pub mod metadata;
 pub mod purge;
 pub mod read;
-pub mod rules;
 pub mod search;
 pub mod subscription;
 pub mod subscription_events;
@@ -62,6 +62,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/Patient/{id}", Some("Patient"), "read", read::read_patient),
     endpoint!(put, "/Patient/{id}", Some("Patient"), "update", update::update_patient),
     endpoint!(delete, "/Patient/{id}", Some("Patient"), "delete", delete::delete_patient),
+    endpoint!(get, "/Patient/{id}/_history/{vid}", Some("Patient"), "vread", read::vread_patient),
     endpoint!(get, "/Flag", Some("Flag"), "search-type", search::search_flags),
     endpoint!(post, "/Flag", Some("Flag"), "create", create::create_flag),
     endpoint!(put, "/Flag", Some("Flag"), "update", update::conditional_update_flag),
@@ -75,6 +76,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(post, "/Organization", Some("Organization"), "create", create::create_organization),
     endpoint!(get, "/Organization/{id}", Some("Organization"), "read", read::read_organization),
     endpoint!(put, "/Organization/{id}", Some("Organization"), "update", update::update_organization),
+    endpoint!(get, "/Organization/{id}/_history/{vid}", Some("Organization"), "vread", read::vread_organization),
     endpoint!(get, "/AuditEvent", Some("AuditEvent"), "search-type", search::search_audit_events),
     endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
     endpoint!(post, "/Subscription/_search", Some("Subscription"), "search-type", search::search_subscriptions),
@@ -83,6 +85,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/Subscription/{id}", Some("Subscription"), "read", read::read_subscription),
     endpoint!(put, "/Subscription/{id}", Some("Subscription"), "update", update::update_subscription),
     endpoint!(delete, "/Subscription/{id}", Some("Subscription"), "delete", delete::delete_subscription),
+    endpoint!(get, "/Subscription/{id}/_history/{vid}", Some("Subscription"), "vread", read::vread_subscription),
     endpoint!(get, "/Subscription/{id}/$status", Some("Subscription"), "operation", subscription_status::subscription_status),
     endpoint!(get, "/Subscription/{id}/$events", Some("Subscription"), "operation", subscription_events::subscription_events),
     endpoint!(get, "/Basic/{id}", Some("Basic"), "read", conformance::read_basic),

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 
 use crate::api::http::Reply;
 use crate::auth::Caller;
-use crate::domain::Role;
 use crate::error::ApiError;
-use crate::lifecycle::{self, Trigger};
 use crate::middleware::RequestId;
+use crate::records::lifecycle::{self, Trigger};
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 
 pub async fn purge(
@@ -18,11 +18,7 @@ pub async fn purge(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if caller.role != Role::Admin {
-        return Err(ApiError::Forbidden(
-            "only administrators run the record lifecycle".into(),
-        ));
-    }
+    decide(&caller, Action::RunLifecycle)?;
     let trigger = Trigger::Operation {
         user_id: caller.user_id.clone(),
         org: caller.org.as_str().to_owned(),

@@ -10,17 +10,22 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::Reply;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
-use crate::auth::{policy, Caller};
-use crate::domain::Role;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::fhir::{audit_event, flag, organization, patient};
 use crate::nhs_number::NhsNumber;
+use crate::records::policy::{decide, Action, Scope};
 use crate::state::AppState;
+use crate::store::councils::CouncilRow;
+use crate::store::patients::PatientRow;
 use crate::store::{audit as audit_store, councils, flags, patients};
 
 /// The date before which an ended plan is past its retention window.
 pub fn visible_since(state: &AppState) -> String {
-    crate::lifecycle::visible_since(state.now().date_naive(), state.settings.retention_months)
+    crate::records::lifecycle::visible_since(
+        state.now().date_naive(),
+        state.settings.retention_months,
+    )
 }
 
 pub async fn read_patient(
@@ -29,40 +34,80 @@ pub async fn read_patient(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = path.into_inner();
+    let row = disclosed_patient(&state, ctx, path.into_inner(), None).await?;
+    Reply::ok(patient::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
+}
+
+/// `GET /Patient/{id}/_history/{vid}`: this server keeps only a person's current demographics,
+/// so the current version is the one version it can show (the `Location` of every write names
+/// it); any other is 404, saying which version is current.
+pub async fn vread_patient(
+    req: HttpRequest,
+    ctx: AccessContext,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, vid) = path.into_inner();
+    let row = disclosed_patient(&state, ctx, id, Some(vid)).await?;
+    Reply::ok(patient::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
+}
+
+/// Only the current version is kept: `vid` must name it.
+fn current_version(resource: &str, id: &str, vid: &str, current: i64) -> Result<(), ApiError> {
+    if vid.parse::<i64>().ok() == Some(current) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "{resource}/{id} has no version '{vid}' here: only the current version ({current}) of a {resource} is kept"
+        )))
+    }
+}
+
+/// The audited read of one person (`vid`: a vread of that version).
+async fn disclosed_patient(
+    state: &AppState,
+    ctx: AccessContext,
+    raw: String,
+    vid: Option<String>,
+) -> Result<PatientRow, ApiError> {
     let allow_test = state.settings.allow_test_nhs_numbers;
-    let since = visible_since(&state);
+    let since = visible_since(state);
     let hint = (raw.len() == 10).then(|| raw.clone());
     let what = Interaction {
         resource_type: "Patient",
-        subtype: "read",
+        subtype: if vid.is_some() { "vread" } else { "read" },
         listable: true,
     };
-    let row = disclose(&state, ctx, what, hint, move |conn, ctx| {
+    disclose(state.trail(), ctx, what, hint, move |conn, ctx| {
         let nhs = NhsNumber::parse(&raw, allow_test)
             .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
         let not_found = || ApiError::NotFound(format!("Patient/{nhs} is not on CP-IS"));
         let row = patients::get(conn, nhs.as_str())?.ok_or_else(not_found)?;
-        let role = ctx.caller.role;
-        if role == Role::Council
-            && row.created_by != ctx.caller.org.as_str()
-            && !patients::council_holds_flag(conn, nhs.as_str(), ctx.caller.org.as_str())?
-        {
-            // The same answer as for a person not on CP-IS: a council learns nothing of other
-            // councils' records (README "Demographics integrity").
+        let scope = decide(&ctx.caller, Action::ReadRecord)?;
+        if let Some(own) = scope.council() {
+            if row.created_by != own.as_str()
+                && !patients::council_holds_flag(conn, nhs.as_str(), own.as_str())?
+            {
+                // The same answer as for a person not on CP-IS: a council learns nothing of
+                // other councils' records (README "Demographics integrity").
+                return Err(not_found());
+            }
+        }
+        if scope.is_clinician() && !flags::has_visible(conn, nhs.as_str(), &since)? {
             return Err(not_found());
         }
-        if role.is_clinician() && !flags::has_visible(conn, nhs.as_str(), &since)? {
-            return Err(not_found());
+        if let Some(vid) = &vid {
+            current_version("Patient", nhs.as_str(), vid, row.version)?;
         }
         let mut d = Disclosure::about(Some(nhs.as_str().to_owned()));
         d.reference(format!("Patient/{nhs}/_history/{}", row.version));
         Ok((row, d))
     })
-    .await?;
-    Reply::ok(patient::render(&row))
-        .versioned(row.version, row.updated_at)
-        .into_response(&req)
+    .await
 }
 
 pub async fn read_flag(
@@ -78,11 +123,16 @@ pub async fn read_flag(
         subtype: "read",
         listable: true,
     };
-    let (row, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
+    let (row, council) = disclose(state.trail(), ctx, what, None, move |conn, ctx| {
         let not_found = || ApiError::NotFound(format!("Flag/{id} does not exist"));
         let row = flags::get(conn, &id)?.ok_or_else(not_found)?;
-        policy::require_responsible(&ctx.caller, &row.la_ods)?;
-        if ctx.caller.role.is_clinician() && !flags::visible_to_clinicians(&row, &since) {
+        let scope = decide(&ctx.caller, Action::ReadRecord)?;
+        if !scope.covers_council(&row.la_ods) {
+            return Err(ApiError::Forbidden(
+                "this record belongs to another council".into(),
+            ));
+        }
+        if scope.is_clinician() && !flags::visible_to_clinicians(&row, &since) {
             return Err(not_found());
         }
         let council = councils::get(conn, &row.la_ods)?;
@@ -101,21 +151,44 @@ pub async fn read_flag(
 
 pub async fn read_organization(
     req: HttpRequest,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ods = path.into_inner();
-    let row = state
+    let row = organization_row(&state, &caller, path.into_inner()).await?;
+    Reply::ok(organization::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
+}
+
+/// `GET /Organization/{id}/_history/{vid}`: the current version only (as for Patient).
+pub async fn vread_organization(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (ods, vid) = path.into_inner();
+    let row = organization_row(&state, &caller, ods).await?;
+    current_version("Organization", &row.ods_code, &vid, row.version)?;
+    Reply::ok(organization::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
+}
+
+async fn organization_row(
+    state: &AppState,
+    caller: &Caller,
+    ods: String,
+) -> Result<CouncilRow, ApiError> {
+    decide(caller, Action::ReadCouncils)?;
+    state
         .store
         .read(move |conn| {
             councils::get(conn, &ods)?
                 .ok_or_else(|| ApiError::NotFound(format!("Organization/{ods} does not exist")))
         })
-        .await?;
-    Reply::ok(organization::render(&row))
-        .versioned(row.version, row.updated_at)
-        .into_response(&req)
+        .await
 }
 
 pub async fn read_audit_event(
@@ -130,18 +203,14 @@ pub async fn read_audit_event(
         subtype: "read",
         listable: false,
     };
-    let row = disclose(&state, ctx, what, None, move |conn, ctx| {
+    let row = disclose(state.trail(), ctx, what, None, move |conn, ctx| {
         let row = audit_store::get(conn, &id)?
             .ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{id} does not exist")))?;
-        let allowed = match ctx.caller.role {
-            Role::Auditor | Role::Admin => true,
-            // A council reads the accesses to its own records (its notifications
-            // carry only the AuditEvent id).
-            Role::Council => row
-                .councils
-                .split_whitespace()
-                .any(|c| c == ctx.caller.org.as_str()),
-            _ => false,
+        // A council reads the accesses to its own records (its notifications carry only the
+        // AuditEvent id).
+        let allowed = match decide(&ctx.caller, Action::ReadAuditEvent)? {
+            Scope::OwnCouncil(own) => row.councils.split_whitespace().any(|c| c == own.as_str()),
+            _ => true,
         };
         if !allowed {
             return Err(ApiError::Forbidden(
@@ -165,6 +234,21 @@ pub async fn read_subscription(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let row = crate::api::subscription::owned(&state, &caller, path.into_inner()).await?;
+    Reply::ok(crate::fhir::subscription::render(&row))
+        .versioned(row.version, row.updated_at)
+        .into_response(&req)
+}
+
+/// `GET /Subscription/{id}/_history/{vid}`: the current version only (as for Patient).
+pub async fn vread_subscription(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, vid) = path.into_inner();
+    let row = crate::api::subscription::owned(&state, &caller, id).await?;
+    current_version("Subscription", &row.id, &vid, row.version)?;
     Reply::ok(crate::fhir::subscription::render(&row))
         .versioned(row.version, row.updated_at)
         .into_response(&req)

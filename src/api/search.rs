@@ -14,7 +14,7 @@ use crate::api::http::Reply;
 use crate::api::read::visible_since;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
 use crate::auth::Caller;
-use crate::domain::{FlagStatus, PlanType, Role, ODS_ORG_SYSTEM, SNOMED_SYSTEM};
+use crate::domain::{FlagStatus, PlanType, ODS_ORG_SYSTEM, SNOMED_SYSTEM};
 use crate::error::ApiError;
 use crate::fhir::bundle::{page, Entry, SearchSet};
 use crate::fhir::search::{
@@ -23,6 +23,7 @@ use crate::fhir::search::{
 };
 use crate::fhir::{audit_event, flag, full_date, organization, patient};
 use crate::nhs_number::NhsNumber;
+use crate::records::policy::{decide, Action, Scope};
 use crate::state::AppState;
 use crate::store::audit::{self as audit_store, AuditRow};
 use crate::store::councils::{self, CouncilRow};
@@ -158,7 +159,7 @@ where
         subtype: "search-type",
         listable: resource_type != "AuditEvent",
     };
-    disclose(state, ctx, what, hint, move |conn, ctx| {
+    disclose(state.trail(), ctx, what, hint, move |conn, ctx| {
         let (query, used, count, cursor) = prepared?;
         let (rows, d) = run(conn, &ctx.caller, query, &st, since)?;
         Ok((
@@ -335,9 +336,9 @@ fn run_flag_search(
     mut q: FlagQuery,
     visible_since: String,
 ) -> Result<(FlagPage, Disclosure), ApiError> {
-    match caller.role {
-        Role::Council => q.filter.council = Some(caller.org.as_str().to_owned()),
-        Role::Clinician | Role::ClinicianScheduled => {
+    match decide(caller, Action::SearchRecords)? {
+        Scope::OwnCouncil(own) => q.filter.council = Some(own.as_str().to_owned()),
+        Scope::ClinicianVisible => {
             if q.patient.is_none() {
                 return Err(ApiError::Forbidden(
                     "clinicians look a person up by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
@@ -345,7 +346,7 @@ fn run_flag_search(
             }
             q.filter.visible_since = Some(visible_since);
         }
-        Role::Auditor | Role::Admin => {
+        Scope::All => {
             if q.patient.is_none() {
                 return Err(ApiError::Forbidden(
                     "search Flags by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
@@ -485,28 +486,28 @@ fn run_patient_search(
     let allow_test = state.settings.allow_test_nhs_numbers;
     let nhs = one_patient(p, &["identifier"], &["_id"], allow_test)?;
     let by_name = p.has_any(NAME_PARAMS);
-    if by_name && caller.role != Role::Council {
-        return Err(ApiError::Forbidden(
-            "searching by name or date of birth is not permitted; search by NHS number".into(),
-        ));
-    }
+    let scope = if by_name {
+        decide(caller, Action::SearchPatientsByName)?
+    } else {
+        decide(caller, Action::SearchRecords)?
+    };
     let candidates: Vec<PatientRow> =
-        match (&nhs, caller.role) {
-            (Some(n), Role::Council) => match patients::get(conn, n.as_str())? {
+        match (&nhs, &scope) {
+            (Some(n), Scope::OwnCouncil(own)) => match patients::get(conn, n.as_str())? {
                 Some(row)
-                    if row.created_by == caller.org.as_str()
-                        || patients::council_holds_flag(conn, n.as_str(), caller.org.as_str())? =>
+                    if row.created_by == own.as_str()
+                        || patients::council_holds_flag(conn, n.as_str(), own.as_str())? =>
                 {
                     vec![row]
                 }
                 _ => Vec::new(),
             },
-            (None, Role::Council) if by_name => patients::of_council(conn, caller.org.as_str())?,
+            (None, Scope::OwnCouncil(own)) if by_name => patients::of_council(conn, own.as_str())?,
             (None, _) => return Err(ApiError::Forbidden(
                 "search Patients by NHS number (identifier=https://fhir.nhs.uk/Id/nhs-number|…)"
                     .into(),
             )),
-            (Some(n), Role::Clinician | Role::ClinicianScheduled) => {
+            (Some(n), Scope::ClinicianVisible) => {
                 if flags::has_visible(conn, n.as_str(), &visible_since)? {
                     patients::get(conn, n.as_str())?.into_iter().collect()
                 } else {
@@ -624,7 +625,10 @@ pub async fn search_organizations(
         .collect();
     let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
     let cursor = params.cursor()?;
-    let all = state.store.read(|conn| Ok(councils::all(conn)?)).await?;
+    let all = state
+        .store
+        .read(|conn| Ok::<_, ApiError>(councils::all(conn)?))
+        .await?;
     let rows: Vec<CouncilRow> = all
         .into_iter()
         .filter(|c| codes.is_empty() || codes.contains(&c.ods_code))
@@ -666,12 +670,7 @@ fn system_events(
     state: &AppState,
     role: &str,
 ) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
-    if !matches!(caller.role, Role::Auditor | Role::Admin) {
-        return Err(ApiError::Forbidden(
-            "only the audit team lists the record lifecycle's runs and refused authentications"
-                .into(),
-        ));
-    }
+    decide(caller, Action::ListSystemEvents)?;
     let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
     let cursor = p.cursor()?;
     let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
@@ -721,14 +720,14 @@ fn run_audit_search(
                 audit_event::AUTHENTICATION_CODE
             )))
         }
-        (None, [crate::lifecycle::AUDIT_SUBTYPE], []) => {
-            return system_events(conn, caller, p, state, crate::lifecycle::SYSTEM_ROLE)
+        (None, [crate::records::lifecycle::AUDIT_SUBTYPE], []) => {
+            return system_events(conn, caller, p, state, crate::records::lifecycle::SYSTEM_ROLE)
         }
         (_, [], []) => {}
         _ => {
             return Err(ApiError::InvalidSearch(format!(
                 "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",
-                crate::lifecycle::AUDIT_SUBTYPE
+                crate::records::lifecycle::AUDIT_SUBTYPE
             )))
         }
     }
@@ -737,8 +736,8 @@ fn run_audit_search(
                 "access history is searched by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
             )
         })?;
-    let (rows, next) = match caller.role {
-        Role::Clinician | Role::ClinicianScheduled => {
+    let (rows, next) = match decide(caller, Action::ReadAccessHistory)? {
+        Scope::ClinicianVisible => {
             if !flags::has_visible(conn, nhs.as_str(), &visible_since)? {
                 (Vec::new(), None)
             } else {
@@ -748,8 +747,8 @@ fn run_audit_search(
                 )
             }
         }
-        Role::Council => {
-            if !patients::council_holds_flag(conn, nhs.as_str(), caller.org.as_str())? {
+        Scope::OwnCouncil(own) => {
+            if !patients::council_holds_flag(conn, nhs.as_str(), own.as_str())? {
                 return Err(ApiError::Forbidden(
                     "only the council responsible for this person's record sees its access history"
                         .into(),
@@ -760,7 +759,7 @@ fn run_audit_search(
                 None,
             )
         }
-        Role::Auditor | Role::Admin => {
+        Scope::All => {
             let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
             let cursor = p.cursor()?;
             let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
@@ -853,11 +852,14 @@ pub async fn search_subscriptions(
         .collect();
     let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
     let cursor = params.cursor()?;
-    let council =
-        (caller.role == crate::domain::Role::Council).then(|| caller.org.as_str().to_owned());
+    let council = decide(&caller, Action::ManageSubscriptions)?
+        .council()
+        .map(|own| own.as_str().to_owned());
     let rows = state
         .store
-        .read(move |conn| Ok(crate::store::subscriptions::list(conn, council.as_deref())?))
+        .read(move |conn| {
+            Ok::<_, ApiError>(crate::store::subscriptions::list(conn, council.as_deref())?)
+        })
         .await?;
     let rows: Vec<_> = rows
         .into_iter()

@@ -8,27 +8,22 @@ use actix_web::{web, HttpRequest};
 
 use crate::api::http::received_resource;
 use crate::auth::Caller;
-use crate::domain::Role;
 use crate::error::ApiError;
 use crate::fhir::codec;
 use crate::fhir::subscription::{self as fhir_sub, EndpointRule, SubscriptionInput};
+use crate::records::policy::{decide, Action, Scope};
 use crate::state::AppState;
 use crate::store::subscriptions::{Settings, SubscriptionRow};
 
-/// Councils hold subscriptions for themselves; administrators see and manage all of them.
-pub fn require_subscriber(caller: &Caller) -> Result<(), ApiError> {
-    match caller.role {
-        Role::Council | Role::Admin => Ok(()),
-        _ => Err(ApiError::Forbidden(
-            "only councils (for themselves) and administrators manage subscriptions".into(),
-        )),
-    }
+/// Councils hold subscriptions for themselves; administrators see and manage all of them
+/// (`records::policy`, action `ManageSubscriptions`).
+pub fn require_subscriber(caller: &Caller) -> Result<Scope, ApiError> {
+    Ok(decide(caller, Action::ManageSubscriptions)?)
 }
 
 /// A subscription may be seen and changed by its council and by administrators.
 pub fn require_owner(caller: &Caller, row: &SubscriptionRow) -> Result<(), ApiError> {
-    require_subscriber(caller)?;
-    if caller.role == Role::Council && caller.org.as_str() != row.council {
+    if !require_subscriber(caller)?.covers_council(&row.council) {
         return Err(ApiError::Forbidden(
             "this subscription belongs to another council".into(),
         ));
@@ -39,12 +34,12 @@ pub fn require_owner(caller: &Caller, row: &SubscriptionRow) -> Result<(), ApiEr
 /// The council a new subscription is for: the filter's, which a council may only set to itself
 /// (absent means itself); an administrator must name one.
 pub fn owner_of(caller: &Caller, filter: Option<&str>) -> Result<String, ApiError> {
-    match (caller.role, filter) {
-        (Role::Council, None) => Ok(caller.org.as_str().to_owned()),
-        (Role::Council, Some(c)) if c == caller.org.as_str() => Ok(c.to_owned()),
-        (Role::Council, Some(c)) => Err(ApiError::Forbidden(format!(
+    match (require_subscriber(caller)?, filter) {
+        (Scope::OwnCouncil(own), None) => Ok(own.as_str().to_owned()),
+        (Scope::OwnCouncil(own), Some(c)) if c == own.as_str() => Ok(c.to_owned()),
+        (Scope::OwnCouncil(own), Some(c)) => Err(ApiError::Forbidden(format!(
             "a council subscribes only to accesses to its own records; the filter names {c}, you are {}",
-            caller.org.as_str()
+            own.as_str()
         ))),
         (_, Some(c)) => Ok(c.to_owned()),
         (_, None) => Err(ApiError::Unprocessable(vec![crate::error::Issue::new(

@@ -71,7 +71,7 @@ pub async fn subscription_events(
             };
             let to = until.unwrap_or(row.event_count).min(row.event_count);
             let events = subscriptions::events(conn, &id, from, to, limit)?;
-            Ok((row, events, to))
+            Ok::<_, ApiError>((row, events, to))
         })
         .await?;
     require_owner(&caller, &row)?;

@@ -18,14 +18,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use crate::api::http::{check_resource, parse_etag, receive, Received};
-use crate::api::rules::Known;
 use crate::api::update::patient_for_id;
 use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Shown};
-use crate::auth::{policy, Caller};
+use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
 use crate::fhir::transaction::{self as bundle, EntryRequest, EntryResponse, Kind};
 use crate::fhir::{format, json, patient};
 use crate::nhs_number::NhsNumber;
+use crate::records::policy::{decide, Action};
+use crate::records::rules::Known;
+use crate::records::RecordError;
 use crate::state::AppState;
 use crate::store::{self, DbConn};
 
@@ -35,7 +37,7 @@ pub async fn submit(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let answer_in = format::negotiate(&req)?;
     let limit = state.settings.bundle_body_limit;
     let limits = crate::api::http::bundle_limits(&state);
@@ -98,12 +100,14 @@ fn write_all(
     today: chrono::NaiveDate,
     now: i64,
 ) -> Result<Written, ApiError> {
+    let scope = decide(caller, Action::WriteRecords)?;
+    let scope = &scope;
     if kind == Kind::Transaction {
         let mut known = Known::default();
         let mut out = Vec::with_capacity(ready.len());
         for (i, op) in &ready {
-            let done = write::execute(conn, caller, op, today, now, &mut known)
-                .map_err(|e| e.in_entry(*i))?;
+            let done = write::execute(conn, caller, scope, op, today, now, &mut known)
+                .map_err(|e| ApiError::from(e).in_entry(*i))?;
             out.push((*i, Ok(done)));
         }
         return Ok(out);
@@ -114,7 +118,9 @@ fn write_all(
         for (i, op) in &ready {
             out.push((
                 *i,
-                Ok(write::execute(c, caller, op, today, now, &mut known)?),
+                Ok(write::execute(
+                    c, caller, scope, op, today, now, &mut known,
+                )?),
             ));
         }
         Ok::<_, ApiError>(out)
@@ -130,9 +136,9 @@ fn write_all(
                 .iter()
                 .map(|(i, op)| {
                     let r = diesel::Connection::transaction(conn, |c| {
-                        write::execute(c, caller, op, today, now, &mut known)
+                        write::execute(c, caller, scope, op, today, now, &mut known)
                     })
-                    .map_err(|e: ApiError| e.in_entry(*i));
+                    .map_err(|e: RecordError| ApiError::from(e).in_entry(*i));
                     (*i, r)
                 })
                 .collect())
@@ -212,8 +218,10 @@ fn split(
 fn accepted(state: &AppState, done: Done, representation: bool) -> EntryResponse {
     let status = format!(
         "{} {}",
-        done.status.as_u16(),
-        done.status.canonical_reason().unwrap_or_default()
+        write::status_of(done.status).as_u16(),
+        write::status_of(done.status)
+            .canonical_reason()
+            .unwrap_or_default()
     );
     let note = match &done.shown {
         Shown::Note(text) => Some(text.clone()),

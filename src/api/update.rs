@@ -11,11 +11,12 @@ use serde_json::Value;
 use crate::api::http::{check_version, history_url, if_match, submitted, Reply};
 use crate::api::subscription;
 use crate::api::write::{self, FlagTarget, Op, PlanRef};
-use crate::auth::{policy, Caller};
+use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
 use crate::fhir::patient::PatientInput;
 use crate::fhir::{organization, patient};
 use crate::nhs_number::NhsNumber;
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 use crate::store::{self, councils, subscriptions};
 
@@ -43,7 +44,7 @@ pub async fn update_patient(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let nhs = NhsNumber::parse(&path, state.settings.allow_test_nhs_numbers)
         .map_err(|e| ApiError::InvalidSearch(format!("Patient/{{id}}: {e}")))?;
     let expected = if_match(&req)?;
@@ -90,7 +91,7 @@ pub async fn update_flag(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let id = path.into_inner();
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
@@ -117,7 +118,7 @@ pub async fn conditional_update_flag(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_council(&caller)?;
+    decide(&caller, Action::WriteRecords)?;
     let plan = plan_ref_of(&req)?;
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Flag").await?;
@@ -152,7 +153,7 @@ pub async fn update_organization(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    policy::require_admin(&caller)?;
+    decide(&caller, Action::ManageCouncils)?;
     let ods = path.into_inner();
     let expected = if_match(&req)?;
     let value = submitted(&req, payload, &state, "Organization").await?;

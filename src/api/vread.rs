@@ -6,9 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::http::Reply;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
-use crate::auth::policy;
 use crate::error::ApiError;
 use crate::fhir::flag;
+use crate::records::policy::{decide, Action};
 use crate::state::AppState;
 use crate::store::{councils, flags};
 
@@ -24,12 +24,16 @@ pub async fn vread_flag(
         subtype: "vread",
         listable: false,
     };
-    let (row, council) = disclose(&state, ctx, what, None, move |conn, ctx| {
-        policy::require_history_reader(&ctx.caller)?;
+    let (row, council) = disclose(state.trail(), ctx, what, None, move |conn, ctx| {
+        let scope = decide(&ctx.caller, Action::ReadFlagHistory)?;
         let not_found = || ApiError::NotFound(format!("Flag/{id} has no version '{vid}'"));
         let version: i64 = vid.parse().map_err(|_| not_found())?;
         let row = flags::version(conn, &id, version)?.ok_or_else(not_found)?;
-        policy::require_responsible(&ctx.caller, &row.la_ods)?;
+        if !scope.covers_council(&row.la_ods) {
+            return Err(ApiError::Forbidden(
+                "this record belongs to another council".into(),
+            ));
+        }
         let council = councils::get(conn, &row.la_ods)?;
         let mut d = Disclosure::about(Some(row.nhs_number.clone()));
         d.flag(&row.flag_id, row.version, &row.la_ods);

@@ -11,12 +11,11 @@ use std::future::{ready, Ready};
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
 use crate::auth::Caller;
-use crate::domain::Role;
+use crate::domain::Clock;
 use crate::error::ApiError;
-use crate::middleware::RequestId;
-use crate::state::AppState;
+use crate::notify::Wake;
 use crate::store::audit::{self as audit_store, AuditRow};
-use crate::store::{micros, DbConn};
+use crate::store::{micros, DbConn, Store};
 
 /// Who is asking, in which care setting, for which request: everything an audit row needs
 /// besides the outcome.
@@ -43,13 +42,13 @@ impl AccessContext {
                 .collect::<String>()
         });
         // DOMAIN.md: absent means unscheduled; `false` is a silent read (scheduled care).
-        let unscheduled = match (caller.role, header.as_deref()) {
+        let unscheduled = match (caller.role.is_unscheduled_care(), header.as_deref()) {
             (_, Some(v)) if v != "true" && v != "false" => Err(format!(
                 "the IsUnscheduledAccessEvent header must be true or false, not '{v}'"
             )),
-            (Role::Clinician, Some("false")) => Ok(false),
-            (Role::Clinician, _) => Ok(true),
-            _ => Ok(false),
+            (true, Some("false")) => Ok(false),
+            (true, _) => Ok(true),
+            (false, _) => Ok(false),
         };
         let trace_id = req
             .headers()
@@ -199,10 +198,24 @@ fn row_for<T>(
     }
 }
 
+/// The request's id (set by the request middleware), available to handlers through request
+/// extensions and recorded on every AuditEvent.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Where audited reads are written: the store, the clock that dates them, and the
+/// notification worker to wake when one must be notified.
+#[derive(Clone, Copy)]
+pub struct Trail<'a> {
+    pub store: &'a Store,
+    pub clock: &'a Clock,
+    pub wake: &'a Wake,
+}
+
 /// Runs an audited read on the writer and returns its result once the audit row is committed.
 /// `f` gets the connection and the access context; a refusal it returns is audited too.
 pub async fn disclose<T, F>(
-    state: &AppState,
+    trail: Trail<'_>,
     ctx: AccessContext,
     what: Interaction,
     patient_hint: Option<String>,
@@ -212,15 +225,15 @@ where
     T: Send + 'static,
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
-    let now = micros(state.now());
+    let now = micros((trail.clock)());
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
     // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
-    let (outcome, listed) = state
+    let (outcome, listed) = trail
         .store
         .write_unguarded(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
         .await?;
     if listed {
-        state.notifier.wake.wake();
+        trail.wake.wake();
     }
     outcome
 }
@@ -229,7 +242,7 @@ where
 /// responsible councils (DOMAIN.md: unscheduled → history entry and notification).
 fn is_listed(ctx: &AccessContext, what: Interaction, succeeded: bool, d: &Disclosure) -> bool {
     what.listable
-        && ctx.caller.role == Role::Clinician
+        && ctx.caller.role.is_unscheduled_care()
         && ctx.is_unscheduled()
         && succeeded
         && !d.references.is_empty()

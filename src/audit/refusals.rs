@@ -15,44 +15,12 @@ use serde_json::json;
 
 use crate::store::audit::{self as audit_store, AuditRow};
 
-/// `user_role` of a refused authentication's audit row (no verified role exists).
-pub const AUTH_ROLE: &str = "unauthenticated";
+pub use crate::domain::AUTH_ROLE;
 
 /// Kinds of refusal tracked at once.
 pub const MAX_KINDS: usize = 10_000;
 
-/// Why a bearer token was refused: the classes an auditor filters on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Missing,
-    Malformed,
-    BadSignature,
-    UnknownKey,
-    Expired,
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    LifetimeTooLong,
-    /// Verified, but its role or organisation claim is not one this service knows.
-    UnusableClaims,
-}
-
-impl Reason {
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::Missing => "missing",
-            Reason::Malformed => "malformed",
-            Reason::BadSignature => "bad-signature",
-            Reason::UnknownKey => "unknown-key",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not-yet-valid",
-            Reason::WrongIssuer => "wrong-issuer",
-            Reason::WrongAudience => "wrong-audience",
-            Reason::LifetimeTooLong => "lifetime-too-long",
-            Reason::UnusableClaims => "unusable-claims",
-        }
-    }
-}
+pub use crate::auth::reason::{clean_claim, Reason};
 
 /// One refused authentication, as the request showed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +235,7 @@ pub async fn write(store: &crate::store::Store, rows: Vec<AuditRow>) {
             for r in &rows {
                 audit_store::insert(conn, r)?;
             }
-            Ok(())
+            Ok::<_, crate::store::StoreError>(())
         })
         .await;
     if let Err(e) = written {
@@ -275,58 +243,40 @@ pub async fn write(store: &crate::store::Store, rows: Vec<AuditRow>) {
     }
 }
 
-/// Writes the counts of closed fold windows every `every`, so a burst followed by silence is
-/// recorded within a window; runs while `alive` can be upgraded.
-pub fn start_flusher(
+/// The flusher's thread: every `every`, writes the folds whose window has closed; when `stop`
+/// is set, writes every count still open, then returns.
+pub fn run_flusher(
+    stop: crate::tasks::Stop,
     refusals: std::sync::Arc<Refusals>,
     store: crate::store::Store,
-    clock: crate::state::Clock,
+    clock: crate::domain::Clock,
     every: std::time::Duration,
-    alive: std::sync::Weak<()>,
-) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("cpis-refusals".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let stopping = alive.upgrade().is_none();
-            let now = crate::store::micros(clock());
-            // At shutdown every count still open is written.
-            let rows = if stopping {
-                refusals.all(now)
-            } else {
-                refusals.closed(now)
-            };
-            if !rows.is_empty() {
-                let n = rows.len();
-                let written = store.write_blocking(move |conn| {
-                    for r in &rows {
-                        audit_store::insert(conn, r)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = written {
-                    log::error!(
-                        "{n} refused-authentication audit row(s) could not be written: {e}"
-                    );
+) {
+    loop {
+        let stopping = stop.sleep(every);
+        let now = crate::store::micros(clock());
+        // At shutdown every count still open is written.
+        let rows = if stopping {
+            refusals.all(now)
+        } else {
+            refusals.closed(now)
+        };
+        if !rows.is_empty() {
+            let n = rows.len();
+            let written = store.write_blocking(move |conn| {
+                for r in &rows {
+                    audit_store::insert(conn, r)?;
                 }
+                Ok::<_, crate::store::StoreError>(())
+            });
+            if let Err(e) = written {
+                log::error!("{n} refused-authentication audit row(s) could not be written: {e}");
             }
-            if stopping {
-                return;
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the refused-authentication flusher: {e}"))
-}
-
-/// A claim from an unverified token, fit to record: printable ASCII, at most 64 characters.
-pub fn clean_claim(s: &str) -> Option<String> {
-    let s: String = s
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(64)
-        .collect();
-    let s = s.trim().to_owned();
-    (!s.is_empty()).then_some(s)
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@
 //! [`Reason`], which the audit trail records (see `audit::refusals`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::refusals::Reason;
+use crate::auth::reason::Reason;
 use crate::auth::Caller;
 use crate::domain::{OdsCode, Role};
 use crate::error::ApiError;
@@ -59,12 +59,71 @@ struct TrustedKey {
 /// The most verified tokens remembered; past it, expired ones are dropped (then all).
 const CACHE_MAX: usize = 4096;
 
-/// The keys this server trusts, each tied to one issuer and one algorithm, and the tokens
-/// already verified. A signature check costs far more than the whole look-up (DESIGN.md:
-/// RS256 verification halves throughput), and a clinician's EPR sends the same token with
-/// every request, so a verified token is remembered until it expires.
-pub struct Verifier {
+/// A set of trusted keys, each tied to one issuer, one audience and one algorithm; built whole,
+/// then trusted at once with [`Verifier::replace_keys`].
+pub struct KeySet {
     keys: Vec<TrustedKey>,
+    leeway: u64,
+}
+
+impl KeySet {
+    /// An empty set whose keys allow `leeway_secs` of clock skew.
+    pub fn new(leeway_secs: u64) -> Self {
+        Self {
+            keys: Vec::new(),
+            leeway: leeway_secs,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Trusts `pem` (a public key) for tokens from `issuer` to `audience`, signed with
+    /// `algorithm` (never the token's own choice).
+    pub fn add_key(
+        &mut self,
+        pem: &[u8],
+        algorithm: Algorithm,
+        issuer: &str,
+        audiences: &[String],
+        kid: Option<String>,
+    ) -> Result<(), String> {
+        let key = match algorithm {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            _ => DecodingKey::from_rsa_pem(pem),
+        }
+        .map_err(|e| format!("the public key cannot be read: {e}"))?;
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        self.keys.push(TrustedKey {
+            kid,
+            algorithm,
+            key,
+            validation,
+        });
+        Ok(())
+    }
+}
+
+/// The keys this server trusts and the tokens already verified. A signature check costs far
+/// more than the whole look-up (DESIGN.md: RS256 verification halves throughput), and a
+/// clinician's EPR sends the same token with every request, so a verified token is remembered
+/// until it expires — or until the key set is replaced, when every remembered token is
+/// forgotten (a removed key must stop verifying at once).
+///
+/// The key set can be replaced while the server runs (key rotation, a refreshed JWKS): a
+/// request verifies against the set it started with, and the next against the new one.
+pub struct Verifier {
+    keys: RwLock<Arc<KeySet>>,
     cache: Mutex<HashMap<String, (Caller, u64)>>,
     leeway: u64,
     max_lifetime: u64,
@@ -80,43 +139,75 @@ impl Default for Verifier {
 impl Verifier {
     pub fn new(leeway_secs: u64, max_lifetime_secs: u64) -> Self {
         Self {
-            keys: Vec::new(),
+            keys: RwLock::new(Arc::new(KeySet::new(leeway_secs))),
             cache: Mutex::new(HashMap::new()),
             leeway: leeway_secs,
             max_lifetime: max_lifetime_secs,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+    /// An empty key set with this verifier's leeway, to fill and pass to
+    /// [`Verifier::replace_keys`].
+    pub fn new_key_set(&self) -> KeySet {
+        KeySet::new(self.leeway)
     }
 
-    /// Trusts `pem` (a public key) for tokens from `issuer` to `audience`, signed with `algorithm`.
+    fn key_set(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(k) => Arc::clone(&k),
+            // A writer panicked mid-swap: the old set is still whole (the swap is one store).
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.key_set().is_empty()
+    }
+
+    /// How many keys are trusted now.
+    pub fn key_count(&self) -> usize {
+        self.key_set().len()
+    }
+
+    /// Trusts `keys` from now on, in place of the current set; tokens verified by the old set
+    /// are forgotten and verified again.
+    pub fn replace_keys(&self, keys: KeySet) {
+        let keys = Arc::new(keys);
+        match self.keys.write() {
+            Ok(mut k) => *k = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+        match self.cache.lock() {
+            Ok(mut c) => c.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+    }
+
+    /// Adds one key to the trusted set (start-up).
     pub fn add_key(
-        &mut self,
+        &self,
         pem: &[u8],
         algorithm: Algorithm,
         issuer: &str,
-        audience: &str,
+        audiences: &[String],
         kid: Option<String>,
     ) -> Result<(), String> {
-        let key = match algorithm {
-            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
-            _ => DecodingKey::from_rsa_pem(pem),
-        }
-        .map_err(|e| format!("the public key cannot be read: {e}"))?;
-        let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.leeway;
-        self.keys.push(TrustedKey {
-            kid,
-            algorithm,
-            key,
-            validation,
-        });
+        let mut set = self.new_key_set();
+        set.add_key(pem, algorithm, issuer, audiences, kid)?;
+        let current = self.key_set();
+        let mut keys = self.new_key_set();
+        keys.keys = current
+            .keys
+            .iter()
+            .map(|k| TrustedKey {
+                kid: k.kid.clone(),
+                algorithm: k.algorithm,
+                key: k.key.clone(),
+                validation: k.validation.clone(),
+            })
+            .chain(set.keys)
+            .collect();
+        self.replace_keys(keys);
         Ok(())
     }
 
@@ -147,7 +238,8 @@ impl Verifier {
     fn verify_signature(&self, token: &str) -> Result<(Caller, u64), Refused> {
         let header = decode_header(token)
             .map_err(|_| Refused::new(Reason::Malformed, "it is not a well-formed JWT"))?;
-        let candidates = self.keys.iter().filter(|k| {
+        let keys = self.key_set();
+        let candidates = keys.keys.iter().filter(|k| {
             k.algorithm == header.alg
                 && match (&k.kid, &header.kid) {
                     (Some(a), Some(b)) => a == b,

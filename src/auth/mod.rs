@@ -3,30 +3,17 @@
 
 pub mod dev;
 pub mod jwt;
-pub mod policy;
+pub mod reason;
 
 use std::future::{ready, Ready};
 
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
-use crate::audit::refusals::{clean_claim, Reason};
-use crate::auth::jwt::Refused;
-use crate::domain::{OdsCode, Role};
+use crate::auth::jwt::{Refused, Verifier};
+use crate::auth::reason::{clean_claim, Reason};
 use crate::error::ApiError;
-use crate::state::AppState;
 
-/// The verified caller of a request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Caller {
-    /// The token subject: an SDS user id for people, a client id for council systems.
-    pub user_id: String,
-    pub name: Option<String>,
-    pub role: Role,
-    /// The caller's organisation (ODS code).
-    pub org: OdsCode,
-    /// The token issuer, which identifies the calling system.
-    pub issuer: String,
-}
+pub use crate::domain::Caller;
 
 impl FromRequest for Caller {
     type Error = ApiError;
@@ -40,9 +27,9 @@ impl FromRequest for Caller {
 /// The verified caller of `req`, or why there is none. A refusal is left in the request's
 /// extensions as an [`AuthRefusal`], which the request middleware audits before answering.
 pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let verifier = req
+        .app_data::<web::Data<Verifier>>()
+        .ok_or_else(|| ApiError::Internal("token verifier missing".into()))?;
     let header = req.headers().get(actix_web::http::header::AUTHORIZATION);
     let token = header.map(|h| bearer_token(h.as_bytes()));
     let verified = match token {
@@ -56,7 +43,7 @@ pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
                 "the Authorization header must be 'Bearer <token>'".into(),
             ),
         }),
-        Some(Some(t)) => state.verifier.verify(t),
+        Some(Some(t)) => verifier.verify(t),
     };
     verified.map_err(|refused| {
         let claims = token.flatten().map(unverified_claims).unwrap_or_default();

@@ -19,10 +19,10 @@ const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
 
 pub fn render(row: &AuditRow) -> Value {
-    if row.user_role == crate::lifecycle::SYSTEM_ROLE {
+    if row.user_role == crate::domain::SYSTEM_ROLE {
         return render_lifecycle(row);
     }
-    if row.user_role == crate::audit::refusals::AUTH_ROLE {
+    if row.user_role == crate::domain::AUTH_ROLE {
         return render_refusal(row);
     }
     let (access_code, access_display) = if row.unscheduled {

@@ -3,7 +3,6 @@
 
 pub mod audit_event;
 pub mod bundle;
-pub mod capability;
 pub mod codec;
 pub mod flag;
 pub mod format;
@@ -11,6 +10,7 @@ pub mod guard;
 pub mod json;
 pub mod organization;
 pub mod patient;
+pub mod percent;
 pub mod profile;
 pub mod search;
 pub mod subscription;

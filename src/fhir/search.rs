@@ -5,10 +5,10 @@
 use actix_web::HttpRequest;
 use chrono::{Duration, NaiveDate};
 
-use crate::api::rules::percent_decode;
 use crate::domain::NHS_NUMBER_SYSTEM;
 use crate::error::{ApiError, Issue};
 use crate::fhir::json::allowed_char;
+use crate::fhir::percent::decode as percent_decode;
 use crate::fhir::profile::{parse_date, parse_instant};
 use crate::nhs_number::NhsNumber;
 use crate::store::micros;
@@ -152,19 +152,7 @@ impl Params {
     }
 }
 
-/// Percent-encodes a query component.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use crate::fhir::percent::encode;
 
 pub fn invalid(name: &str, text: String) -> ApiError {
     ApiError::Invalid(vec![Issue::new("invalid", name, text)])

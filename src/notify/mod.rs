@@ -22,16 +22,16 @@
 
 pub mod signature;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{join_all, select, Either};
 
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::domain::Clock;
 use crate::fhir::subscription::{self as payload, Kind, SIGNATURE_HEADER};
-use crate::state::Clock;
 use crate::store::subscriptions::{self, Attempt, Claimed};
+use crate::store::StoreError;
 use crate::store::{micros, Store};
 
 /// Outbox rows numbered per writer job.
@@ -137,19 +137,19 @@ impl Notifier {
     }
 
     /// Does all the work there is now (see the module documentation).
-    pub async fn step(&self, client: &awc::Client) -> Result<Report, ApiError> {
+    pub async fn step(&self, client: &awc::Client) -> Result<Report, StoreError> {
         let mut report = Report::default();
         loop {
             let waiting = self
                 .store
-                .read(|c| Ok(subscriptions::outbox_waiting(c)?))
+                .read(|c| Ok::<_, StoreError>(subscriptions::outbox_waiting(c)?))
                 .await?;
             if !waiting {
                 break;
             }
             let n = self
                 .store
-                .write(|c| Ok(subscriptions::fan_out(c, FAN_OUT_BATCH)?))
+                .write(|c| Ok::<_, StoreError>(subscriptions::fan_out(c, FAN_OUT_BATCH)?))
                 .await?;
             report.fanned_out += n;
             if n < FAN_OUT_BATCH as usize {
@@ -159,7 +159,7 @@ impl Notifier {
         let now = self.now();
         let due = self
             .store
-            .read(move |c| Ok(subscriptions::any_due(c, now)?))
+            .read(move |c| Ok::<_, StoreError>(subscriptions::any_due(c, now)?))
             .await?;
         if !due {
             return Ok(report);
@@ -170,7 +170,7 @@ impl Notifier {
         let claimed = self
             .store
             .write(move |c| {
-                Ok(subscriptions::claim(
+                Ok::<_, StoreError>(subscriptions::claim(
                     c,
                     &owner,
                     now,
@@ -205,7 +205,7 @@ impl Notifier {
                 for (claimed, attempt) in &outcomes {
                     subscriptions::record(c, &claimed.row, &owner, done, attempt)?;
                 }
-                Ok(())
+                Ok::<_, StoreError>(())
             })
             .await?;
         Ok(report)
@@ -288,39 +288,32 @@ impl Notifier {
     }
 }
 
-/// Runs the worker on a thread of its own until `alive` is dropped: a step soon after a look-up
-/// wakes it, and every `interval` regardless; again after the gathering pause while there is a
-/// backlog.
-pub fn start(notifier: Notifier, interval: Duration, alive: Weak<()>) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("cpis-notify".into())
-        .spawn(move || {
-            let system = actix_web::rt::System::new();
-            system.block_on(async move {
-                let client = Notifier::client();
-                loop {
-                    if alive.upgrade().is_none() {
-                        return;
-                    }
-                    let busy = match notifier.step(&client).await {
-                        Ok(r) => r.fanned_out > 0 || r.delivered > 0,
-                        Err(e) => {
-                            log::error!("notification worker: {e}");
-                            false
-                        }
-                    };
-                    if !busy {
-                        let woken = notifier.wake.0.notified();
-                        let sleep = actix_web::rt::time::sleep(interval);
-                        futures_util::pin_mut!(woken, sleep);
-                        match select(woken, sleep).await {
-                            Either::Left(_) | Either::Right(_) => {}
-                        }
-                    }
-                    actix_web::rt::time::sleep(GATHER).await;
+/// The notification worker's thread: delivers until `stop` is set, between rounds — a post in
+/// progress is finished (or times out) first. Wake it with [`Wake::wake`] after setting `stop`.
+pub fn run_worker(stop: crate::tasks::Stop, notifier: Notifier, interval: Duration) {
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let client = Notifier::client();
+        while !stop.is_set() {
+            let busy = match notifier.step(&client).await {
+                Ok(r) => r.fanned_out > 0 || r.delivered > 0,
+                Err(e) => {
+                    log::error!("notification worker: {e}");
+                    false
                 }
-            });
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the notification worker: {e}"))
+            };
+            if stop.is_set() {
+                return;
+            }
+            if !busy {
+                let woken = notifier.wake.0.notified();
+                let sleep = actix_web::rt::time::sleep(interval);
+                futures_util::pin_mut!(woken, sleep);
+                match select(woken, sleep).await {
+                    Either::Left(_) | Either::Right(_) => {}
+                }
+            }
+            actix_web::rt::time::sleep(GATHER).await;
+        }
+    });
 }

@@ -249,7 +249,7 @@ mod tests {
             .write_blocking(move |c| {
                 insert(c, &a)?;
                 insert(c, &b)?;
-                Ok((
+                Ok::<_, crate::store::StoreError>((
                     get(c, &a.id)?,
                     get(c, &b.id)?,
                     // Finds rows by `patient IS NULL`: an empty string would not match.

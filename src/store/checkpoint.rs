@@ -16,7 +16,7 @@
 //! an unusual burst.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -63,21 +63,22 @@ fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> QueryResult<Checkpoint
 }
 
 /// Starts the checkpointer for the database at `path`; it stops once `alive` is gone.
-pub fn start(path: &str, alive: Weak<()>, restart: Arc<Restart>) -> Result<(), String> {
+pub fn start(
+    path: &str,
+    tasks: &mut crate::tasks::Tasks,
+    restart: Arc<Restart>,
+) -> Result<(), String> {
     let mut conn = SqliteConnection::establish(path)
         .map_err(|e| format!("cannot open the database for checkpoints: {e}"))?;
     conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;")
         .map_err(|e| format!("cannot configure the checkpointer: {e}"))?;
-    std::thread::Builder::new()
-        .name("cpis-checkpoint".into())
-        .spawn(move || {
-            while alive.upgrade().is_some() {
-                std::thread::sleep(EVERY);
+    tasks
+        .spawn("checkpoint", move |stop| {
+            while !stop.sleep(EVERY) {
                 run_once(&mut conn, &restart, RESTART_FRAMES);
             }
         })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the WAL checkpointer: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 /// One passive checkpoint; asks the writer to start the WAL over once it holds `restart_at`

@@ -1,6 +1,6 @@
 //! The queries of the record lifecycle (DOMAIN.md "Retention"): plans that have ended, people
 //! who have turned 18, records past their retention window, and the audit trail's own
-//! retention. The rules that use them are in `crate::lifecycle`.
+//! retention. The rules that use them are in `crate::records::lifecycle`.
 
 use diesel::prelude::*;
 

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod checkpoint;
 pub mod councils;
+pub mod error;
 pub mod flags;
 pub mod lifecycle;
 pub mod patients;
@@ -24,7 +25,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::error::ApiError;
+pub use error::StoreError;
+pub use writer::JobError;
 
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -107,8 +109,9 @@ pub struct Store {
     read: DbPool,
     writer: writer::Writer,
     pub backend: Backend,
-    /// The checkpointer stops once every clone of the store is gone.
-    _alive: std::sync::Arc<()>,
+    /// The checkpointer, when this store owns it (tools); a server's `Application` owns it
+    /// otherwise. It stops once every clone of the store is gone.
+    _tasks: Option<std::sync::Arc<crate::tasks::Tasks>>,
 }
 
 /// Turns a configured database location into what the driver expects.
@@ -120,8 +123,21 @@ fn driver_url(url: &str) -> String {
 }
 
 impl Store {
-    /// Opens the database and runs pending migrations.
+    /// Opens the database and runs pending migrations; the store owns its background work (the
+    /// SQLite checkpointer), which stops when the last clone is dropped.
     pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
+        let mut tasks = crate::tasks::Tasks::new();
+        let mut store = Self::open_in(url, read_pool_size, &mut tasks)?;
+        store._tasks = Some(std::sync::Arc::new(tasks));
+        Ok(store)
+    }
+
+    /// [`Store::open`], its background work started on `tasks`, which stops and joins it.
+    pub fn open_in(
+        url: &str,
+        read_pool_size: u32,
+        tasks: &mut crate::tasks::Tasks,
+    ) -> Result<Self, String> {
         let backend = Backend::of_url(url);
         let target = driver_url(url);
         let build = |size: u32, writer: bool| -> Result<DbPool, String> {
@@ -145,20 +161,15 @@ impl Store {
             run_migrations(&mut conn)?;
         }
         let read = build(read_pool_size.max(1), false)?;
-        let alive = std::sync::Arc::new(());
         let restart = std::sync::Arc::new(checkpoint::Restart::default());
         if backend == Backend::Sqlite {
-            checkpoint::start(
-                &target,
-                std::sync::Arc::downgrade(&alive),
-                std::sync::Arc::clone(&restart),
-            )?;
+            checkpoint::start(&target, tasks, std::sync::Arc::clone(&restart))?;
         }
         Ok(Self {
             read,
             writer: writer::Writer::start(write, writers as usize, restart),
             backend,
-            _alive: alive,
+            _tasks: None,
         })
     }
 
@@ -168,54 +179,59 @@ impl Store {
     }
 
     /// Runs `f` on a read connection, off the async executor.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         let pool = self.read.clone();
         actix_web::web::block(move || {
-            let mut conn = pool.get()?;
+            let mut conn = pool.get().map_err(StoreError::from)?;
             f(&mut conn)
         })
-        .await?
+        .await
+        .map_err(|e| E::from(StoreError::Other(format!("blocking task failed: {e}"))))?
     }
 
     /// Runs `f` on the writer: all of `f` commits or none of it does, and the result is
     /// returned only once it is durable.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         self.writer.run(f).await
     }
 
     /// [`Store::write`] for a job that makes one write statement, without a savepoint: an `Err`
     /// from `f` rolls back its whole batch (see [`writer::Writer::run_unguarded`]).
-    pub async fn write_unguarded<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn write_unguarded<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         self.writer.run_unguarded(f).await
     }
 
     /// [`Store::write`] for code outside the async runtime (start-up tasks, tools).
-    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         self.writer.run_blocking(f)
     }
 
     /// A read connection for tools outside the async runtime.
-    pub fn read_blocking<T>(
+    pub fn read_blocking<T, E: JobError>(
         &self,
-        f: impl FnOnce(&mut DbConn) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let mut conn = self.read.get()?;
+        f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.read.get().map_err(StoreError::from)?;
         f(&mut conn)
     }
 }

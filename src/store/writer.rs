@@ -20,8 +20,8 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::Connection;
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
 use crate::store::checkpoint::{self, Restart};
+use crate::store::StoreError;
 use crate::store::{DbConn, DbPool};
 
 /// What a job gives back once the batch's fate is known.
@@ -71,10 +71,11 @@ impl Writer {
 
     /// Runs `f` in its own savepoint inside the next batch and returns its result once the
     /// batch is committed. An `Err` from `f` rolls back only `f`'s own changes.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         answer(self.submit(f, true)?.await)
     }
@@ -84,33 +85,32 @@ impl Writer {
     /// statement. An `Err` from `f` rolls back the whole batch: every caller in it gets 503, and
     /// jobs not yet run are not run. Only for jobs whose `Err` means the batch cannot be trusted
     /// (the audited read: its `Err` says the audit trail cannot be written).
-    pub async fn run_unguarded<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn run_unguarded<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         answer(self.submit(f, false)?.await)
     }
 
     /// [`Writer::run`] for callers outside the async runtime.
-    pub fn run_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub fn run_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         answer(self.submit(f, true)?.blocking_recv())
     }
 
-    fn submit<T, F>(
-        &self,
-        f: F,
-        savepoint: bool,
-    ) -> Result<oneshot::Receiver<Result<T, ApiError>>, ApiError>
+    fn submit<T, E, F>(&self, f: F, savepoint: bool) -> Result<oneshot::Receiver<Result<T, E>>, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<T, ApiError> + Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<Result<T, ApiError>>();
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |conn: &mut DbConn| {
             let result = if savepoint {
                 conn.transaction(|c| f(c))
@@ -120,9 +120,9 @@ impl Writer {
             let spoils_batch = !savepoint && result.is_err();
             let finish: Finish = Box::new(move |committed: bool| {
                 let out = match result {
-                    Ok(_) if !committed => Err(ApiError::Unavailable(
+                    Ok(_) if !committed => Err(E::from(StoreError::Transient(
                         "the transaction could not be committed".into(),
-                    )),
+                    ))),
                     // A job's own failure is its answer, whatever became of the batch.
                     other => other,
                 };
@@ -134,18 +134,29 @@ impl Writer {
                 spoils_batch,
             }
         });
-        self.tx
-            .send(job)
-            .map_err(|_| ApiError::Unavailable("the database writer has stopped".into()))?;
+        self.tx.send(job).map_err(|_| {
+            E::from(StoreError::Transient(
+                "the database writer has stopped".into(),
+            ))
+        })?;
         Ok(answer)
     }
 }
 
 /// A job's reply; a closed channel means the job was dropped unrun (no connection, or the
 /// batch could not begin), which the caller must see as "not done".
-fn answer<T>(r: Result<Result<T, ApiError>, oneshot::error::RecvError>) -> Result<T, ApiError> {
-    r.map_err(|_| ApiError::Unavailable("the database writer dropped the request".into()))?
+fn answer<T, E: JobError>(r: Result<Result<T, E>, oneshot::error::RecvError>) -> Result<T, E> {
+    r.map_err(|_| {
+        E::from(StoreError::Transient(
+            "the database writer dropped the request".into(),
+        ))
+    })?
 }
+
+/// What a job's error must be: something a store error, and a Diesel error inside the job's
+/// savepoint, can become (each layer above has its own; see `StoreError`).
+pub trait JobError: From<StoreError> + From<diesel::result::Error> + Send + 'static {}
+impl<E: From<StoreError> + From<diesel::result::Error> + Send + 'static> JobError for E {}
 
 fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>, restart: &Restart) {
     let mut conn = None;
@@ -256,7 +267,7 @@ mod tests {
     fn count(store: &Store) -> i64 {
         store
             .read_blocking(|c| {
-                Ok(
+                Ok::<_, StoreError>(
                     diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
                         "(SELECT count(*) FROM scratch)",
                     ))
@@ -266,7 +277,7 @@ mod tests {
             .unwrap()
     }
 
-    fn write(n: i64) -> impl FnOnce(&mut DbConn) -> Result<(), ApiError> + Send + 'static {
+    fn write(n: i64) -> impl FnOnce(&mut DbConn) -> Result<(), StoreError> + Send + 'static {
         move |c| Ok(c.batch_execute(&format!("INSERT INTO scratch VALUES ({n})"))?)
     }
 
@@ -275,8 +286,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
         let w = store.writer.clone();
-        w.run_blocking(|c| Ok(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?))
-            .unwrap();
+        w.run_blocking(|c| {
+            Ok::<_, StoreError>(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?)
+        })
+        .unwrap();
 
         // Hold the writer inside a batch of its own until the next three jobs are queued, so
         // they run together in the following batch.
@@ -287,7 +300,7 @@ mod tests {
                 move |_| {
                     started.send(()).ok();
                     wait_release.recv().ok();
-                    Ok(())
+                    Ok::<_, StoreError>(())
                 },
                 true,
             )
@@ -298,7 +311,7 @@ mod tests {
             .submit(
                 |c| {
                     write(2)(c)?;
-                    Err::<(), _>(ApiError::Unavailable("the audit trail is full".into()))
+                    Err::<(), _>(StoreError::Transient("the audit trail is full".into()))
                 },
                 false,
             )
@@ -318,7 +331,7 @@ mod tests {
             "{failing}"
         );
         let behind = answer(behind.blocking_recv()).unwrap_err();
-        assert!(matches!(behind, ApiError::Unavailable(_)), "{behind}");
+        assert!(behind.is_transient(), "{behind}");
         assert_eq!(count(&store), 0, "nothing of the failed batch was kept");
 
         w.run_blocking(write(4)).unwrap();

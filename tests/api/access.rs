@@ -150,6 +150,19 @@ async fn expired_tokens_and_wrong_audiences_are_refused() {
     let r = app.get("/Organization/LA901", &wrong_audience).await;
     r.assert_outcome(401, "login");
     assert!(r.text().contains("audience"), "{}", r.text());
+    // A token that expired an hour ago (well past the leeway), otherwise valid.
+    let now = chrono::Utc::now().timestamp();
+    let expired = cpis_fhir::auth::dev::sign_claims(
+        app.dir.path(),
+        &serde_json::json!({
+            "iss": cpis_fhir::auth::dev::DEV_ISSUER, "sub": "u", "aud": "cpis-fhir",
+            "iat": now - 7200, "exp": now - 3600, "jti": "j", "role": "admin", "org": "X26",
+        }),
+    )
+    .expect("token");
+    let r = app.get("/Organization/LA901", &expired).await;
+    r.assert_outcome(401, "login");
+    assert!(r.text().contains("expired"), "{}", r.text());
     // A token signed by a key the server does not trust.
     let other = tempfile::tempdir().expect("dir");
     cpis_fhir::auth::dev::ensure_key(other.path()).expect("key");

@@ -176,3 +176,141 @@ fn token_refuses_an_unknown_role() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("clinician"));
 }
+
+/// Starts `serve --dev` and waits until it answers; returns the child, its log lines (stderr)
+/// as they arrive, and a council token minted by the `token` command.
+fn serve_dev(
+    dir: &std::path::Path,
+    port: u16,
+) -> (Killed, std::sync::mpsc::Receiver<String>, String) {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server starts and logs that it listens");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let out = bin()
+        .args(["token", "--role", "council", "--org", "LA901", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("token");
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (child, logs, token)
+}
+
+fn wait_for_log(logs: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        match logs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("the log never said '{needle}'; it said: {seen:#?}"),
+        }
+    }
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_then_stops_the_server_and_its_workers_cleanly() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let (mut child, logs, token) = serve_dev(dir.path(), port);
+    let body = include_str!("../../examples/patient.json")
+        .replace("9449306753", "9990000026")
+        .replace("Ellis", "Graceful");
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        conn,
+        "PUT /Patient/9990000026 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        body.len()
+    )
+    .expect("send the head and half the body");
+    conn.flush().expect("flush");
+
+    // The request is in flight (its body half sent) when the server is told to stop.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_log(&logs, "SIGTERM received");
+
+    conn.write_all(rest.as_bytes())
+        .expect("send the rest of the body");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read the answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "the request in flight was answered in full: {answer}"
+    );
+
+    let seen = wait_for_log(&logs, "stopped");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}; log: {seen:#?}");
+    assert!(
+        !seen.iter().any(|l| l.contains("still running")),
+        "every background task stopped: {seen:#?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens any more"
+    );
+
+    // What was accepted is there after a restart.
+    let port = free_port();
+    let (_child, _logs, token) = serve_dev(dir.path(), port);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        conn,
+        "GET /Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000026 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Graceful"), "{answer}");
+}

@@ -72,6 +72,49 @@ impl Resp {
     }
 }
 
+/// An identity provider for tests: an RSA key pair of its own (generated per test), an issuer
+/// and a key id, configured on the server as a production deployment configures one.
+pub struct TestIdp {
+    pub issuer: String,
+    pub kid: String,
+    private_pem: Vec<u8>,
+    /// The public key, as the server's configuration names it.
+    pub public_file: std::path::PathBuf,
+}
+
+impl TestIdp {
+    pub fn generate(dir: &std::path::Path, issuer: &str, kid: &str) -> Self {
+        let rsa = openssl::rsa::Rsa::generate(2048).expect("rsa");
+        let public_file = dir.join(format!("idp-{kid}.pem"));
+        std::fs::write(&public_file, rsa.public_key_to_pem().expect("pem")).expect("write");
+        Self {
+            issuer: issuer.to_owned(),
+            kid: kid.to_owned(),
+            private_pem: rsa.private_key_to_pem().expect("pem"),
+            public_file,
+        }
+    }
+
+    /// Signs `claims` (RS256, this key's kid).
+    pub fn sign(&self, claims: &Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&self.private_pem).expect("key");
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
+    /// A token for `role` at `org`, issued `iat` seconds from now and expiring `exp` seconds
+    /// from now.
+    pub fn token(&self, role: Role, org: &str, iat: i64, exp: i64) -> String {
+        let now = Utc::now().timestamp();
+        self.sign(&json!({
+            "iss": self.issuer, "sub": format!("user-{}", role.as_str()), "aud": "cpis-fhir",
+            "iat": now + iat, "exp": now + exp, "jti": uuid::Uuid::new_v4().to_string(),
+            "name": "Test User", "role": role.as_str(), "org": org,
+        }))
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub dir: tempfile::TempDir,
@@ -82,6 +125,10 @@ pub struct TestApp {
     handle: actix_web::dev::ServerHandle,
     /// The notification worker, stepped by the tests (never by a timer).
     pub notifier: cpis_fhir::notify::Notifier,
+    /// The server's token verifier, whose keys a test may replace while it runs.
+    pub verifier: Arc<cpis_fhir::auth::jwt::Verifier>,
+    /// Set when the server trusts this identity provider instead of the dev key.
+    pub idp: Option<Arc<TestIdp>>,
 }
 
 /// The date every test server starts at, so date rules are deterministic.
@@ -93,6 +140,36 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
+    /// A server configured as in production: no dev mode, one trusted issuer with its own key,
+    /// read from a configuration file (`[[auth.issuers]]`). Its token helpers sign with that
+    /// issuer's key.
+    pub async fn spawn_production() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let idp = TestIdp::generate(dir.path(), "https://idp.cpis.test", "key-1");
+        let config = dir.path().join("cpis-fhir.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\nallow_test_nhs_numbers = true\n\n[auth]\naudience = [\"cpis-fhir\"]\n\n\
+                 [[auth.issuers]]\nissuer = {iss:?}\npublic_key_file = {key:?}\nalgorithm = \"RS256\"\nkid = \"key-1\"\n",
+                data = dir.path().to_string_lossy(),
+                iss = idp.issuer,
+                key = idp.public_file.to_string_lossy(),
+            ),
+        )
+        .expect("config");
+        let cli = cpis_fhir::config::CliOverrides {
+            config_file: Some(config),
+            ..Default::default()
+        };
+        let mut settings = Settings::load_from(&cli, Vec::new()).expect("settings");
+        assert!(!settings.dev);
+        settings.workers = 1;
+        settings.lifecycle_interval = None;
+        settings.notify_interval = None;
+        Self::started(dir, settings, Some(Arc::new(idp))).await
+    }
+
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
@@ -102,12 +179,21 @@ impl TestApp {
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
         tweak(&mut settings);
+        Self::started(dir, settings, None).await
+    }
+
+    /// Starts a server over `settings` and registers the two test councils.
+    async fn started(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        idp: Option<Arc<TestIdp>>,
+    ) -> Self {
         let now = Arc::new(Mutex::new(
             DateTime::parse_from_rfc3339(TODAY)
                 .expect("date")
                 .with_timezone(&Utc),
         ));
-        let t = Self::start(dir, settings, now);
+        let t = Self::start(dir, settings, now, idp);
         for (ods, name) in [
             (LA_A, "Northmoor Borough Council"),
             (LA_B, "Eastvale County Council"),
@@ -128,6 +214,7 @@ impl TestApp {
         dir: tempfile::TempDir,
         mut settings: Settings,
         now: Arc<Mutex<DateTime<Utc>>>,
+        idp: Option<Arc<TestIdp>>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -137,10 +224,10 @@ impl TestApp {
         let db_url = settings.database_url.clone();
         let state = build_state(settings.clone(), clock).expect("state");
         let notifier = state.notifier.clone();
+        let verifier = Arc::clone(&state.verifier);
         let app = Application::build(state, listener).expect("server");
-        let server = app.server();
-        let handle = server.handle();
-        actix_rt::spawn(server);
+        let handle = app.handle();
+        actix_rt::spawn(app.run_until_stopped());
         let client = awc::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .finish();
@@ -153,6 +240,8 @@ impl TestApp {
             settings,
             handle,
             notifier,
+            verifier,
+            idp,
         }
     }
 
@@ -165,10 +254,11 @@ impl TestApp {
             settings,
             now,
             notifier,
+            idp,
             ..
         } = self;
         drop(notifier);
-        Self::start(dir, settings, now)
+        Self::start(dir, settings, now, idp)
     }
 
     /// One step of the notification worker.
@@ -200,11 +290,13 @@ impl TestApp {
         Store::open(&self.db_url, 1)
             .expect("store")
             .read_blocking(move |c| {
-                Ok(a::table
-                    .filter(a::patient.eq(nhs))
-                    .order(a::id.desc())
-                    .select(a::id)
-                    .load::<String>(c)?)
+                Ok::<_, cpis_fhir::store::StoreError>(
+                    a::table
+                        .filter(a::patient.eq(nhs))
+                        .order(a::id.desc())
+                        .select(a::id)
+                        .load::<String>(c)?,
+                )
             })
             .expect("audit ids")
     }
@@ -213,7 +305,9 @@ impl TestApp {
     pub fn audit_count(&self) -> i64 {
         let store = Store::open(&self.db_url, 1).expect("store");
         store
-            .read_blocking(|c| Ok(cpis_fhir::store::audit::count(c)?))
+            .read_blocking(|c| {
+                Ok::<_, cpis_fhir::store::StoreError>(cpis_fhir::store::audit::count(c)?)
+            })
             .expect("count")
     }
 
@@ -223,6 +317,9 @@ impl TestApp {
     }
 
     pub fn token(&self, role: Role, org: &str) -> String {
+        if let Some(idp) = &self.idp {
+            return idp.token(role, org, 0, 600);
+        }
         dev::mint(
             self.dir.path(),
             &TokenRequest {

@@ -9,6 +9,7 @@ mod cli;
 mod fuzz;
 mod helpers;
 mod hostile;
+mod identity;
 mod lifecycle;
 mod load;
 mod lookup;

@@ -155,7 +155,7 @@ impl Receiver {
     }
 }
 
-fn subscription_json(endpoint: &str, filter: Option<&str>) -> Value {
+pub fn subscription_json(endpoint: &str, filter: Option<&str>) -> Value {
     let mut s = json!({
         "resourceType": "Subscription",
         "status": "requested",
@@ -924,7 +924,9 @@ async fn an_access_to_a_council_nobody_subscribed_for_leaves_nothing_to_deliver(
     assert!(hook.events().is_empty(), "{:?}", hook.all());
     let store = cpis_fhir::store::Store::open(app.database(), 1).unwrap();
     let waiting = store
-        .read_blocking(|c| Ok(cpis_fhir::store::subscriptions::outbox_len(c)?))
+        .read_blocking(|c| {
+            Ok::<_, cpis_fhir::store::StoreError>(cpis_fhir::store::subscriptions::outbox_len(c)?)
+        })
         .unwrap();
     assert_eq!(waiting, 0, "nothing is left waiting in the outbox");
 }

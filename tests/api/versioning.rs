@@ -204,3 +204,89 @@ async fn an_update_must_name_the_resource_it_updates() {
         .await
         .assert_outcome(400, "invalid");
 }
+
+/// The path of a `Location` header (it carries the server's base URL).
+fn location_path(app: &TestApp, r: &Resp) -> String {
+    let l = r.header("location").expect("a Location");
+    l.strip_prefix(&app.base)
+        .expect("under the base URL")
+        .to_owned()
+}
+
+#[actix_rt::test]
+async fn the_location_of_every_write_resolves_and_other_versions_say_only_the_current_is_kept() {
+    let app = TestApp::spawn().await;
+    let council = app.council(LA_A);
+    // Patient.
+    let r = app
+        .put_json(&format!("/Patient/{NHS_1}"), &council, &patient_json(NHS_1))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let at = location_path(&app, &r);
+    assert_eq!(at, format!("/Patient/{NHS_1}/_history/1"));
+    let got = app.get(&at, &council).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["id"], NHS_1);
+    assert_eq!(got.header("etag").as_deref(), Some("W/\"1\""));
+    let other = app
+        .get(&format!("/Patient/{NHS_1}/_history/2"), &council)
+        .await;
+    other.assert_outcome(404, "not-found");
+    assert!(
+        other.text().contains("only the current version (1)"),
+        "{}",
+        other.text()
+    );
+    // Another council learns nothing through vread either.
+    app.get(&at, &app.council(LA_B))
+        .await
+        .assert_outcome(404, "not-found");
+    // Organization.
+    let r = app
+        .put_json(
+            "/Organization/LA903",
+            &app.admin(),
+            &org_json("LA903", "Westdale Council"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let at = location_path(&app, &r);
+    let got = app.get(&at, &council).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["name"], "Westdale Council");
+    app.get("/Organization/LA903/_history/7", &council)
+        .await
+        .assert_outcome(404, "not-found");
+    // Subscription.
+    let r = app
+        .post_json(
+            "/Subscription",
+            &council,
+            &crate::notify::subscription_json("https://case.example.org/hook", None),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let at = location_path(&app, &r);
+    let got = app.get(&at, &council).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["resourceType"], "Subscription");
+    app.get(&at, &app.council(LA_B))
+        .await
+        .assert_outcome(403, "forbidden");
+    // The CapabilityStatement lists vread for each, and history only for Flag.
+    let cs = app.get("/metadata", &council).await.json();
+    for (t, history) in [
+        ("Patient", false),
+        ("Organization", false),
+        ("Subscription", false),
+        ("Flag", true),
+    ] {
+        let r = cs["rest"][0]["resource"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["type"] == t))
+            .cloned()
+            .unwrap_or_default();
+        assert!(r["interaction"].to_string().contains("vread"), "{t}: {r}");
+        assert_eq!(r["readHistory"].as_bool().unwrap_or(false), history, "{t}");
+    }
+}

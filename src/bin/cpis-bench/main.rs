@@ -148,7 +148,7 @@ fn run(args: &Args) -> Result<(), String> {
         let store = Store::open(&db.to_string_lossy(), 2)?;
         let existing = store
             .read_blocking(|c| Ok(store::councils::count(c)?))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e: store::StoreError| e.to_string())?;
         if existing == 0 {
             let t = Instant::now();
             generate(&store, args)?;
@@ -163,7 +163,7 @@ fn run(args: &Args) -> Result<(), String> {
         let store = Store::open(&db.to_string_lossy(), 1)?;
         store
             .read_blocking(|c| Ok(store::audit::count(c)?))
-            .map_err(|e| e.to_string())?
+            .map_err(|e: store::StoreError| e.to_string())?
     };
     let receiver = if args.notify {
         Some(notify_bench::subscribe_all(&db, args.port + 1)?)
@@ -180,7 +180,7 @@ fn run(args: &Args) -> Result<(), String> {
     let store = Store::open(&db.to_string_lossy(), 1)?;
     let audits = store
         .read_blocking(|c| Ok(store::audit::count(c)?))
-        .map_err(|e| e.to_string())?
+        .map_err(|e: store::StoreError| e.to_string())?
         - audits_before;
     let mut l = latencies;
     l.sort_unstable();
@@ -317,7 +317,7 @@ fn register_councils(store: &Store, n: u32) -> Result<Vec<String>, String> {
             }
             Ok(())
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e: store::StoreError| e.to_string())?;
     Ok(councils)
 }
 
@@ -733,7 +733,7 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
             let people: i64 = store::schema::patients::table.count().get_result(c)?;
             Ok((flags, people))
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e: store::StoreError| e.to_string())?;
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
@@ -948,7 +948,7 @@ mod notify_bench {
                             .sum();
                         Ok((pending, given))
                     })
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e: store::StoreError| e.to_string())?;
                 let received = self
                     .seen
                     .lock()

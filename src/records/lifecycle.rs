@@ -16,22 +16,20 @@
 //! Changes in steps 1 and 2 are new Flag versions made by the system, so the council and the
 //! audit team can see when and why a record changed. Everything happens in one transaction.
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde_json::{json, Value};
 
-use crate::api::write::ended;
 use crate::domain::{FlagStatus, PlanType};
-use crate::error::ApiError;
+use crate::records::write::ended;
 use crate::store::audit::{self, AuditRow};
+use crate::store::StoreError;
 use crate::store::{flags, lifecycle as q, micros, DbConn, Store};
 
 /// The subtype that marks a lifecycle run's AuditEvent (ISO 21089 "destroy").
 pub const AUDIT_SUBTYPE: &str = "destroy";
-/// The role the system acts in.
-pub const SYSTEM_ROLE: &str = "system";
+pub use crate::domain::SYSTEM_ROLE;
 /// A person sent without a plan is kept this long for the plan to follow.
 const PERSON_WITHOUT_PLAN_GRACE_MICROS: i64 = 24 * 3600 * 1_000_000;
 
@@ -130,7 +128,7 @@ pub fn run(
     rules: Rules,
     now: DateTime<Utc>,
     trigger: &Trigger,
-) -> Result<Report, ApiError> {
+) -> Result<Report, StoreError> {
     let today = now.date_naive();
     let stamp = micros(now);
     let mut counts = Counts::default();
@@ -269,37 +267,25 @@ fn audit_row(counts: &Counts, trigger: &Trigger, recorded: i64) -> AuditRow {
     }
 }
 
-/// Runs the lifecycle on the writer every `every`, first at start-up, until `alive` is gone.
-pub fn start_scheduler(
+/// The scheduler's thread: runs the lifecycle on the writer every `every`, first at start-up,
+/// until `stop` is set (a run in progress finishes first).
+pub fn run_scheduler(
+    stop: crate::tasks::Stop,
     store: Store,
     rules: Rules,
-    clock: crate::state::Clock,
+    clock: crate::domain::Clock,
     every: Duration,
-    alive: Weak<()>,
-) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("cpis-lifecycle".into())
-        .spawn(move || loop {
-            if alive.upgrade().is_none() {
-                return;
-            }
-            tick(&store, rules, &clock);
-            let mut waited = Duration::ZERO;
-            // Short sleeps, so the thread notices a shutdown promptly.
-            while waited < every {
-                std::thread::sleep(Duration::from_millis(500).min(every));
-                waited += Duration::from_millis(500);
-                if alive.upgrade().is_none() {
-                    return;
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the lifecycle scheduler: {e}"))
+) {
+    loop {
+        tick(&store, rules, &clock);
+        if stop.sleep(every) {
+            return;
+        }
+    }
 }
 
 /// One scheduled run; failures are logged and the next run tries again.
-pub fn tick(store: &Store, rules: Rules, clock: &crate::state::Clock) {
+pub fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock) {
     let now = clock();
     match store.write_blocking(move |conn| run(conn, rules, now, &Trigger::Scheduler)) {
         Ok(r) if r.counts.is_empty() => log::debug!("lifecycle: nothing to do"),

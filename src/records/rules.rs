@@ -2,7 +2,8 @@
 //! known Patient and its author a registered, active council (issue "Profiles": "subject an
 //! existing Patient; author a registered council").
 
-use crate::error::{ApiError, Issue};
+use crate::error::Issue;
+use crate::records::RecordError;
 use crate::store::councils::{self, CouncilRow};
 use crate::store::flags::FlagRow;
 use crate::store::{patients, DbConn};
@@ -17,7 +18,7 @@ pub struct Known {
 }
 
 impl Known {
-    fn person_exists(&mut self, conn: &mut DbConn, nhs: &str) -> Result<bool, ApiError> {
+    fn person_exists(&mut self, conn: &mut DbConn, nhs: &str) -> Result<bool, RecordError> {
         if self.people.contains(nhs) {
             return Ok(true);
         }
@@ -32,7 +33,7 @@ impl Known {
         &mut self,
         conn: &mut DbConn,
         ods: &str,
-    ) -> Result<Option<CouncilRow>, ApiError> {
+    ) -> Result<Option<CouncilRow>, RecordError> {
         if let Some(c) = self.councils.get(ods) {
             return Ok(Some(c.clone()));
         }
@@ -48,7 +49,7 @@ pub fn check_flag_references(
     conn: &mut DbConn,
     row: &FlagRow,
     known: &mut Known,
-) -> Result<CouncilRow, ApiError> {
+) -> Result<CouncilRow, RecordError> {
     let mut issues = Vec::new();
     if !known.person_exists(conn, &row.nhs_number)? {
         issues.push(Issue::new(
@@ -82,46 +83,8 @@ pub fn check_flag_references(
     }
     match council {
         Some(c) if issues.is_empty() => Ok(c),
-        _ => Err(ApiError::Unprocessable(issues)),
+        _ => Err(RecordError::Unprocessable(issues)),
     }
 }
 
-/// Decodes `%XX` escapes and `+` in a query value; `None` for malformed escapes or bad UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(
-            percent_decode("https%3A%2F%2Fx%7C1").as_deref(),
-            Some("https://x|1")
-        );
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-    }
-}
+pub use crate::fhir::percent::decode as percent_decode;

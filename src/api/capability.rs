@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::api::ENDPOINTS;
+use super::ENDPOINTS;
 use crate::domain::PROFILE_BASE;
 
 fn resource_entry(resource: &str) -> Value {
@@ -26,7 +26,8 @@ fn resource_entry(resource: &str) -> Value {
                 "{PROFILE_BASE}/StructureDefinition/CPIS-{resource}"
             ));
             r["versioning"] = json!("versioned-update");
-            r["readHistory"] = json!(has("vread"));
+            // Only Flag keeps earlier versions; the others' vread shows the current one.
+            r["readHistory"] = json!(resource == "Flag" && has("vread"));
             r["updateCreate"] = json!(resource != "Flag");
             r["conditionalCreate"] = json!(resource == "Flag");
             r["conditionalUpdate"] = json!(resource == "Flag");

@@ -1,0 +1,55 @@
+//! The domain layer: what CP-IS does with its records, whatever the way in (HTTP, a Bundle, the
+//! CSV loader, the scheduler). It owns the write procedures and their reference, uniqueness and
+//! demographics rules (`write`, `rules`), who may do what (`policy`), and the record lifecycle
+//! (`lifecycle`; DOMAIN.md "Retention").
+//!
+//! Layering: `records` uses `store` (queries), `fhir` (parsed inputs) and `domain`; it knows
+//! nothing of HTTP. Its errors are [`RecordError`], which `api` turns into OperationOutcomes in
+//! one `From`.
+
+pub mod lifecycle;
+pub mod policy;
+pub mod rules;
+pub mod write;
+
+use crate::error::Issue;
+use crate::store::StoreError;
+
+/// Why a record could not be written or read as asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The request is malformed (400).
+    #[error("invalid: {0:?}")]
+    Invalid(Vec<Issue>),
+    /// Well-formed, but against a rule (422).
+    #[error("unprocessable: {0:?}")]
+    Unprocessable(Vec<Issue>),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The interaction does not apply to this record (405: for example a PUT to a Flag id the
+    /// server never assigned).
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// The record already exists, or its identifier is taken (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// `If-Match` did not match (412).
+    #[error("version conflict: {0}")]
+    VersionConflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for RecordError {
+    fn from(e: diesel::result::Error) -> Self {
+        RecordError::Store(e.into())
+    }
+}
+
+impl From<policy::Denied> for RecordError {
+    fn from(d: policy::Denied) -> Self {
+        RecordError::Forbidden(d.0.to_owned())
+    }
+}

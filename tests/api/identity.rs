@@ -1,0 +1,104 @@
+//! A server configured as a production deployment is: no dev mode, its trusted issuers listed in
+//! the configuration file, tokens signed by an identity provider's own key. And that key set can
+//! be replaced while the server runs.
+
+use cpis_fhir::domain::Role;
+
+use crate::helpers::*;
+
+#[actix_rt::test]
+async fn a_configured_issuer_s_tokens_are_accepted_and_dev_tokens_are_not() {
+    let app = TestApp::spawn_production().await;
+    // The councils were registered with the issuer's admin token; a council submits and a
+    // clinician looks up, all with the issuer's tokens.
+    app.given_patient(LA_A, NHS_1).await;
+    app.given_flag(LA_A, NHS_1, "CPP-1").await;
+    let r = app.lookup(&app.clinician(), NHS_1, "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["total"], 1);
+    // A token signed by a dev key is not trusted: there is no dev key in production.
+    cpis_fhir::auth::dev::ensure_key(app.dir.path()).expect("key");
+    let dev_token = cpis_fhir::auth::dev::mint(
+        app.dir.path(),
+        &cpis_fhir::auth::dev::TokenRequest {
+            role: Role::Clinician,
+            org: cpis_fhir::domain::OdsCode::parse("RDE01").expect("ods"),
+            user: "u".into(),
+            name: None,
+            ttl_secs: 600,
+            audience: "cpis-fhir".into(),
+        },
+    )
+    .expect("token");
+    let r = app.lookup(&dev_token, NHS_1, "", &[]).await;
+    r.assert_outcome(401, "login");
+    // The issuer's claims are checked: another issuer name on the same key is refused.
+    let idp = app.idp.clone().expect("idp");
+    let now = chrono::Utc::now().timestamp();
+    let wrong_issuer = idp.sign(&serde_json::json!({
+        "iss": "https://elsewhere.test", "sub": "u", "aud": "cpis-fhir", "iat": now,
+        "exp": now + 600, "jti": "j", "role": "clinician", "org": "RDE01",
+    }));
+    let r = app.lookup(&wrong_issuer, NHS_1, "", &[]).await;
+    r.assert_outcome(401, "login");
+    assert!(r.text().contains("issuer"), "{}", r.text());
+}
+
+#[actix_rt::test]
+async fn an_expired_token_from_the_configured_issuer_is_refused_and_audited_as_expired() {
+    let app = TestApp::spawn_production().await;
+    let idp = app.idp.clone().expect("idp");
+    // Expired an hour ago: far outside the 30 s leeway.
+    let expired = idp.token(Role::Clinician, "RDE01", -7200, -3600);
+    let r = app.lookup(&expired, NHS_1, "", &[]).await;
+    r.assert_outcome(401, "login");
+    assert!(r.text().contains("expired"), "{}", r.text());
+    assert!(r.headers.contains_key("www-authenticate"));
+    // Expired 10 s ago: inside the leeway, so still accepted (clock skew).
+    let just = idp.token(Role::Clinician, "RDE01", -600, -10);
+    assert_eq!(app.lookup(&just, NHS_1, "", &[]).await.status, 200);
+    // The first refusal of its kind is written at once (later ones are folded into counts).
+    let events = app
+        .audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100")
+        .await;
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["entity"][0]["detail"].as_array())
+        .flatten()
+        .filter(|d| d["type"] == "reason")
+        .filter_map(|d| d["valueString"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["expired"],
+        "the refusal is audited with its reason"
+    );
+}
+
+#[actix_rt::test]
+async fn replacing_the_trusted_keys_at_run_time_takes_effect_on_the_next_request() {
+    let app = TestApp::spawn_production().await;
+    let old = app.idp.clone().expect("idp");
+    let old_token = old.token(Role::Clinician, "RDE01", 0, 600);
+    // Verified once, so remembered by the verifier's cache.
+    assert_eq!(app.lookup(&old_token, NHS_1, "", &[]).await.status, 200);
+
+    // The identity provider rotates: key-2 replaces key-1.
+    let new = TestIdp::generate(app.dir.path(), "https://idp.cpis.test", "key-2");
+    let mut keys = app.verifier.new_key_set();
+    keys.add_key(
+        &std::fs::read(&new.public_file).expect("pem"),
+        jsonwebtoken::Algorithm::RS256,
+        &new.issuer,
+        &["cpis-fhir".to_owned()],
+        Some(new.kid.clone()),
+    )
+    .expect("key");
+    app.verifier.replace_keys(keys);
+    assert_eq!(app.verifier.key_count(), 1);
+
+    let r = app.lookup(&old_token, NHS_1, "", &[]).await;
+    r.assert_outcome(401, "login");
+    let new_token = new.token(Role::Clinician, "RDE01", 0, 600);
+    assert_eq!(app.lookup(&new_token, NHS_1, "", &[]).await.status, 200);
+}
