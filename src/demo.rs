@@ -131,7 +131,7 @@ fn insert_all(conn: &mut DbConn, now: chrono::DateTime<chrono::Utc>) -> Result<(
             &PatientRow {
                 nhs_number: nhs.as_str().into(),
                 family: p.family.into(),
-                given: serde_json::json!([p.given]).to_string(),
+                given: crate::store::columns::JsonList(vec![p.given.to_owned()]),
                 birth_date: p.birth.into(),
                 address_lines: None,
                 address_city: None,
@@ -161,7 +161,7 @@ fn insert_all(conn: &mut DbConn, now: chrono::DateTime<chrono::Utc>) -> Result<(
                     ),
                     local_ref_value: format!("PLAN-{}-{}", p.index, i + 1),
                     plan_type: plan.snomed().into(),
-                    status: status.as_str().into(),
+                    status,
                     period_start: day(*since_start).to_string(),
                     period_end: since_end.map(|d| day(d).to_string()),
                     version: 1,

@@ -164,6 +164,47 @@ impl Role {
     }
 }
 
+/// `Subscription.status` (FHIR R4 subscription-status value set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    /// Accepted; the handshake has not yet succeeded.
+    Requested,
+    Active,
+    /// Deliveries are failing; they are still retried.
+    Error,
+    /// Stopped by its council (or ended): nothing is delivered.
+    Off,
+}
+
+impl SubscriptionStatus {
+    pub const ALL: [SubscriptionStatus; 4] = [
+        SubscriptionStatus::Requested,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::Error,
+        SubscriptionStatus::Off,
+    ];
+
+    /// The statuses whose subscriptions are notified (the notification trigger's list too).
+    pub const LIVE: [SubscriptionStatus; 3] = [
+        SubscriptionStatus::Requested,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::Error,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Requested => "requested",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Error => "error",
+            SubscriptionStatus::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
 /// The verified caller of a request (made from a bearer token by `auth`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {

@@ -20,6 +20,12 @@ fn resource_entry(resource: &str) -> Value {
             .any(|e| e.resource == Some(resource) && e.interaction == code)
     };
     let mut r = json!({ "type": resource, "interaction": interactions });
+    if let Some((params, includes)) = super::search::params::capability(resource) {
+        r["searchParam"] = params;
+        if includes.as_array().is_some_and(|a| !a.is_empty()) {
+            r["searchInclude"] = includes;
+        }
+    }
     match resource {
         "Patient" | "Flag" | "Organization" => {
             r["profile"] = json!(format!(

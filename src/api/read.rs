@@ -209,7 +209,7 @@ pub async fn read_audit_event(
         // A council reads the accesses to its own records (its notifications carry only the
         // AuditEvent id).
         let allowed = match decide(&ctx.caller, Action::ReadAuditEvent)? {
-            Scope::OwnCouncil(own) => row.councils.split_whitespace().any(|c| c == own.as_str()),
+            Scope::OwnCouncil(own) => row.councils.contains(own.as_str()),
             _ => true,
         };
         if !allowed {

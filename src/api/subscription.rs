@@ -8,11 +8,13 @@ use actix_web::{web, HttpRequest};
 
 use crate::api::http::received_resource;
 use crate::auth::Caller;
+use crate::domain::SubscriptionStatus;
 use crate::error::ApiError;
 use crate::fhir::codec;
 use crate::fhir::subscription::{self as fhir_sub, EndpointRule, SubscriptionInput};
 use crate::records::policy::{decide, Action, Scope};
 use crate::state::AppState;
+use crate::store::columns::JsonList;
 use crate::store::subscriptions::{Settings, SubscriptionRow};
 
 /// Councils hold subscriptions for themselves; administrators see and manage all of them
@@ -74,8 +76,8 @@ pub fn endpoint_rule(state: &AppState) -> EndpointRule {
     }
 }
 
-fn headers_json(input: &SubscriptionInput) -> String {
-    serde_json::to_string(&input.headers).unwrap_or_else(|_| "[]".into())
+fn headers_json(input: &SubscriptionInput) -> JsonList {
+    JsonList(input.headers.clone())
 }
 
 /// A new subscription: `requested` (the worker's handshake makes it `active`) or `off`.
@@ -89,7 +91,7 @@ pub fn new_row(
     SubscriptionRow {
         id,
         council,
-        status: input.status.clone(),
+        status: input.status,
         reason: input.reason.clone(),
         end_at: input.end_at,
         endpoint: input.endpoint.clone(),
@@ -126,19 +128,22 @@ pub fn updated(current: &SubscriptionRow, input: &SubscriptionInput, now: i64) -
     };
     let rehandshake = input.endpoint != current.endpoint
         || headers != current.headers
-        || matches!(current.status.as_str(), "off" | "error");
-    let (status, attempts, error, next_attempt_at) = if input.status == "off" {
+        || matches!(
+            current.status,
+            SubscriptionStatus::Off | SubscriptionStatus::Error
+        );
+    let (status, attempts, error, next_attempt_at) = if input.status == SubscriptionStatus::Off {
         (
-            "off".to_owned(),
+            SubscriptionStatus::Off,
             current.attempts,
             current.error.clone(),
             current.next_attempt_at,
         )
     } else if rehandshake {
-        ("requested".to_owned(), 0, None, now)
+        (SubscriptionStatus::Requested, 0, None, now)
     } else {
         (
-            current.status.clone(),
+            current.status,
             current.attempts,
             current.error.clone(),
             current.next_attempt_at,

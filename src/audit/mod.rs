@@ -15,6 +15,7 @@ use crate::domain::Clock;
 use crate::error::ApiError;
 use crate::notify::Wake;
 use crate::store::audit::{self as audit_store, AuditRow};
+use crate::store::columns::{CouncilList, JsonList};
 use crate::store::{micros, DbConn, Store};
 
 /// Who is asking, in which care setting, for which request: everything an audit row needs
@@ -172,7 +173,7 @@ fn row_for<T>(
         }
     };
     let disclosed = disclosure.map(|d| d.references.clone()).unwrap_or_default();
-    let councils = disclosure.map(|d| d.councils.join(" ")).unwrap_or_default();
+    let councils = CouncilList(disclosure.map(|d| d.councils.clone()).unwrap_or_default());
     let patient = disclosure.and_then(|d| d.patient.clone()).or(patient_hint);
     let listed = disclosure.is_some_and(|d| is_listed(ctx, what, code == "0", d));
     AuditRow {
@@ -189,7 +190,7 @@ fn row_for<T>(
         client: ctx.caller.issuer.clone(),
         patient,
         councils,
-        disclosed: serde_json::to_string(&disclosed).unwrap_or_else(|_| "[]".into()),
+        disclosed: JsonList(disclosed),
         request_id: ctx.request_id.clone(),
         trace_id: ctx.trace_id.clone(),
         unscheduled: ctx.is_unscheduled(),

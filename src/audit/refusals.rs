@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use crate::store::audit::{self as audit_store, AuditRow};
+use crate::store::columns::{CouncilList, JsonList};
 
 pub use crate::domain::AUTH_ROLE;
 
@@ -214,8 +215,8 @@ fn row(r: &Refusal, count: u64, from: i64, to: i64, recorded: i64) -> AuditRow {
         user_org: r.claimed_org.clone().unwrap_or_default(),
         client: r.client.clone(),
         patient: None,
-        councils: String::new(),
-        disclosed: "[]".into(),
+        councils: CouncilList::default(),
+        disclosed: JsonList::default(),
         request_id: r.request_id.clone(),
         trace_id: r.trace_id.clone(),
         unscheduled: false,

@@ -55,7 +55,7 @@ pub fn render(row: &AuditRow) -> Value {
         "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
         "query": base64::engine::general_purpose::STANDARD.encode(row.query.as_bytes()),
     }));
-    let disclosed: Vec<String> = serde_json::from_str(&row.disclosed).unwrap_or_default();
+    let disclosed: &[String] = &row.disclosed;
     for reference in disclosed {
         entities.push(json!({
             "what": { "reference": reference },
@@ -63,7 +63,7 @@ pub fn render(row: &AuditRow) -> Value {
             "role": { "system": OBJECT_ROLE, "code": "4", "display": "Domain Resource" },
         }));
     }
-    for ods in row.councils.split_whitespace() {
+    for ods in row.councils.0.iter().map(String::as_str) {
         entities.push(json!({
             "what": {
                 "reference": format!("Organization/{ods}"),

@@ -166,7 +166,7 @@ impl FlagInput {
             local_ref_system: self.identifier_system.clone(),
             local_ref_value: self.identifier_value.clone(),
             plan_type: self.plan_type.snomed().to_owned(),
-            status: self.status.as_str().to_owned(),
+            status: self.status,
             period_start: self.period_start.format("%Y-%m-%d").to_string(),
             period_end: self.period_end.map(|d| d.format("%Y-%m-%d").to_string()),
             version,
@@ -201,7 +201,7 @@ pub fn render(row: &FlagRow, council_name: Option<&str>) -> Value {
             "identifier",
             json!([{ "system": row.local_ref_system, "value": row.local_ref_value }]),
         ),
-        ("status", row.status.clone().into()),
+        ("status", row.status.as_str().into()),
         (
             "category",
             json!([{ "coding": [{

@@ -93,7 +93,7 @@ impl PatientInput {
         PatientRow {
             nhs_number: self.nhs_number.as_str().to_owned(),
             family: self.family.clone(),
-            given: serde_json::to_string(&self.given).unwrap_or_else(|_| "[]".into()),
+            given: crate::store::columns::JsonList(self.given.clone()),
             birth_date: self.birth_date.format("%Y-%m-%d").to_string(),
             address_lines: self
                 .address_lines
@@ -111,7 +111,7 @@ impl PatientInput {
 
 /// Renders a stored person as a CP-IS Patient.
 pub fn render(row: &PatientRow) -> Value {
-    let given: Vec<String> = serde_json::from_str(&row.given).unwrap_or_default();
+    let given: &[String] = &row.given;
     let mut name = json!({ "family": row.family });
     if !given.is_empty() {
         name["given"] = json!(given);

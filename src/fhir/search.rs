@@ -68,7 +68,7 @@ impl Params {
     /// refuses any other unless `lenient`.
     pub fn new(
         all: Vec<(String, String)>,
-        supported: &[&str],
+        supported: &[impl AsRef<str>],
         lenient: bool,
     ) -> Result<Self, ApiError> {
         let mut known = Vec::new();
@@ -78,7 +78,7 @@ impl Params {
             if k == "_format" {
                 continue;
             }
-            if supported.contains(&k.as_str()) || COMMON.contains(&k.as_str()) {
+            if supported.iter().any(|s| s.as_ref() == k) || COMMON.contains(&k.as_str()) {
                 known.push((k.clone(), v.clone()));
                 used.push((k, v));
             } else {
@@ -95,7 +95,7 @@ impl Params {
                             k.clone(),
                             format!(
                                 "the search parameter '{k}' is not supported here (supported: {}); send Prefer: handling=lenient to ignore it",
-                                supported.join(", ")
+                                supported.iter().map(AsRef::as_ref).collect::<Vec<&str>>().join(", ")
                             ),
                         )
                     })

@@ -8,6 +8,7 @@
 //! payload is `id-only` or `empty`: a notification names the AuditEvent, and the council fetches
 //! it with its own token, so no child data travels in a webhook.
 
+use crate::domain::SubscriptionStatus;
 use serde_json::{json, Map, Value};
 
 use crate::error::Issue;
@@ -36,7 +37,7 @@ pub const DEFAULT_MAX_COUNT: i64 = 20;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionInput {
     /// `requested` or `off` (a council asking for `active` gets a handshake first).
-    pub status: String,
+    pub status: SubscriptionStatus,
     pub reason: String,
     pub end_at: Option<i64>,
     /// The council named by the filter, if one was given.
@@ -200,11 +201,11 @@ pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Iss
         }
     }
     let status = match v["status"].as_str() {
-        Some("requested" | "active") => "requested".to_owned(),
-        Some("off") => "off".to_owned(),
+        Some("requested" | "active") => SubscriptionStatus::Requested,
+        Some("off") => SubscriptionStatus::Off,
         Some("error") => {
             issues.push(Issue::new("value", "Subscription.status", "status 'error' is set by the server, not by a client; send requested, active or off"));
-            String::new()
+            SubscriptionStatus::Off
         }
         Some(other) => {
             issues.push(Issue::new(
@@ -212,7 +213,7 @@ pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Iss
                 "Subscription.status",
                 format!("'{other}' is not a Subscription status (requested, active, off)"),
             ));
-            String::new()
+            SubscriptionStatus::Off
         }
         None => {
             issues.push(Issue::new(
@@ -220,7 +221,7 @@ pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Iss
                 "Subscription.status",
                 "Subscription.status is required (requested, active or off)",
             ));
-            String::new()
+            SubscriptionStatus::Off
         }
     };
     let reason = match v["reason"].as_str().map(str::trim) {
@@ -521,7 +522,7 @@ pub fn render(row: &SubscriptionRow) -> Value {
             "lastUpdated": instant(row.updated_at),
             "profile": [format!("{BACKPORT}/backport-subscription")],
         },
-        "status": row.status,
+        "status": row.status.as_str(),
         "reason": row.reason,
         "criteria": TOPIC,
         "_criteria": { "extension": [backport_ext(FILTER_EXT, "valueString", json!(format!("AuditEvent?council={}", row.council)))] },
@@ -584,7 +585,7 @@ pub fn status(
     let mut params = vec![
         json!({ "name": "subscription", "valueReference": { "reference": format!("{base}/Subscription/{}", row.id) } }),
         json!({ "name": "topic", "valueCanonical": TOPIC }),
-        json!({ "name": "status", "valueCode": row.status }),
+        json!({ "name": "status", "valueCode": row.status.as_str() }),
         json!({ "name": "type", "valueCode": kind.code() }),
         json!({ "name": "events-since-subscription-start", "valueString": row.event_count.to_string() }),
     ];

@@ -265,8 +265,7 @@ impl Notifier {
             ))
             .insert_header(("Content-Type", "application/fhir+json"))
             .insert_header((SIGNATURE_HEADER, signature));
-        let headers: Vec<String> = serde_json::from_str(&row.headers).unwrap_or_default();
-        for h in &headers {
+        for h in row.headers.iter() {
             if let Some((name, value)) = h.split_once(':') {
                 req = req.insert_header((name.trim(), value.trim()));
             }

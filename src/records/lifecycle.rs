@@ -173,7 +173,7 @@ pub fn run(
     // 2. Ended plans are no longer active.
     for row in q::active_but_ended(conn, &ymd(today))? {
         let mut next = row.clone();
-        next.status = FlagStatus::Inactive.as_str().to_owned();
+        next.status = FlagStatus::Inactive;
         next.version += 1;
         next.updated_at = stamp;
         flags::update(conn, &next, "SYSTEM")?;
@@ -257,8 +257,8 @@ fn audit_row(counts: &Counts, trigger: &Trigger, recorded: i64) -> AuditRow {
         user_org: org,
         client: how.to_owned(),
         patient: None,
-        councils: String::new(),
-        disclosed: "[]".to_owned(),
+        councils: crate::store::columns::CouncilList::default(),
+        disclosed: crate::store::columns::JsonList::default(),
         request_id,
         trace_id: None,
         unscheduled: false,

@@ -360,10 +360,10 @@ pub fn execute(
 /// is inclusive, so a plan ending today is active until tomorrow).
 pub fn ended(mut row: FlagRow, today: chrono::NaiveDate) -> FlagRow {
     let today = today.format("%Y-%m-%d").to_string();
-    if row.status == FlagStatus::Active.as_str()
+    if row.status == FlagStatus::Active
         && row.period_end.as_deref().is_some_and(|end| *end < *today)
     {
-        row.status = FlagStatus::Inactive.as_str().to_owned();
+        row.status = FlagStatus::Inactive;
     }
     row
 }
@@ -506,7 +506,7 @@ fn delete_patient(
     }
     let mut withdrawn = 0;
     for f in mine {
-        if f.status != FlagStatus::EnteredInError.as_str() {
+        if f.status != FlagStatus::EnteredInError {
             withdraw(conn, f, now)?;
             withdrawn += 1;
         }
@@ -554,11 +554,11 @@ fn create_flag(
 
 /// Marks a Flag entered-in-error as a new version; one already withdrawn is left as it is.
 fn withdraw(conn: &mut DbConn, current: FlagRow, now: i64) -> Result<FlagRow, RecordError> {
-    if current.status == FlagStatus::EnteredInError.as_str() {
+    if current.status == FlagStatus::EnteredInError {
         return Ok(current);
     }
     let mut next = current;
-    next.status = FlagStatus::EnteredInError.as_str().to_owned();
+    next.status = FlagStatus::EnteredInError;
     next.version += 1;
     next.updated_at = now;
     flags::update(conn, &next, "DELETE")?;

@@ -1,6 +1,7 @@
 //! The audit trail: one row per read or search of Patient or Flag data (hit, miss or refusal),
 //! never updated through the API.
 
+use crate::store::columns::{CouncilList, JsonList};
 use diesel::prelude::*;
 
 use super::schema::audit_events;
@@ -28,9 +29,11 @@ pub struct AuditRow {
     /// The NHS number the access was about, where known.
     pub patient: Option<String>,
     /// Space-separated ODS codes of the councils whose records were disclosed.
-    pub councils: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub councils: CouncilList,
     /// JSON array of version-specific references disclosed (`Flag/{id}/_history/{v}`, `Patient/{nhs}`).
-    pub disclosed: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub disclosed: JsonList,
     pub request_id: String,
     pub trace_id: Option<String>,
     pub unscheduled: bool,
@@ -95,8 +98,8 @@ pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
         (
             a::client.eq(&row.client),
             a::patient.eq(row.patient.as_deref()),
-            a::councils.eq(&row.councils),
-            a::disclosed.eq(&row.disclosed),
+            a::councils.eq(row.councils.to_text()),
+            a::disclosed.eq(row.disclosed.to_text()),
             a::request_id.eq(&row.request_id),
             a::trace_id.eq(row.trace_id.as_deref()),
             a::unscheduled.eq(row.unscheduled),
@@ -223,8 +226,8 @@ mod tests {
             user_org: "RDE01".into(),
             client: "https://issuer.example".into(),
             patient: about.map(str::to_owned),
-            councils: String::new(),
-            disclosed: "[]".into(),
+            councils: crate::store::columns::CouncilList::default(),
+            disclosed: crate::store::columns::JsonList::default(),
             request_id: "r-1".into(),
             trace_id: trace.map(str::to_owned),
             unscheduled: false,

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 
 use super::schema::{flag_versions, flags};
 use super::DbConn;
+use crate::domain::FlagStatus;
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
 #[diesel(table_name = flags)]
@@ -16,7 +17,8 @@ pub struct FlagRow {
     pub local_ref_system: String,
     pub local_ref_value: String,
     pub plan_type: String,
-    pub status: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub status: FlagStatus,
     pub period_start: String,
     pub period_end: Option<String>,
     pub version: i64,
@@ -45,7 +47,7 @@ impl FlagRow {
             local_ref_system: self.local_ref_system.clone(),
             local_ref_value: self.local_ref_value.clone(),
             plan_type: self.plan_type.clone(),
-            status: self.status.clone(),
+            status: self.status,
             period_start: self.period_start.clone(),
             period_end: self.period_end.clone(),
             recorded_at: self.updated_at,
@@ -64,7 +66,8 @@ pub struct FlagVersionRow {
     pub local_ref_system: String,
     pub local_ref_value: String,
     pub plan_type: String,
-    pub status: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub status: FlagStatus,
     pub period_start: String,
     pub period_end: Option<String>,
     pub recorded_at: i64,
@@ -82,7 +85,7 @@ impl FlagVersionRow {
             local_ref_system: self.local_ref_system.clone(),
             local_ref_value: self.local_ref_value.clone(),
             plan_type: self.plan_type.clone(),
-            status: self.status.clone(),
+            status: self.status,
             period_start: self.period_start.clone(),
             period_end: self.period_end.clone(),
             version: self.version,
@@ -119,8 +122,8 @@ pub fn find_by_identifier(
 pub fn insert(conn: &mut DbConn, row: &FlagRow) -> QueryResult<()> {
     let version = row.snapshot("POST");
     super::on_backend!(conn, c => {
-        diesel::insert_into(flags::table).values(row).execute(c)?;
-        diesel::insert_into(flag_versions::table).values(&version).execute(c)
+        diesel::insert_into(flags::table).values(row.clone()).execute(c)?;
+        diesel::insert_into(flag_versions::table).values(version.clone()).execute(c)
     })
     .map(|_| ())
 }
@@ -129,8 +132,8 @@ pub fn insert(conn: &mut DbConn, row: &FlagRow) -> QueryResult<()> {
 pub fn update(conn: &mut DbConn, row: &FlagRow, method: &str) -> QueryResult<()> {
     let version = row.snapshot(method);
     super::on_backend!(conn, c => {
-        diesel::update(flags::table.find(&row.id)).set(row).execute(c)?;
-        diesel::insert_into(flag_versions::table).values(&version).execute(c)
+        diesel::update(flags::table.find(&row.id)).set(row.clone()).execute(c)?;
+        diesel::insert_into(flag_versions::table).values(version.clone()).execute(c)
     })
     .map(|_| ())
 }
@@ -177,7 +180,7 @@ impl FlagFilter {
             && eq(&self.identifier_system, &r.local_ref_system)
             && eq(&self.identifier_value, &r.local_ref_value)
             && (self.ids.is_empty() || self.ids.contains(&r.id))
-            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
+            && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == r.status.as_str()))
             && (self.plan_types.is_empty() || self.plan_types.contains(&r.plan_type))
             && self
                 .visible_since
@@ -189,7 +192,7 @@ impl FlagFilter {
 /// What a clinician may see (DOMAIN.md "Retention"): not entered in error, and not a plan that
 /// ended before `since` (the start of the retention window).
 pub fn visible_to_clinicians(r: &FlagRow, since: &str) -> bool {
-    r.status != "entered-in-error" && r.period_end.as_deref().is_none_or(|end| end >= since)
+    r.status != FlagStatus::EnteredInError && r.period_end.as_deref().is_none_or(|end| end >= since)
 }
 
 /// Whether the person has any Flag a clinician may see: a person without one is not on CP-IS

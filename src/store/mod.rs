@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod columns;
 pub mod councils;
 pub mod error;
 pub mod flags;

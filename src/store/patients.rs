@@ -1,5 +1,6 @@
 //! People with a CP-IS record: name, date of birth, optional address (DOMAIN.md "Data held").
 
+use crate::store::columns::JsonList;
 use diesel::prelude::*;
 
 use super::schema::{flags, patients};
@@ -12,7 +13,8 @@ pub struct PatientRow {
     pub nhs_number: String,
     pub family: String,
     /// Given names as a JSON array of strings.
-    pub given: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub given: JsonList,
     pub birth_date: String,
     /// Address lines as a JSON array of strings.
     pub address_lines: Option<String>,
@@ -50,13 +52,13 @@ pub fn get(conn: &mut DbConn, nhs: &str) -> QueryResult<Option<PatientRow>> {
 }
 
 pub fn insert(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
-    super::on_backend!(conn, c => diesel::insert_into(patients::table).values(row).execute(c))
+    super::on_backend!(conn, c => diesel::insert_into(patients::table).values(row.clone()).execute(c))
         .map(|_| ())
 }
 
 pub fn update(conn: &mut DbConn, row: &PatientRow) -> QueryResult<()> {
     super::on_backend!(conn, c => diesel::update(patients::table.find(&row.nhs_number))
-        .set(row)
+        .set(row.clone())
         .execute(c))
     .map(|_| ())
 }

@@ -7,6 +7,8 @@
 //! ([`claim`]) so that two workers — or two replicas over one PostgreSQL — never deliver the same
 //! events at once, and records each attempt ([`record`]).
 
+use crate::domain::SubscriptionStatus;
+use crate::store::columns::JsonList;
 use std::collections::HashMap;
 
 use diesel::prelude::*;
@@ -15,7 +17,12 @@ use super::schema::{notification_outbox, notifications, subscriptions};
 use super::DbConn;
 
 /// Statuses in which a subscription receives events (FHIR `subscription-status`).
-pub const LIVE: [&str; 3] = ["requested", "active", "error"];
+/// The statuses notified, as the notification trigger lists them (a test ties the two).
+pub const LIVE: [&str; 3] = [
+    SubscriptionStatus::LIVE[0].as_str(),
+    SubscriptionStatus::LIVE[1].as_str(),
+    SubscriptionStatus::LIVE[2].as_str(),
+];
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = subscriptions)]
@@ -23,12 +30,14 @@ pub struct SubscriptionRow {
     pub id: String,
     /// ODS code of the council whose records' accesses are notified (the filter).
     pub council: String,
-    pub status: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub status: SubscriptionStatus,
     pub reason: String,
     pub end_at: Option<i64>,
     pub endpoint: String,
     /// JSON array of `Name: value` strings, sent with every notification, never rendered.
-    pub headers: String,
+    #[diesel(deserialize_as = String, serialize_as = String)]
+    pub headers: JsonList,
     /// `id-only` or `empty`.
     pub content: String,
     pub heartbeat_secs: Option<i64>,
@@ -58,11 +67,13 @@ pub struct SubscriptionRow {
 #[derive(AsChangeset, Clone, Debug)]
 #[diesel(table_name = subscriptions, treat_none_as_null = true)]
 pub struct Settings {
-    pub status: String,
+    #[diesel(serialize_as = String)]
+    pub status: SubscriptionStatus,
     pub reason: String,
     pub end_at: Option<i64>,
     pub endpoint: String,
-    pub headers: String,
+    #[diesel(serialize_as = String)]
+    pub headers: JsonList,
     pub content: String,
     pub heartbeat_secs: Option<i64>,
     pub timeout_secs: i64,
@@ -96,7 +107,7 @@ struct OutboxRow {
 
 pub fn insert(conn: &mut DbConn, row: &SubscriptionRow) -> QueryResult<()> {
     diesel::insert_into(subscriptions::table)
-        .values(row)
+        .values(row.clone())
         .execute(conn)
         .map(|_| ())
 }
@@ -111,7 +122,7 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<SubscriptionRow>> 
 
 pub fn update_settings(conn: &mut DbConn, id: &str, s: &Settings) -> QueryResult<()> {
     diesel::update(subscriptions::table.find(id))
-        .set(s)
+        .set(s.clone())
         .execute(conn)
         .map(|_| ())
 }
@@ -356,7 +367,7 @@ pub fn claim(
 /// A subscription is handshaken when it asks for it (`requested`) and until an endpoint has
 /// accepted a first notification (one that went to `error` before that still needs it).
 pub fn needs_handshake(row: &SubscriptionRow) -> bool {
-    row.status == "requested" || row.last_sent_at.is_none()
+    row.status == SubscriptionStatus::Requested || row.last_sent_at.is_none()
 }
 
 /// How one delivery attempt went.
@@ -445,4 +456,34 @@ pub fn record(
 /// Removes events whose AuditEvent has left under the audit retention (lifecycle).
 pub fn remove_events_before(conn: &mut DbConn, recorded: i64) -> QueryResult<usize> {
     diesel::delete(notifications::table.filter(notifications::recorded.lt(recorded))).execute(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notification trigger (SQL, both backends) lists the statuses it notifies; they must be
+    /// the ones the Rust code treats as live.
+    #[test]
+    fn the_notification_trigger_lists_exactly_the_live_statuses() {
+        for (backend, sql) in [
+            ("sqlite", include_str!("../../migrations/sqlite/2026-11-29-000005_outbox_trigger_without_statement_journal/up.sql")),
+            ("postgres", include_str!("../../migrations/postgres/2026-11-29-000005_outbox_trigger_without_statement_journal/up.sql")),
+        ] {
+            let lists: Vec<Vec<String>> = sql
+                .match_indices("status IN (")
+                .map(|(at, m)| {
+                    let rest = &sql[at + m.len()..];
+                    let list = rest.split(')').next().unwrap_or_default();
+                    list.split(',')
+                        .map(|s| s.trim().trim_matches('\'').to_owned())
+                        .collect()
+                })
+                .collect();
+            assert!(!lists.is_empty(), "{backend}: the trigger names its statuses");
+            for list in lists {
+                assert_eq!(list, LIVE, "{backend}");
+            }
+        }
+    }
 }

@@ -215,3 +215,37 @@ async fn every_response_carries_a_request_id_and_echoes_the_callers() {
         Some("0f4a7c8e-0000-4000-8000-000000000001")
     );
 }
+
+#[actix_rt::test]
+async fn a_corrupt_stored_list_is_answered_500_and_never_rendered_as_empty() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    let events = app.audit_of(NHS_1).await;
+    let id = events[0]["id"].as_str().expect("id").to_owned();
+    let auditor = app.token(cpis_fhir::domain::Role::Auditor, "X26");
+    let good = app.get(&format!("/AuditEvent/{id}"), &auditor).await;
+    assert_eq!(good.status, 200, "{}", good.text());
+    assert!(
+        good.text().contains("Flag/"),
+        "the disclosed Flag is rendered"
+    );
+    // The list of disclosed entities is damaged on disk (a hand edit, a bad restore).
+    let mut conn = diesel::SqliteConnection::establish(app.database()).expect("db");
+    conn.batch_execute(&format!(
+        "UPDATE audit_events SET disclosed = '[\"Flag/' WHERE id = '{id}'"
+    ))
+    .expect("corrupt");
+    let r = app.get(&format!("/AuditEvent/{id}"), &auditor).await;
+    r.assert_outcome(500, "exception");
+    assert!(
+        !r.text().contains("disclosed"),
+        "the detail goes to the log, not to the caller: {}",
+        r.text()
+    );
+}

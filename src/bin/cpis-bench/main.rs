@@ -246,7 +246,7 @@ fn generate(store: &Store, args: &Args) -> Result<(), String> {
                         &PatientRow {
                             nhs_number: n.clone(),
                             family: format!("Family{i}"),
-                            given: "[\"Alex\"]".into(),
+                            given: cpis_fhir::store::columns::JsonList(vec!["Alex".into()]),
                             birth_date: "2015-06-01".into(),
                             address_lines: None,
                             address_city: None,
@@ -277,7 +277,7 @@ fn generate(store: &Store, args: &Args) -> Result<(), String> {
                                 ),
                                 local_ref_value: format!("P{i}-{p}"),
                                 plan_type: plan.snomed().into(),
-                                status: status.as_str().into(),
+                                status,
                                 period_start: (today - chrono::Duration::days(400)).to_string(),
                                 period_end: end.map(|d| d.to_string()),
                                 version: 1,
@@ -838,7 +838,7 @@ mod notify_bench {
                 }
                 for council in store::councils::all(c)? {
                     let input = SubscriptionInput {
-                        status: "requested".into(),
+                        status: cpis_fhir::domain::SubscriptionStatus::Requested,
                         reason: "benchmark".into(),
                         end_at: None,
                         council: Some(council.ods_code.clone()),

@@ -1,0 +1,171 @@
+//! `GET /AuditEvent?…`: a person's access history (clinicians and the responsible council: the
+//! latest 25 unscheduled accesses), every audit row about a person for the audit team, and the
+//! system events (lifecycle runs, refused authentications).
+
+use super::*;
+use crate::fhir::audit_event;
+
+// unscheduled accesses that disclosed a record) or, for the audit team, every audit row.
+
+/// `GET /AuditEvent?subtype=destroy`: the audit team lists the record lifecycle's runs;
+/// `GET /AuditEvent?type=110114`, the refused authentications. Newest first.
+fn system_events(
+    conn: &mut DbConn,
+    caller: &Caller,
+    p: &Params,
+    state: &AppState,
+    role: &str,
+) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+    decide(caller, Action::ListSystemEvents)?;
+    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+    let cursor = p.cursor()?;
+    let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
+    let mut rows = audit_store::events_of_role(conn, role, cursor.as_deref(), limit)?;
+    let next = if rows.len() > count {
+        rows.truncate(count);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    let mut disclosure = Disclosure::about(None);
+    for r in &rows {
+        disclosure.reference(format!("AuditEvent/{}", r.id));
+    }
+    Ok((rows, next, disclosure))
+}
+
+fn run_audit_search(
+    conn: &mut DbConn,
+    caller: &Caller,
+    p: &Params,
+    state: &AppState,
+    visible_since: String,
+) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+    let allow_test = state.settings.allow_test_nhs_numbers;
+    let nhs = one_patient(
+        p,
+        &["patient:identifier", "entity:identifier"],
+        &["patient"],
+        allow_test,
+    )?;
+    let subtypes = p.all("subtype");
+    let types = p.all("type");
+    let authentication = |t: &&str| {
+        let code = t.rsplit('|').next().unwrap_or_default();
+        let system = t.split_once('|').map(|(s, _)| s);
+        code == audit_event::AUTHENTICATION_CODE
+            && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
+    };
+    match (&nhs, subtypes.as_slice(), types.as_slice()) {
+        (None, [], [t]) if authentication(t) => {
+            return system_events(conn, caller, p, state, crate::audit::refusals::AUTH_ROLE)
+        }
+        (_, _, [_, ..]) => {
+            return Err(ApiError::InvalidSearch(format!(
+                "type is supported only as type={} (refused authentications), without other filters",
+                audit_event::AUTHENTICATION_CODE
+            )))
+        }
+        (None, [crate::records::lifecycle::AUDIT_SUBTYPE], []) => {
+            return system_events(conn, caller, p, state, crate::records::lifecycle::SYSTEM_ROLE)
+        }
+        (_, [], []) => {}
+        _ => {
+            return Err(ApiError::InvalidSearch(format!(
+                "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",
+                crate::records::lifecycle::AUDIT_SUBTYPE
+            )))
+        }
+    }
+    let nhs = nhs.ok_or_else(|| {
+            ApiError::Forbidden(
+                "access history is searched by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
+            )
+        })?;
+    let (rows, next) = match decide(caller, Action::ReadAccessHistory)? {
+        Scope::ClinicianVisible => {
+            if !flags::has_visible(conn, nhs.as_str(), &visible_since)? {
+                (Vec::new(), None)
+            } else {
+                (
+                    audit_store::listed_for_patient(conn, nhs.as_str(), ACCESS_HISTORY_LENGTH)?,
+                    None,
+                )
+            }
+        }
+        Scope::OwnCouncil(own) => {
+            if !patients::council_holds_flag(conn, nhs.as_str(), own.as_str())? {
+                return Err(ApiError::Forbidden(
+                    "only the council responsible for this person's record sees its access history"
+                        .into(),
+                ));
+            }
+            (
+                audit_store::listed_for_patient(conn, nhs.as_str(), ACCESS_HISTORY_LENGTH)?,
+                None,
+            )
+        }
+        Scope::All => {
+            let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+            let cursor = p.cursor()?;
+            let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
+            let mut rows =
+                audit_store::all_for_patient(conn, nhs.as_str(), cursor.as_deref(), limit)?;
+            let next = if rows.len() > count {
+                rows.truncate(count);
+                rows.last().map(|r| r.id.clone())
+            } else {
+                None
+            };
+            (rows, next)
+        }
+    };
+    let mut disclosure = Disclosure::about(Some(nhs.as_str().to_owned()));
+    for r in &rows {
+        disclosure.reference(format!("AuditEvent/{}", r.id));
+    }
+    Ok((rows, next, disclosure))
+}
+
+/// GET and `POST …/_search`.
+pub async fn search_audit_events(
+    req: HttpRequest,
+    ctx: AccessContext,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let ran = audited_search(
+        &req,
+        ctx,
+        &state,
+        body,
+        "AuditEvent",
+        &["patient:identifier", "entity:identifier", "patient"],
+        |params, _| Ok(params),
+        |conn, caller, params, st, since| {
+            let (rows, next, d) = run_audit_search(conn, caller, &params, st, since)?;
+            Ok(((rows, next), d))
+        },
+    )
+    .await?;
+    let (used, cursor) = (ran.used, ran.cursor);
+    let (rows, next) = ran.rows;
+    let bundle = SearchSet {
+        base: &state.settings.base_url,
+        path: "AuditEvent",
+        query: used,
+        cursor,
+        total: next.is_none().then_some(rows.len()),
+        next_cursor: next,
+        entries: rows
+            .iter()
+            .map(|r| Entry {
+                resource_type: "AuditEvent",
+                id: r.id.clone(),
+                resource: audit_event::render(r),
+                include: false,
+            })
+            .collect(),
+    };
+    Reply::ok(bundle.render()).into_response(&req)
+}

@@ -1,0 +1,221 @@
+//! The search parameters of every resource, declared once (FHIR R4 §3.1.1.4 "Search
+//! parameters"; §2.40 `CapabilityStatement.rest.resource.searchParam`). The request parser
+//! accepts exactly these (with the modifiers listed), the CapabilityStatement publishes them
+//! with their type and documentation, and the searches read their values by these names.
+
+/// One search parameter of one resource.
+#[derive(Debug)]
+pub struct SearchParam {
+    pub name: &'static str,
+    /// FHIR search parameter type: `token`, `reference`, `date`, `string`.
+    pub kind: &'static str,
+    /// The modifiers accepted after the name (`patient:identifier`).
+    pub modifiers: &'static [&'static str],
+    /// Whether the name is accepted without a modifier.
+    pub bare: bool,
+    /// The base SearchParameter it is, when it is one of FHIR R4's.
+    pub definition: Option<&'static str>,
+    pub documentation: &'static str,
+}
+
+/// The searches of one resource type.
+#[derive(Debug)]
+pub struct ResourceSearch {
+    pub resource: &'static str,
+    pub params: &'static [SearchParam],
+    /// `_include` values accepted.
+    pub includes: &'static [&'static str],
+}
+
+const fn p(
+    name: &'static str,
+    kind: &'static str,
+    modifiers: &'static [&'static str],
+    definition: Option<&'static str>,
+    documentation: &'static str,
+) -> SearchParam {
+    SearchParam {
+        name,
+        kind,
+        modifiers,
+        bare: true,
+        definition,
+        documentation,
+    }
+}
+
+/// A parameter accepted only with one of its modifiers.
+const fn only_modified(param: SearchParam) -> SearchParam {
+    SearchParam {
+        bare: false,
+        ..param
+    }
+}
+
+#[cfg(test)]
+const R4: &str = "http://hl7.org/fhir/SearchParameter/";
+
+macro_rules! base {
+    ($id:literal) => {
+        Some(concat!("http://hl7.org/fhir/SearchParameter/", $id))
+    };
+}
+
+/// Every resource's searches. `_count` and `_format` are accepted everywhere (and `_cursor`,
+/// this server's opaque paging token, in the `next` links it writes).
+pub const SEARCHES: &[ResourceSearch] = &[
+    ResourceSearch {
+        resource: "Flag",
+        params: &[
+            p("patient", "reference", &["identifier"], base!("clinical-patient"),
+              "The look-up: patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}. Required for clinicians and the audit team; audited, hits and misses alike."),
+            p("subject", "reference", &["identifier"], base!("Flag-subject"),
+              "As patient."),
+            p("identifier", "token", &[], base!("Flag-identifier"),
+              "The council's plan reference (system|value); a council finds its own Flags by it."),
+            p("_id", "token", &[], base!("Resource-id"), "Flag ids, comma-separated."),
+            p("status", "token", &[], None,
+              "active, inactive, entered-in-error (clinicians never see entered-in-error)."),
+            p("code", "token", &[], base!("clinical-code"),
+              "The plan type: a SNOMED CT code of England-ChildProtectionPlan."),
+            p("date", "date", &[], base!("clinical-date"),
+              "Plan period (eq, ne, lt, gt, le, ge, sa, eb, ap on days)."),
+            p("_lastUpdated", "date", &[], base!("Resource-lastUpdated"),
+              "When the Flag last changed."),
+        ],
+        includes: &["Flag:author", "Flag:patient", "Flag:subject"],
+    },
+    ResourceSearch {
+        resource: "Patient",
+        params: &[
+            p("identifier", "token", &[], base!("Patient-identifier"),
+              "https://fhir.nhs.uk/Id/nhs-number|{NHS number}; audited."),
+            p("_id", "token", &[], base!("Resource-id"), "The NHS number."),
+            p("family", "string", &[], base!("individual-family"),
+              "Councils only, among the people they are responsible for."),
+            p("given", "string", &[], base!("individual-given"), "Councils only, as family."),
+            p("name", "string", &[], base!("Patient-name"), "Councils only, as family."),
+            p("birthdate", "date", &[], base!("individual-birthdate"), "Councils only, as family."),
+        ],
+        includes: &[],
+    },
+    ResourceSearch {
+        resource: "Organization",
+        params: &[
+            p("identifier", "token", &[], base!("Organization-identifier"),
+              "https://fhir.nhs.uk/Id/ods-organization-code|{ODS code}."),
+            p("_id", "token", &[], base!("Resource-id"), "ODS codes, comma-separated."),
+            p("name", "string", &[], base!("Organization-name"), "Starts with, case-insensitive."),
+        ],
+        includes: &[],
+    },
+    ResourceSearch {
+        resource: "AuditEvent",
+        params: &[
+            p("patient", "reference", &["identifier"], base!("AuditEvent-patient"),
+              "A person's access history: patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}. Clinicians and the responsible council: the latest 25 unscheduled accesses; the audit team: every record, paged."),
+            only_modified(p("entity", "reference", &["identifier"], base!("AuditEvent-entity"),
+              "entity:identifier, as patient:identifier.")),
+            p("subtype", "token", &[], base!("AuditEvent-subtype"),
+              "destroy: the record lifecycle's runs (audit team)."),
+            p("type", "token", &[], base!("AuditEvent-type"),
+              "http://dicom.nema.org/resources/ontology/DCM|110114: refused authentications (audit team)."),
+        ],
+        includes: &[],
+    },
+    ResourceSearch {
+        resource: "Subscription",
+        params: &[
+            p("status", "token", &[], base!("Subscription-status"),
+              "requested, active, error, off; comma-separated."),
+            p("_id", "token", &[], base!("Resource-id"), "Subscription ids, comma-separated."),
+        ],
+        includes: &[],
+    },
+];
+
+/// The searches of `resource` (a type without searches has none).
+pub fn of(resource: &str) -> Option<&'static ResourceSearch> {
+    SEARCHES.iter().find(|s| s.resource == resource)
+}
+
+/// Every parameter name `resource` accepts, with its modifiers (`patient`, `patient:identifier`),
+/// and `_include` where it has includes.
+pub fn accepted(resource: &str) -> Vec<String> {
+    let Some(search) = of(resource) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for param in search.params {
+        if param.bare {
+            names.push(param.name.to_owned());
+        }
+        names.extend(
+            param
+                .modifiers
+                .iter()
+                .map(|m| format!("{}:{m}", param.name)),
+        );
+    }
+    if !search.includes.is_empty() {
+        names.push("_include".to_owned());
+    }
+    names
+}
+
+/// `CapabilityStatement.rest.resource.searchParam` and `searchInclude` of `resource`.
+pub fn capability(resource: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+    let search = of(resource)?;
+    let params: Vec<serde_json::Value> = search
+        .params
+        .iter()
+        .map(|param| {
+            let mut v = serde_json::json!({
+                "name": param.name,
+                "type": param.kind,
+                "documentation": param.documentation,
+            });
+            if let Some(d) = param.definition {
+                v["definition"] = serde_json::json!(d);
+            }
+            v
+        })
+        .collect();
+    Some((
+        serde_json::json!(params),
+        serde_json::json!(search.includes),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_parameter_is_declared_once_with_a_fhir_type_and_base_definitions_are_r4_s() {
+        for s in SEARCHES {
+            let mut names: Vec<&str> = s.params.iter().map(|p| p.name).collect();
+            names.sort_unstable();
+            let before = names.len();
+            names.dedup();
+            assert_eq!(
+                before,
+                names.len(),
+                "{}: a parameter declared twice",
+                s.resource
+            );
+            for p in s.params {
+                assert!(
+                    ["token", "reference", "date", "string"].contains(&p.kind),
+                    "{}",
+                    p.name
+                );
+                assert!(p.definition.is_none_or(|d| d.starts_with(R4)), "{}", p.name);
+                assert!(!p.documentation.is_empty());
+            }
+        }
+        assert!(accepted("Flag").contains(&"patient:identifier".to_owned()));
+        assert!(accepted("Flag").contains(&"_include".to_owned()));
+        assert!(!accepted("Patient").contains(&"_include".to_owned()));
+    }
+}
