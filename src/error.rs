@@ -437,62 +437,6 @@ impl ResponseError for ApiError {
     }
 }
 
-/// What each kind of store error means to an HTTP caller (the classification itself is
-/// `StoreError`'s). The source text goes to the log with the request id, never to the caller.
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError as S;
-        match e {
-            S::NotFound => ApiError::NotFound("the record was not found".into()),
-            S::Duplicate(why) => {
-                log::warn!("store: {why}");
-                ApiError::Conflict(
-                    "another request stored the same record at the same moment; repeat this                      request to see the record as it now stands"
-                        .into(),
-                )
-            }
-            S::Transient(why) => ApiError::Unavailable(format!("database: {why}")),
-            S::Corrupt(why) => ApiError::Internal(format!("corrupt stored value: {why}")),
-            S::Other(why) => ApiError::Internal(format!("database: {why}")),
-        }
-    }
-}
-
-/// The domain layer's refusals, as HTTP sees them.
-impl From<crate::records::RecordError> for ApiError {
-    fn from(e: crate::records::RecordError) -> Self {
-        use crate::records::RecordError as R;
-        match e {
-            R::Invalid(issues) => ApiError::Invalid(issues),
-            R::Unprocessable(issues) => ApiError::Unprocessable(issues),
-            R::Forbidden(why) => ApiError::Forbidden(why),
-            R::NotFound(why) => ApiError::NotFound(why),
-            R::MethodNotAllowed(why) => ApiError::MethodNotAllowed(why),
-            R::Conflict(why) => ApiError::Conflict(why),
-            R::VersionConflict(why) => ApiError::VersionConflict(why),
-            R::Store(e) => e.into(),
-        }
-    }
-}
-
-impl From<crate::records::policy::Denied> for ApiError {
-    fn from(d: crate::records::policy::Denied) -> Self {
-        ApiError::Forbidden(d.0.to_owned())
-    }
-}
-
-impl From<diesel::result::Error> for ApiError {
-    fn from(e: diesel::result::Error) -> Self {
-        crate::store::StoreError::from(e).into()
-    }
-}
-
-impl From<r2d2::Error> for ApiError {
-    fn from(e: r2d2::Error) -> Self {
-        crate::store::StoreError::from(e).into()
-    }
-}
-
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(format!("blocking task failed: {e}"))

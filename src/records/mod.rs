@@ -53,3 +53,26 @@ impl From<policy::Denied> for RecordError {
         RecordError::Forbidden(d.0.to_owned())
     }
 }
+
+/// The domain layer's refusals, as HTTP sees them.
+impl From<RecordError> for crate::error::ApiError {
+    fn from(e: RecordError) -> Self {
+        use RecordError as R;
+        match e {
+            R::Invalid(issues) => crate::error::ApiError::Invalid(issues),
+            R::Unprocessable(issues) => crate::error::ApiError::Unprocessable(issues),
+            R::Forbidden(why) => crate::error::ApiError::Forbidden(why),
+            R::NotFound(why) => crate::error::ApiError::NotFound(why),
+            R::MethodNotAllowed(why) => crate::error::ApiError::MethodNotAllowed(why),
+            R::Conflict(why) => crate::error::ApiError::Conflict(why),
+            R::VersionConflict(why) => crate::error::ApiError::VersionConflict(why),
+            R::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<policy::Denied> for crate::error::ApiError {
+    fn from(d: policy::Denied) -> Self {
+        crate::error::ApiError::Forbidden(d.0.to_owned())
+    }
+}

@@ -78,6 +78,41 @@ impl From<r2d2::Error> for StoreError {
     }
 }
 
+use crate::error::ApiError;
+
+/// What each kind of store error means to an HTTP caller (the classification itself is
+/// `StoreError`'s). The source text goes to the log with the request id, never to the caller.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StoreError as S;
+        match e {
+            S::NotFound => ApiError::NotFound("the record was not found".into()),
+            S::Duplicate(why) => {
+                log::warn!("store: {why}");
+                ApiError::Conflict(
+                    "another request stored the same record at the same moment; repeat this request to see the record as it now stands"
+                        .into(),
+                )
+            }
+            S::Transient(why) => ApiError::Unavailable(format!("database: {why}")),
+            S::Corrupt(why) => ApiError::Internal(format!("corrupt stored value: {why}")),
+            S::Other(why) => ApiError::Internal(format!("database: {why}")),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+impl From<r2d2::Error> for ApiError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
