@@ -2,6 +2,8 @@
 //! plan on a mother's record, a child with plans from two councils, and an ended plan. Every NHS
 //! number is from the 999 test range, so no real person's number is ever used.
 
+pub mod banner;
+
 use chrono::{Duration, NaiveDate};
 
 use crate::domain::{FlagStatus, PlanType};

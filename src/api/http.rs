@@ -218,12 +218,7 @@ pub fn parse_etag(text: &str) -> Result<i64, ApiError> {
 
 /// Enforces `If-Match` against the current version.
 pub fn check_version(expected: Option<i64>, current: i64) -> Result<(), ApiError> {
-    match expected {
-        Some(v) if v != current => Err(ApiError::VersionConflict(format!(
-            "If-Match names version {v} but the current version is {current}; read the resource again and reapply your change"
-        ))),
-        _ => Ok(()),
-    }
+    Ok(crate::records::write::check_version(expected, current)?)
 }
 
 /// A resource in the negotiated format with its version headers.
@@ -296,10 +291,7 @@ impl Reply {
 }
 
 fn prefers_minimal(req: &HttpRequest) -> bool {
-    req.headers()
-        .get("Prefer")
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|p| p.split(',').any(|x| x.trim() == "return=minimal"))
+    crate::fhir::format::prefers(req, "return=minimal")
 }
 
 /// The version-specific URL of a resource (used in `Location`).

@@ -42,7 +42,7 @@ pub async fn submit(
     let limit = state.settings.bundle_body_limit;
     let limits = crate::api::http::bundle_limits(&state);
     let body = receive(&req, payload, &state, limit, "Bundle", limits).await?;
-    let representation = prefers_representation(&req);
+    let representation = crate::fhir::format::prefers(&req, "return=representation");
     let now = state.now();
     let (today, now) = (now.date_naive(), store::micros(now));
     // Reading and checking thousands of entries is CPU work: off the HTTP worker, so look-ups
@@ -144,13 +144,6 @@ fn write_all(
                 .collect())
         }
     }
-}
-
-fn prefers_representation(req: &HttpRequest) -> bool {
-    req.headers()
-        .get("Prefer")
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|p| p.split(',').any(|x| x.trim() == "return=representation"))
 }
 
 struct Prepared {

@@ -203,3 +203,19 @@ pub fn render(value: &Value, format: Format) -> Result<Vec<u8>, ApiError> {
         Format::Xml => codec::json_to_xml(value).map_err(ApiError::Internal),
     }
 }
+
+/// Whether the request's `Prefer` headers (RFC 7240; FHIR R4 §3.1.0.1.8 `return`, §3.1.1.1
+/// `handling`) carry `preference`, such as `return=minimal` or `handling=lenient`. Several
+/// headers, comma-separated preferences and `;` parameters are all read; names compare without
+/// regard to case.
+pub fn prefers(req: &actix_web::HttpRequest, preference: &str) -> bool {
+    req.headers()
+        .get_all("Prefer")
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split([',', ';']))
+        .any(|p| {
+            let p = p.trim();
+            p.eq_ignore_ascii_case(preference)
+                || p.replace(' ', "").eq_ignore_ascii_case(preference)
+        })
+}

@@ -49,11 +49,7 @@ const MAX_PAIRS: usize = 256;
 
 /// `Prefer: handling=lenient` makes unknown parameters ignored instead of refused.
 pub fn lenient(req: &HttpRequest) -> bool {
-    req.headers()
-        .get_all("Prefer")
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split([',', ';']))
-        .any(|p| p.trim() == "handling=lenient")
+    crate::fhir::format::prefers(req, "handling=lenient")
 }
 
 /// The parameters of one search, split into the ones this search understands and the rest.
