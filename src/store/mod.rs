@@ -180,16 +180,30 @@ impl Store {
     }
 
     /// Runs `f` on a read connection, off the async executor.
+    ///
+    /// A read changes nothing, so one that fails for a reason of the database's (a connection
+    /// lost to a restart or fail-over, a busy database) is tried once more, on a fresh
+    /// connection, before the caller sees 503.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: JobError,
-        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
+        F: Fn(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
         let pool = self.read.clone();
         actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(StoreError::from)?;
-            f(&mut conn)
+            let first = pool
+                .get()
+                .map_err(|e| E::from(StoreError::from(e)))
+                .and_then(|mut conn| f(&mut conn));
+            match first {
+                Err(e) if e.is_transient() => {
+                    log::warn!("a read failed for a reason of the database's; trying it once more");
+                    let mut conn = pool.get().map_err(StoreError::from)?;
+                    f(&mut conn)
+                }
+                other => other,
+            }
         })
         .await
         .map_err(|e| E::from(StoreError::Other(format!("blocking task failed: {e}"))))?
@@ -266,4 +280,40 @@ pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
         e,
         diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn read_failing_first_with(err: StoreError) -> (Result<u32, StoreError>, u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("r.db").to_string_lossy(), 1).unwrap();
+        let tries = Arc::new(AtomicU32::new(0));
+        let t = Arc::clone(&tries);
+        let got = actix_web::rt::System::new().block_on(store.read(move |_| {
+            match t.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(err.clone()),
+                n => Ok(n),
+            }
+        }));
+        (got, tries.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn a_read_that_fails_for_the_database_s_reason_is_tried_once_more() {
+        let (got, tries) = read_failing_first_with(StoreError::Transient("connection lost".into()));
+        assert_eq!(got.ok(), Some(1));
+        assert_eq!(tries, 2);
+    }
+
+    #[test]
+    fn a_read_that_fails_for_any_other_reason_is_not_repeated() {
+        let (got, tries) = read_failing_first_with(StoreError::Corrupt("bad".into()));
+        assert!(got.is_err());
+        assert_eq!(tries, 1);
+    }
 }

@@ -154,9 +154,31 @@ fn answer<T, E: JobError>(r: Result<Result<T, E>, oneshot::error::RecvError>) ->
 }
 
 /// What a job's error must be: something a store error, and a Diesel error inside the job's
-/// savepoint, can become (each layer above has its own; see `StoreError`).
-pub trait JobError: From<StoreError> + From<diesel::result::Error> + Send + 'static {}
-impl<E: From<StoreError> + From<diesel::result::Error> + Send + 'static> JobError for E {}
+/// savepoint, can become (each layer above has its own; see `StoreError`), and that can say
+/// whether it is worth trying again.
+pub trait JobError: From<StoreError> + From<diesel::result::Error> + Send + 'static {
+    /// A failure of the database, not of the request: a lost connection, a serialisation
+    /// failure, a busy database (see `StoreError::Transient`).
+    fn is_transient(&self) -> bool;
+}
+
+impl JobError for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl JobError for crate::records::RecordError {
+    fn is_transient(&self) -> bool {
+        matches!(self, crate::records::RecordError::Store(e) if e.is_transient())
+    }
+}
+
+impl JobError for crate::error::ApiError {
+    fn is_transient(&self) -> bool {
+        matches!(self, crate::error::ApiError::Unavailable(_))
+    }
+}
 
 fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>, restart: &Restart) {
     let mut conn = None;
