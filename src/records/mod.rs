@@ -42,6 +42,12 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
+impl crate::store::JobError for RecordError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RecordError::Store(e) if e.is_transient())
+    }
+}
+
 impl From<diesel::result::Error> for RecordError {
     fn from(e: diesel::result::Error) -> Self {
         RecordError::Store(e.into())

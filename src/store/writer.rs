@@ -168,12 +168,6 @@ impl JobError for StoreError {
     }
 }
 
-impl JobError for crate::records::RecordError {
-    fn is_transient(&self) -> bool {
-        matches!(self, crate::records::RecordError::Store(e) if e.is_transient())
-    }
-}
-
 impl JobError for crate::error::ApiError {
     fn is_transient(&self) -> bool {
         matches!(self, crate::error::ApiError::Unavailable(_))
