@@ -21,6 +21,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         settings.auth.leeway_secs,
         settings.auth.max_token_lifetime_secs,
     );
+    let mut keys = verifier.new_key_set();
     for (i, trusted) in settings.auth.issuers.iter().enumerate() {
         let pem = std::fs::read(&trusted.public_key_file).map_err(|e| {
             format!(
@@ -30,25 +31,24 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
                 trusted.public_key_file.display()
             )
         })?;
-        verifier
-            .add_key(
-                &pem,
-                trusted.algorithm,
-                &trusted.issuer,
-                &trusted.audiences,
-                trusted.kid.clone(),
+        keys.add_key(
+            &pem,
+            trusted.algorithm,
+            &trusted.issuer,
+            &trusted.audiences,
+            trusted.kid.clone(),
+        )
+        .map_err(|e| {
+            format!(
+                "configuration: trusted issuer {} ({}): {e}",
+                i + 1,
+                trusted.issuer
             )
-            .map_err(|e| {
-                format!(
-                    "configuration: trusted issuer {} ({}): {e}",
-                    i + 1,
-                    trusted.issuer
-                )
-            })?;
+        })?;
     }
     if settings.dev {
         let pem = dev::ensure_key(&settings.data_dir)?;
-        verifier.add_key(
+        keys.add_key(
             &pem,
             dev::DEV_ALGORITHM,
             dev::DEV_ISSUER,
@@ -56,13 +56,14 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
             Some(dev::DEV_KID.to_owned()),
         )?;
     }
-    if verifier.is_empty() {
+    if keys.is_empty() {
         return Err(
             "no token verification key is configured: set auth.public_key_file and auth.issuer \
              (CPIS_AUTH_PUBLIC_KEY_FILE, CPIS_AUTH_ISSUER), or run with --dev for local use"
                 .into(),
         );
     }
+    verifier.replace_keys(keys);
     if Store::needs_data_dir(&settings.database_url) {
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
             format!(

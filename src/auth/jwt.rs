@@ -183,34 +183,6 @@ impl Verifier {
         }
     }
 
-    /// Adds one key to the trusted set (start-up).
-    pub fn add_key(
-        &self,
-        pem: &[u8],
-        algorithm: Algorithm,
-        issuer: &str,
-        audiences: &[String],
-        kid: Option<String>,
-    ) -> Result<(), String> {
-        let mut set = self.new_key_set();
-        set.add_key(pem, algorithm, issuer, audiences, kid)?;
-        let current = self.key_set();
-        let mut keys = self.new_key_set();
-        keys.keys = current
-            .keys
-            .iter()
-            .map(|k| TrustedKey {
-                kid: k.kid.clone(),
-                algorithm: k.algorithm,
-                key: k.key.clone(),
-                validation: k.validation.clone(),
-            })
-            .chain(set.keys)
-            .collect();
-        self.replace_keys(keys);
-        Ok(())
-    }
-
     /// Verifies a token (or recalls that it was verified and has not expired since) and
     /// returns who is calling.
     pub fn verify(&self, token: &str) -> Result<Caller, Refused> {

@@ -213,9 +213,10 @@ pub fn prefers(req: &actix_web::HttpRequest, preference: &str) -> bool {
         .get_all("Prefer")
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split([',', ';']))
-        .any(|p| {
-            let p = p.trim();
-            p.eq_ignore_ascii_case(preference)
-                || p.replace(' ', "").eq_ignore_ascii_case(preference)
+        .any(|p| match (p.split_once('='), preference.split_once('=')) {
+            (Some((k, v)), Some((want_k, want_v))) => {
+                k.trim().eq_ignore_ascii_case(want_k) && v.trim().eq_ignore_ascii_case(want_v)
+            }
+            _ => p.trim().eq_ignore_ascii_case(preference),
         })
 }

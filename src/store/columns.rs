@@ -68,15 +68,15 @@ impl TryFrom<String> for JsonList {
 
 impl From<JsonList> for String {
     fn from(l: JsonList) -> Self {
-        // A Vec<String> always serialises; the fallback is unreachable.
-        serde_json::to_string(&l.0).unwrap_or_else(|_| "[]".to_owned())
+        l.to_text()
     }
 }
 
 impl JsonList {
     /// The stored text.
     pub fn to_text(&self) -> String {
-        String::from(self.clone())
+        // A list of strings always serialises; the fallback is unreachable.
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".to_owned())
     }
 }
 

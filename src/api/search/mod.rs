@@ -157,7 +157,7 @@ where
     let hint = patient_hint(&raw, hint_names);
     let lenient = lenient(req);
     let prepared = raw.and_then(|raw| {
-        let params = Params::new(raw, &params::accepted(resource_type), lenient)?;
+        let params = Params::new(raw, params::accepted(resource_type), lenient)?;
         let used = params.query_string(true);
         let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
         let cursor = params.cursor()?;

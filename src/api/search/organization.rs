@@ -12,7 +12,7 @@ pub async fn search_organizations(
 ) -> Result<HttpResponse, ApiError> {
     let params = Params::new(
         params_of(&req, &body)?,
-        &params::accepted("Organization"),
+        params::accepted("Organization"),
         lenient(&req),
     )?;
     let mut codes: Vec<String> = Vec::new();

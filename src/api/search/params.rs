@@ -140,11 +140,19 @@ pub fn of(resource: &str) -> Option<&'static ResourceSearch> {
 }
 
 /// Every parameter name `resource` accepts, with its modifiers (`patient`, `patient:identifier`),
-/// and `_include` where it has includes.
-pub fn accepted(resource: &str) -> Vec<String> {
-    let Some(search) = of(resource) else {
-        return Vec::new();
-    };
+/// and `_include` where it has includes. Worked out once, on first use: every search asks.
+pub fn accepted(resource: &str) -> &'static [String] {
+    static ACCEPTED: std::sync::OnceLock<Vec<(&'static str, Vec<String>)>> =
+        std::sync::OnceLock::new();
+    ACCEPTED
+        .get_or_init(|| SEARCHES.iter().map(|s| (s.resource, names(s))).collect())
+        .iter()
+        .find(|(r, _)| *r == resource)
+        .map(|(_, names)| names.as_slice())
+        .unwrap_or_default()
+}
+
+fn names(search: &ResourceSearch) -> Vec<String> {
     let mut names = Vec::new();
     for param in search.params {
         if param.bare {

@@ -11,7 +11,7 @@ pub async fn search_subscriptions(
     crate::api::subscription::require_subscriber(&caller)?;
     let params = Params::new(
         params_of(&req, &body)?,
-        &params::accepted("Subscription"),
+        params::accepted("Subscription"),
         lenient(&req),
     )?;
     let statuses: Vec<String> = params
