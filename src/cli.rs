@@ -28,8 +28,12 @@ enum Command {
     Serve(ServeArgs),
     /// Print a JWT signed with the data directory's dev key (local use and tests only).
     Token(TokenArgs),
-    /// Run database migrations and exit.
+    /// Run database migrations and exit (under a lock, so replicas can be started meanwhile).
+    /// With replicas, run this first and start them with `serve --no-migrate`.
     Migrate(CommonArgs),
+    /// Write a consistent copy of the embedded SQLite database while the server serves
+    /// (PostgreSQL: use pg_dump). Restore by starting a server on the copy.
+    Backup(BackupArgs),
     /// Apply the record lifecycle now (plans ended at 18, ended plans made inactive, records
     /// past retention removed) and print what it did. The server does this by itself on a
     /// schedule; this is for operators.
@@ -37,6 +41,15 @@ enum Command {
     /// Convert a council's case-system CSV extract into batch Bundles and submit them (or only
     /// write them), with a per-record report.
     Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where to write the copy (must not exist).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +115,10 @@ struct ServeArgs {
     /// Development mode: create and trust a local signing key, load demo data, print tokens.
     #[arg(long)]
     dev: bool,
+    /// Do not run migrations: refuse to start if the schema is older than this version (for
+    /// replicas, after `cpis-fhir migrate`).
+    #[arg(long)]
+    no_migrate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +149,7 @@ fn overrides(c: &CommonArgs, listen: Option<String>, dev: bool) -> CliOverrides 
         database_url: c.database.clone(),
         data_dir: c.data_dir.clone(),
         dev,
+        no_migrate: false,
     }
 }
 
@@ -142,6 +160,7 @@ pub fn run() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Token(a) => token(a),
         Command::Migrate(a) => migrate(a),
+        Command::Backup(a) => backup(a),
         Command::Purge(a) => purge(a),
         Command::Load(a) => return load(a),
     };
@@ -161,6 +180,31 @@ fn migrate(a: CommonArgs) -> Result<(), String> {
     }
     Store::open(&settings.database_url, 1)?;
     println!("database is up to date");
+    Ok(())
+}
+
+fn backup(a: BackupArgs) -> Result<(), String> {
+    let settings = Settings::load(&overrides(&a.common, None, false)).map_err(|e| e.to_string())?;
+    if crate::store::Backend::of_url(&settings.database_url) == crate::store::Backend::Sqlite
+        && !std::path::Path::new(&settings.database_url.trim_start_matches("sqlite://")).exists()
+    {
+        return Err(format!(
+            "there is no database at {} to back up",
+            settings.database_url
+        ));
+    }
+    let store = Store::open(&settings.database_url, 1)?;
+    let started = std::time::Instant::now();
+    let s = store.backup_to(&a.out).map_err(|e| e.to_string())?;
+    println!(
+        "backup written to {} in {:.1} s and checked: {} patients, {} flags, {} audit events, {} subscriptions",
+        a.out.display(),
+        started.elapsed().as_secs_f64(),
+        s.patients,
+        s.flags,
+        s.audit_events,
+        s.subscriptions
+    );
     Ok(())
 }
 
@@ -276,8 +320,9 @@ fn token(a: TokenArgs) -> Result<(), String> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
-    let settings =
-        Settings::load(&overrides(&a.common, a.listen, a.dev)).map_err(|e| e.to_string())?;
+    let mut cli = overrides(&a.common, a.listen, a.dev);
+    cli.no_migrate = a.no_migrate;
+    let settings = Settings::load(&cli).map_err(|e| e.to_string())?;
     let listen = settings.listen;
     let dev_mode = settings.dev;
     let state = build_state(settings, system_clock())?;

@@ -30,6 +30,9 @@ pub const KEYS: &[KeyDoc] = &[
     ("notify_backoff_cap_secs", "longest wait between delivery attempts (default 3600)"),
     ("notify_error_after", "failed deliveries in a row after which a subscription shows status error; it keeps being retried (default 3)"),
     ("notify_allow_http_loopback", "let subscriptions use plain http to 127.0.0.1, [::1] or localhost (default false; true with --dev)"),
+    ("migrate", "run pending database migrations at start-up, under a lock replicas share (default true; false, or serve --no-migrate, refuses to start on an old schema: run `cpis-fhir migrate` first)"),
+    ("shutdown_grace_secs", "seconds a stopping server (SIGTERM, Ctrl-C) lets requests in flight finish, and then its background tasks theirs (default 30)"),
+    ("metrics_token", "bearer token a scraper must present on GET /metrics; unset, only loopback callers may scrape"),
     ("limits.body_max_depth", "deepest nesting of objects/arrays (JSON) or elements (XML) a body may have; deeper is refused with 400 before parsing (default 32)"),
     ("limits.bodies_in_flight", "bytes of request bodies all requests together may be receiving at once (default 33554432 = 32 MiB; at least bundle_body_limit)"),
     ("limits.parsed_in_flight", "estimated bytes the parsed bodies of all requests together may hold at once (default 100663296 = 96 MiB)"),
@@ -161,6 +164,11 @@ pub struct Settings {
     pub notify_allow_loopback: bool,
     pub auth: AuthSettings,
     pub limits: Limits,
+    /// Run pending migrations at start-up (else refuse to start on an old schema).
+    pub migrate: bool,
+    pub shutdown_grace: std::time::Duration,
+    /// The bearer token `GET /metrics` requires; none: loopback callers only.
+    pub metrics_token: Option<String>,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
 }
@@ -173,6 +181,8 @@ pub struct CliOverrides {
     pub database_url: Option<String>,
     pub data_dir: Option<String>,
     pub dev: bool,
+    /// `serve --no-migrate`.
+    pub no_migrate: bool,
 }
 
 /// A configuration file, flattened: scalars and string lists by dotted key, and the tables of
@@ -342,6 +352,9 @@ impl Settings {
                 raw.insert(key.to_owned(), v.clone());
             }
         }
+        if cli.no_migrate {
+            raw.insert("migrate".to_owned(), "false".to_owned());
+        }
         Self::from_raw(&raw, &tables, cli.dev)
     }
 
@@ -508,6 +521,18 @@ impl Settings {
                 failure_fold_secs: parse_num("auth.failure_fold_secs", 60, 0)?,
             },
             limits,
+            migrate: parse_bool("migrate", true)?,
+            shutdown_grace: std::time::Duration::from_secs(parse_num(
+                "shutdown_grace_secs",
+                30,
+                1,
+            )?),
+            metrics_token: match get("metrics_token") {
+                Some(t) if t.trim().len() < 16 => {
+                    return Err(bad("metrics_token", "must be at least 16 characters"))
+                }
+                other => other.map(|t| t.trim().to_owned()),
+            },
             dev,
         })
     }

@@ -14,6 +14,7 @@ pub mod fhir;
 pub mod fuzz;
 pub mod limits;
 pub mod load;
+pub mod metrics;
 pub mod middleware;
 pub mod nhs_number;
 pub mod notify;

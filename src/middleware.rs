@@ -26,6 +26,10 @@ use crate::state::AppState;
 
 pub use crate::audit::RequestId;
 
+/// Marks a response that is not part of the FHIR API (health checks, metrics): its error
+/// statuses keep their own plain bodies instead of becoming OperationOutcomes.
+pub struct NotFhir;
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn acceptable_id(v: &HeaderValue) -> Option<String> {
@@ -74,19 +78,32 @@ pub async fn envelope(
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     }
     // The matched pattern, never the path itself: paths carry NHS numbers, which must not reach
-    // logs at info level.
-    log::info!(
-        "{method} {} {} {:.1}ms id={id}",
-        res.request()
-            .match_pattern()
-            .unwrap_or_else(|| "(unmatched)".into()),
+    // logs at info level (nor metrics' labels).
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "(unmatched)".into());
+    let took = started.elapsed();
+    crate::metrics::http(&route, method.as_str(), res.status().as_u16(), took);
+    // Load balancers' probes and metrics scrapes every few seconds would drown the log.
+    let level = if route.starts_with("/health/") || route == "/metrics" {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        level,
+        "{method} {route} {} {:.1}ms id={id}",
         res.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
     let status = res.status();
+    if res.response().extensions().contains::<NotFhir>() {
+        return Ok(res);
+    }
     let outcome = res.response_mut().extensions_mut().remove::<Outcome>();
     let outcome = match outcome {
         Some(o) => Some(o),
@@ -138,6 +155,7 @@ async fn audit_refusal(
     client: String,
     id: &str,
 ) {
+    crate::metrics::refusal(r.reason.code());
     let refusal = Refusal {
         reason: r.reason,
         claimed_sub: r.claimed_sub,

@@ -73,9 +73,15 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         })?;
     }
     let mut background = crate::tasks::Tasks::new();
+    let migrations = if settings.migrate {
+        crate::store::Migrations::Run
+    } else {
+        crate::store::Migrations::Check
+    };
     let store = Store::open_in(
         &settings.database_url,
         settings.db_read_pool_size,
+        migrations,
         &mut background,
     )?;
     let capability = crate::api::capability::statement(&settings.base_url);
@@ -152,19 +158,18 @@ fn start_background(state: &AppState, tasks: &mut crate::tasks::Tasks) -> std::i
 /// The largest `POST …/_search` form body read.
 pub const SEARCH_FORM_LIMIT: usize = 16 * 1024;
 
-/// How long a stopping server waits for its background tasks (the notifier's current post,
-/// a lifecycle run) to finish; past it they are named in the log and left to the process's end.
-const TASKS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// A bound server and the background work it owns.
 ///
 /// SIGTERM or Ctrl-C (or [`Application::handle`]'s `stop(true)`) stops it gracefully: actix
-/// stops accepting connections and lets requests in flight finish (up to 30 s), then the
-/// background tasks are stopped between steps and joined.
+/// stops accepting connections and lets requests in flight finish (up to `shutdown_grace_secs`,
+/// default 30 s) — each one's writer job committed before its answer — then the background
+/// tasks are stopped between steps (the notifier's current post finished) and joined, within
+/// the same grace again; past it they are named in the log and left to the process's end.
 pub struct Application {
     pub port: u16,
     server: actix_web::dev::Server,
     tasks: crate::tasks::Tasks,
+    grace: std::time::Duration,
 }
 
 impl Application {
@@ -174,6 +179,7 @@ impl Application {
         let mut tasks = std::mem::take(&mut state.background);
         start_background(&state, &mut tasks)?;
         let workers = state.settings.workers;
+        let grace = state.settings.shutdown_grace;
         let max_connections = state.settings.limits.max_connections;
         let verifier = web::Data::from(std::sync::Arc::clone(&state.verifier));
         let data = web::Data::new(state);
@@ -190,6 +196,7 @@ impl Application {
         })
         .workers(workers)
         .max_connections(max_connections)
+        .shutdown_timeout(grace.as_secs())
         // Signals are the process's business (`stop_on_signals`): actix's own handling would
         // stop at once on Ctrl-C, dropping requests in flight.
         .disable_signals()
@@ -199,6 +206,7 @@ impl Application {
             port,
             server,
             tasks,
+            grace,
         })
     }
 
@@ -209,7 +217,7 @@ impl Application {
 
     /// SIGTERM and SIGINT (Ctrl-C) stop the server gracefully: requests in flight finish, the
     /// background tasks finish their current step. A second signal changes nothing; the
-    /// graceful stop is bounded anyway (30 s for requests, 30 s for tasks).
+    /// graceful stop is bounded anyway (the grace period for requests, and again for tasks).
     pub fn stop_on_signals(&self) {
         let handle = self.handle();
         actix_web::rt::spawn(async move {
@@ -223,8 +231,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         log::info!("server stopped; stopping background tasks");
-        let tasks = self.tasks;
-        let late = actix_web::rt::task::spawn_blocking(move || tasks.shutdown(TASKS_PATIENCE))
+        let (tasks, grace) = (self.tasks, self.grace);
+        let late = actix_web::rt::task::spawn_blocking(move || tasks.shutdown(grace))
             .await
             .unwrap_or_default();
         if late.is_empty() {

@@ -19,6 +19,46 @@ pub struct TaskError {
     pub source: std::io::Error,
 }
 
+/// When a background task last finished a round, for readiness checks; clones share it.
+#[derive(Clone, Debug)]
+pub struct Heartbeat(Arc<(Instant, std::sync::atomic::AtomicU64)>);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self(Arc::new((
+            Instant::now(),
+            std::sync::atomic::AtomicU64::new(0),
+        )))
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        let since_start = u64::try_from(self.0 .0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0
+             .1
+            .store(since_start.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was; none before the first.
+    pub fn since(&self) -> Option<Duration> {
+        match self.0 .1.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.0
+                     .0
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at)),
+            ),
+        }
+    }
+
+    /// How long ago it was made (for a task that has not beaten yet).
+    pub fn age(&self) -> Duration {
+        self.0 .0.elapsed()
+    }
+}
+
 /// The stop signal every task of one owner shares. Sleeping through it wakes at once.
 #[derive(Clone, Default)]
 pub struct Stop(Arc<(Mutex<bool>, Condvar)>);

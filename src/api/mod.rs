@@ -8,6 +8,7 @@ pub mod delete;
 pub mod history;
 pub mod http;
 pub mod metadata;
+pub mod ops;
 pub mod purge;
 pub mod read;
 pub mod search;
@@ -95,9 +96,27 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/OperationDefinition/{id}", Some("OperationDefinition"), "read", conformance::read_operation_definition),
 ];
 
+type MakeRoute = fn() -> actix_web::Route;
+
+/// The operators' routes (see `ops`): outside the FHIR API, its bearer tokens and its
+/// CapabilityStatement.
+#[rustfmt::skip]
+const OPERATIONS: &[(&str, MakeRoute)] = &[
+    ("/health/live", || web::get().to(ops::live)),
+    ("/health/ready", || web::get().to(ops::ready)),
+    ("/metrics", || web::get().to(ops::metrics)),
+];
+
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method
 /// answers 405 rather than 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    for (path, route) in OPERATIONS {
+        cfg.service(
+            web::resource(*path)
+                .route(route())
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
     let mut seen: Vec<&str> = Vec::new();
     for e in ENDPOINTS {
         if seen.contains(&e.path) {
@@ -114,11 +133,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allowed: Vec<String> = ENDPOINTS
+    let pattern = req.match_pattern();
+    let mut allowed: Vec<String> = ENDPOINTS
         .iter()
-        .filter(|e| req.match_pattern().as_deref() == Some(e.path))
+        .filter(|e| pattern.as_deref() == Some(e.path))
         .map(|e| e.method.to_ascii_uppercase())
         .collect();
+    if OPERATIONS
+        .iter()
+        .any(|(p, _)| pattern.as_deref() == Some(*p))
+    {
+        allowed.push("GET".into());
+    }
     Err(ApiError::MethodNotAllowed(format!(
         "{} is not supported here; allowed: {}",
         req.method(),

@@ -146,7 +146,7 @@ pub fn audited<T>(
     patient_hint: Option<String>,
     now: i64,
     f: impl FnOnce(&mut DbConn) -> Result<(T, Disclosure), ApiError>,
-) -> Result<(Result<T, ApiError>, bool), ApiError> {
+) -> Result<(Result<T, ApiError>, Recorded), ApiError> {
     let outcome = match &ctx.unscheduled {
         Err(why) => Err(ApiError::PreconditionHeader(why.clone())),
         Ok(_) => f(conn),
@@ -154,7 +154,22 @@ pub fn audited<T>(
     let row = row_for(ctx, what, patient_hint, now, &outcome);
     audit_store::insert(conn, &row)
         .map_err(|e| ApiError::Unavailable(format!("the audit trail could not be written: {e}")))?;
-    Ok((outcome.map(|(t, _)| t), row.listed))
+    let recorded = Recorded {
+        listed: row.listed,
+        unscheduled: row.unscheduled,
+        found: row.outcome == "0" && !row.disclosed.0.is_empty(),
+    };
+    Ok((outcome.map(|(t, _)| t), recorded))
+}
+
+/// What an audited read's row says, for what follows its commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// In the person's access history, so to be notified.
+    pub listed: bool,
+    pub unscheduled: bool,
+    /// A plan was shown.
+    pub found: bool,
 }
 
 fn row_for<T>(
@@ -229,11 +244,12 @@ where
     let now = micros((trail.clock)());
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
     // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
-    let (outcome, listed) = trail
+    let (outcome, recorded) = trail
         .store
         .write_unguarded(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
         .await?;
-    if listed {
+    crate::metrics::disclosure(recorded.unscheduled, recorded.found);
+    if recorded.listed {
         trail.wake.wake();
     }
     outcome

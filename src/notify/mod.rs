@@ -36,6 +36,12 @@ use crate::store::{micros, Store};
 
 /// Outbox rows numbered per writer job.
 const FAN_OUT_BATCH: i64 = 2_000;
+/// A lease lasts the subscription's own post timeout (1–60 s) and this much more, for the
+/// recording after the post: long enough that a live worker never loses it mid-delivery, short
+/// enough that a replica killed mid-delivery holds its subscriptions up for well under a minute
+/// (another worker then sends the same events again; receivers de-duplicate by event number).
+const LEASE_MARGIN_MICROS: i64 = 30 * 1_000_000;
+
 /// Subscriptions leased per step.
 const CLAIM_BATCH: i64 = 256;
 /// After a wake-up, how long the worker lets accesses gather before it steps: under load this
@@ -101,6 +107,9 @@ pub struct Notifier {
     /// This worker's lease owner id: unique per process and start.
     owner: String,
     pub wake: Wake,
+    /// Beats after every round that reached the database: readiness reports a worker that
+    /// has stopped beating as stalled.
+    pub heartbeat: crate::tasks::Heartbeat,
 }
 
 impl Notifier {
@@ -112,6 +121,7 @@ impl Notifier {
             policy: Policy::of(settings),
             owner: uuid::Uuid::new_v4().to_string(),
             wake: Wake::default(),
+            heartbeat: crate::tasks::Heartbeat::default(),
         }
     }
 
@@ -120,6 +130,7 @@ impl Notifier {
     pub fn another(&self) -> Self {
         Self {
             owner: uuid::Uuid::new_v4().to_string(),
+            heartbeat: crate::tasks::Heartbeat::default(),
             ..self.clone()
         }
     }
@@ -165,8 +176,6 @@ impl Notifier {
             return Ok(report);
         }
         let owner = self.owner.clone();
-        // Long enough for the slowest allowed attempt (60 s) and the recording after it.
-        let lease_until = now + 120 * 1_000_000;
         let claimed = self
             .store
             .write(move |c| {
@@ -174,7 +183,7 @@ impl Notifier {
                     c,
                     &owner,
                     now,
-                    lease_until,
+                    LEASE_MARGIN_MICROS,
                     CLAIM_BATCH,
                 )?)
             })
@@ -187,10 +196,12 @@ impl Notifier {
         for (claimed, attempt) in &outcomes {
             match attempt {
                 Attempt::Delivered { .. } => {
+                    crate::metrics::notification(true);
                     report.delivered += 1;
                     report.events_delivered += claimed.events.len();
                 }
                 Attempt::Failed { error, .. } => {
+                    crate::metrics::notification(false);
                     report.failed += 1;
                     log::warn!(
                         "notification to subscription {} failed: {error}",
@@ -295,7 +306,10 @@ pub fn run_worker(stop: crate::tasks::Stop, notifier: Notifier, interval: Durati
         let client = Notifier::client();
         while !stop.is_set() {
             let busy = match notifier.step(&client).await {
-                Ok(r) => r.fanned_out > 0 || r.delivered > 0,
+                Ok(r) => {
+                    notifier.heartbeat.beat();
+                    r.fanned_out > 0 || r.delivered > 0
+                }
                 Err(e) => {
                     log::error!("notification worker: {e}");
                     false

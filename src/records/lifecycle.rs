@@ -103,6 +103,18 @@ pub enum Trigger {
 pub struct Report {
     pub counts: Counts,
     pub audit_event: Option<String>,
+    /// A scheduled run found another replica's run in progress and left the work to it.
+    pub skipped: bool,
+}
+
+impl Trigger {
+    fn label(&self) -> &'static str {
+        match self {
+            Trigger::Scheduler => "scheduler",
+            Trigger::Command => "command",
+            Trigger::Operation { .. } => "operation",
+        }
+    }
 }
 
 /// The date a person born on `birth` turns 18; someone born on 29 February turns 18 on
@@ -129,6 +141,18 @@ pub fn run(
     now: DateTime<Utc>,
     trigger: &Trigger,
 ) -> Result<Report, StoreError> {
+    // Replicas over one PostgreSQL database each run the scheduler: one run at a time, or two
+    // would make the same new Flag versions. A scheduled run that finds another in progress
+    // skips (the other does the work); an operator's run waits for it, then finds what is left.
+    let wait = !matches!(trigger, Trigger::Scheduler);
+    if !q::take_run_lock(conn, wait)? {
+        crate::metrics::lifecycle_run(trigger.label(), "skipped");
+        return Ok(Report {
+            counts: Counts::default(),
+            audit_event: None,
+            skipped: true,
+        });
+    }
     let today = now.date_naive();
     let stamp = micros(now);
     let mut counts = Counts::default();
@@ -205,9 +229,18 @@ pub fn run(
         audit::insert(conn, &row)?;
         Some(row.id)
     };
+    crate::metrics::lifecycle_run(
+        trigger.label(),
+        if counts.is_empty() {
+            "unchanged"
+        } else {
+            "changed"
+        },
+    );
     Ok(Report {
         counts,
         audit_event,
+        skipped: false,
     })
 }
 
@@ -288,9 +321,13 @@ pub fn run_scheduler(
 pub fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock) {
     let now = clock();
     match store.write_blocking(move |conn| run(conn, rules, now, &Trigger::Scheduler)) {
+        Ok(r) if r.skipped => log::debug!("lifecycle: another replica's run is in progress"),
         Ok(r) if r.counts.is_empty() => log::debug!("lifecycle: nothing to do"),
         Ok(r) => log::info!("lifecycle: {:?}", r.counts),
-        Err(e) => log::error!("lifecycle run failed: {e}"),
+        Err(e) => {
+            crate::metrics::lifecycle_run("scheduler", "failed");
+            log::error!("lifecycle run failed: {e}");
+        }
     }
 }
 

@@ -8,6 +8,29 @@ use super::flags::FlagRow;
 use super::schema::{audit_events, flag_versions, flags, patients};
 use super::DbConn;
 
+/// The PostgreSQL advisory lock that lets one lifecycle run at a time across replicas
+/// (an arbitrary constant; "cpis" "life" in ASCII).
+pub const RUN_LOCK: i64 = 0x6370_6973_6c69_6665;
+
+/// Takes the lock that makes lifecycle runs one at a time across every process sharing the
+/// database, for the rest of the caller's transaction. With `wait`, waits for a run in
+/// progress elsewhere to commit; without, answers false at once if there is one. On SQLite the
+/// writer's `BEGIN IMMEDIATE` already holds the database's only write lock: always true.
+pub fn take_run_lock(conn: &mut DbConn, wait: bool) -> QueryResult<bool> {
+    match conn {
+        DbConn::Sqlite(_) => Ok(true),
+        DbConn::Pg(c) if wait => diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            &format!("pg_advisory_xact_lock({RUN_LOCK}) IS NOT NULL"),
+        ))
+        .get_result(c)
+        .map(|_: bool| true),
+        DbConn::Pg(c) => diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_xact_lock({RUN_LOCK})"
+        )))
+        .get_result(c),
+    }
+}
+
 /// SQLite's default limit on bound parameters is far above this; PostgreSQL's too.
 const CHUNK: usize = 500;
 

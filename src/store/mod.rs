@@ -8,6 +8,7 @@
 //! across power loss; group commit is what makes that affordable.
 
 pub mod audit;
+pub mod backup;
 pub mod checkpoint;
 pub mod columns;
 pub mod councils;
@@ -128,15 +129,17 @@ impl Store {
     /// SQLite checkpointer), which stops when the last clone is dropped.
     pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
         let mut tasks = crate::tasks::Tasks::new();
-        let mut store = Self::open_in(url, read_pool_size, &mut tasks)?;
+        let mut store = Self::open_in(url, read_pool_size, Migrations::Run, &mut tasks)?;
         store._tasks = Some(std::sync::Arc::new(tasks));
         Ok(store)
     }
 
-    /// [`Store::open`], its background work started on `tasks`, which stops and joins it.
+    /// [`Store::open`], its background work started on `tasks`, which stops and joins it;
+    /// `migrations` says whether pending migrations are run or only refused.
     pub fn open_in(
         url: &str,
         read_pool_size: u32,
+        migrations: Migrations,
         tasks: &mut crate::tasks::Tasks,
     ) -> Result<Self, String> {
         let backend = Backend::of_url(url);
@@ -159,7 +162,18 @@ impl Store {
             let mut conn = write
                 .get()
                 .map_err(|e| format!("cannot open the database: {e}"))?;
-            run_migrations(&mut conn)?;
+            match migrations {
+                Migrations::Run => run_migrations(&mut conn)?,
+                Migrations::Check => {
+                    if migrations_pending(&mut conn)? {
+                        return Err(
+                            "the database schema is older than this version: run \
+                             `cpis-fhir migrate` first (the server was started with --no-migrate)"
+                                .into(),
+                        );
+                    }
+                }
+            }
         }
         let read = build(read_pool_size.max(1), false)?;
         let restart = std::sync::Arc::new(checkpoint::Restart::default());
@@ -241,6 +255,21 @@ impl Store {
         self.writer.run_blocking(f)
     }
 
+    /// For readiness: a read connection answers, and says whether migrations are pending.
+    pub async fn probe_read(&self) -> Result<bool, StoreError> {
+        self.read(|c| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+                .get_result::<i32>(c)?;
+            migrations_pending(c).map_err(StoreError::Other)
+        })
+        .await
+    }
+
+    /// For readiness: the writer takes a job and commits it (an empty transaction).
+    pub async fn probe_writer(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok::<_, StoreError>(())).await
+    }
+
     /// A read connection for tools outside the async runtime.
     pub fn read_blocking<T, E: JobError>(
         &self,
@@ -251,18 +280,50 @@ impl Store {
     }
 }
 
+/// Whether opening a store runs pending migrations (one server, tools, tests) or refuses to
+/// start on an old schema (replicas started with `--no-migrate` after `cpis-fhir migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    Run,
+    Check,
+}
+
+/// The PostgreSQL advisory lock replicas starting together take around their migrations, so
+/// one runs them and the others then find nothing pending ("cpis" "migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6370_6973_6d69_6772;
+
 fn run_migrations(conn: &mut DbConn) -> Result<(), String> {
     let applied = match conn {
         DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
-        DbConn::Pg(c) => c
-            .run_pending_migrations(POSTGRES_MIGRATIONS)
-            .map(|v| v.len()),
+        DbConn::Pg(c) => {
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+            let ran = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len());
+            // Session-level: released here whatever happened (and by PostgreSQL if this
+            // process dies holding it).
+            if let Err(e) = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            {
+                log::warn!("cannot release the migration lock: {e}");
+            }
+            ran
+        }
     }
     .map_err(|e| format!("database migrations failed: {e}"))?;
     if applied > 0 {
         log::info!("applied {applied} database migration(s)");
     }
     Ok(())
+}
+
+/// Whether this version's migrations are not all applied to the database.
+pub fn migrations_pending(conn: &mut DbConn) -> Result<bool, String> {
+    match conn {
+        DbConn::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+        DbConn::Pg(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
+    }
+    .map_err(|e| format!("cannot read the applied migrations: {e}"))
 }
 
 /// Microseconds since the Unix epoch: how instants are stored (portable across both backends).

@@ -175,6 +175,38 @@ pub fn first_kept(conn: &mut DbConn, id: &str) -> QueryResult<Option<i64>> {
 }
 
 /// Whether the outbox holds anything (checked on a read connection before taking the writer).
+/// The delivery backlog of the subscriptions in one status, for metrics.
+#[derive(QueryableByName, Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub subscriptions: i64,
+    /// Events numbered but not yet acknowledged.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub events: i64,
+    /// When the oldest of them was recorded (µs).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub oldest: Option<i64>,
+}
+
+/// The backlog per subscription status, and the outbox (accesses not yet numbered into
+/// events) as status `outbox`. One indexed read per subscription: cheap at scrape intervals.
+pub fn backlog(conn: &mut DbConn) -> QueryResult<Vec<Backlog>> {
+    // SUM of BIGINT is NUMERIC on PostgreSQL: cast back.
+    diesel::sql_query(
+        "SELECT s.status AS status, CAST(count(*) AS BIGINT) AS subscriptions, \
+                CAST(COALESCE(SUM(s.event_count - s.delivered_through), 0) AS BIGINT) AS events, \
+                MIN(n.recorded) AS oldest \
+         FROM subscriptions s LEFT JOIN notifications n \
+           ON n.subscription_id = s.id AND n.event_number = s.delivered_through + 1 \
+         GROUP BY s.status \
+         UNION ALL \
+         SELECT 'outbox', 0, CAST(count(*) AS BIGINT), MIN(recorded) FROM notification_outbox",
+    )
+    .load(conn)
+}
+
 pub fn outbox_waiting(conn: &mut DbConn) -> QueryResult<bool> {
     let found: Vec<i64> = notification_outbox::table
         .select(notification_outbox::id)
@@ -304,12 +336,13 @@ pub struct Claimed {
 }
 
 /// Switches off subscriptions whose `end` has passed, then leases up to `limit` subscriptions
-/// with work to `owner` until `lease_until`, with their next events (at most `max_count`).
+/// with work to `owner` — each for its own post timeout plus `margin` (µs) — with their next
+/// events (at most `max_count`).
 pub fn claim(
     conn: &mut DbConn,
     owner: &str,
     now: i64,
-    lease_until: i64,
+    margin: i64,
     limit: i64,
 ) -> QueryResult<Vec<Claimed>> {
     diesel::update(
@@ -322,14 +355,15 @@ pub fn claim(
         subscriptions::updated_at.eq(now),
     ))
     .execute(conn)?;
-    let ids: Vec<String> = subscriptions::table
+    let due: Vec<(String, i64)> = subscriptions::table
         .filter(due!(now))
         .order(subscriptions::next_attempt_at.asc())
         .limit(limit)
-        .select(subscriptions::id)
+        .select((subscriptions::id, subscriptions::timeout_secs))
         .load(conn)?;
     let mut out = Vec::new();
-    for id in ids {
+    for (id, timeout_secs) in due {
+        let lease_until = now + timeout_secs.clamp(1, 60) * 1_000_000 + margin;
         // The lease is re-checked in the UPDATE itself: a concurrent claimer that got there
         // first leaves nothing for this one to take.
         let taken = diesel::update(

@@ -258,7 +258,10 @@ fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
             return (finishes, false);
         }
     }
-    match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
+    let started = std::time::Instant::now();
+    let committed = <DbConn as Connection>::TransactionManager::commit_transaction(conn);
+    crate::metrics::writer_batch(finishes.len(), started.elapsed());
+    match committed {
         Ok(()) => (finishes, true),
         Err(e) => {
             log::error!("writer commit failed: {e}");

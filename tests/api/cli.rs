@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
 
-fn bin() -> Command {
+pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cpis-fhir"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port")
 }
 
-struct Killed(std::process::Child);
+pub struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -179,9 +179,19 @@ fn token_refuses_an_unknown_role() {
 
 /// Starts `serve --dev` and waits until it answers; returns the child, its log lines (stderr)
 /// as they arrive, and a council token minted by the `token` command.
-fn serve_dev(
+pub fn serve_dev(
     dir: &std::path::Path,
     port: u16,
+) -> (Killed, std::sync::mpsc::Receiver<String>, String) {
+    serve_dev_with(dir, port, &[], &[])
+}
+
+/// [`serve_dev`] with more arguments and environment variables.
+pub fn serve_dev_with(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+    envs: &[(&str, &str)],
 ) -> (Killed, std::sync::mpsc::Receiver<String>, String) {
     let mut child = bin()
         .args([
@@ -192,6 +202,8 @@ fn serve_dev(
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -216,17 +228,22 @@ fn serve_dev(
             break;
         }
     }
+    let token = mint(dir, "council", "LA901");
+    (child, logs, token)
+}
+
+/// A token from the `token` command over `dir`'s dev key.
+pub fn mint(dir: &std::path::Path, role: &str, org: &str) -> String {
     let out = bin()
-        .args(["token", "--role", "council", "--org", "LA901", "--data-dir"])
+        .args(["token", "--role", role, "--org", org, "--data-dir"])
         .arg(dir)
         .output()
         .expect("token");
     assert!(out.status.success());
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (child, logs, token)
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn wait_for_log(logs: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+pub fn wait_for_log(logs: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     loop {

@@ -25,12 +25,12 @@ pub struct Received {
 }
 
 impl Received {
-    fn kind(&self) -> String {
+    pub fn kind(&self) -> String {
         status_param(&self.body, "type")
     }
 
     /// (event number, focus) of every event in the notification.
-    fn events(&self) -> Vec<(i64, String)> {
+    pub fn events(&self) -> Vec<(i64, String)> {
         self.body["entry"][0]["resource"]["parameter"]
             .as_array()
             .into_iter()
@@ -78,24 +78,38 @@ fn status_param(bundle: &Value, name: &str) -> String {
 }
 
 /// A council's webhook: records what it gets, and fails the next `fail` requests with 500.
+/// It also counts the posts it is answering at once (each held `hold_ms`), so a test can show
+/// that two workers never post to one subscription concurrently.
 pub struct Receiver {
     pub url: String,
     got: Arc<Mutex<Vec<Received>>>,
     fail: Arc<AtomicUsize>,
+    pub hold_ms: Arc<AtomicUsize>,
+    pub most_at_once: Arc<AtomicUsize>,
 }
 
 impl Receiver {
     pub async fn start() -> Self {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let fail: Arc<AtomicUsize> = Arc::default();
+        let (hold_ms, most_at_once): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
+        let at_once: Arc<AtomicUsize> = Arc::default();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (g, f) = (got.clone(), fail.clone());
+        let (h, m) = (hold_ms.clone(), most_at_once.clone());
         let server = HttpServer::new(move || {
-            let (g, f) = (g.clone(), f.clone());
+            let (g, f, h, m, a) = (g.clone(), f.clone(), h.clone(), m.clone(), at_once.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (g, f) = (g.clone(), f.clone());
+                let (g, f, h, m, a) = (g.clone(), f.clone(), h.clone(), m.clone(), a.clone());
                 async move {
+                    let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let hold = h.load(Ordering::SeqCst);
+                    if hold > 0 {
+                        actix_rt::time::sleep(std::time::Duration::from_millis(hold as u64)).await;
+                    }
+                    a.fetch_sub(1, Ordering::SeqCst);
                     let header = |n: &str| {
                         req.headers()
                             .get(n)
@@ -128,10 +142,12 @@ impl Receiver {
             url: format!("http://127.0.0.1:{port}/hook"),
             got,
             fail,
+            hold_ms,
+            most_at_once,
         }
     }
 
-    fn all(&self) -> Vec<Received> {
+    pub fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 

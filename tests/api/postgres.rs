@@ -3,6 +3,8 @@
 //! Without it these tests check nothing and say so — unless `CPIS_TEST_POSTGRES_REQUIRED` is
 //! set (as `.ci/run` sets it), when a missing server fails them: CI must not pass silently.
 
+use actix_web::http::Method;
+use cpis_fhir::store::Store;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use serde_json::json;
@@ -10,14 +12,14 @@ use serde_json::json;
 use crate::helpers::*;
 
 /// A fresh, empty database for one test, dropped afterwards.
-struct PgDatabase {
+pub struct PgDatabase {
     admin_url: String,
     name: String,
     pub url: String,
 }
 
 impl PgDatabase {
-    fn create() -> Option<Self> {
+    pub fn create() -> Option<Self> {
         let required = std::env::var_os("CPIS_TEST_POSTGRES_REQUIRED").is_some();
         let Ok(admin_url) = std::env::var("CPIS_TEST_POSTGRES_URL") else {
             assert!(
@@ -187,4 +189,98 @@ async fn racing_creates_of_one_plan_and_one_person_answer_one_201_and_409s_never
     assert_eq!(found.json()["total"], 1, "one Flag per plan reference");
     drop(app);
     drop(db);
+}
+
+#[test]
+fn replicas_migrating_at_the_same_moment_all_succeed_one_applying_each_migration_over_postgresql() {
+    let Some(db) = PgDatabase::create() else {
+        eprintln!("CPIS_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            crate::cli::bin()
+                .args(["migrate", "--database", &db.url, "--data-dir"])
+                .arg(dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut conn = diesel::PgConnection::establish(&db.url).expect("connect");
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let applied: N = diesel::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT count(*) AS n FROM __diesel_schema_migrations"),
+        &mut conn,
+    )
+    .expect("count");
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .expect("migrations")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+        .count();
+    assert_eq!(applied.n as usize, shipped);
+}
+
+#[actix_rt::test]
+async fn a_scheduled_lifecycle_run_skips_while_another_replica_s_run_holds_the_lock_and_an_operator_s_waits_over_postgresql(
+) {
+    let Some(db) = PgDatabase::create() else {
+        eprintln!("CPIS_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let url = db.url.clone();
+    let app = TestApp::spawn_with(move |s| s.database_url = url).await;
+    // Another replica's run, in progress: its transaction holds the lock.
+    let mut other = diesel::PgConnection::establish(&db.url).expect("connect");
+    other
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            cpis_fhir::store::lifecycle::RUN_LOCK
+        ))
+        .expect("hold the lock");
+
+    let store = Store::open(&db.url, 1).expect("store");
+    let rules = cpis_fhir::records::lifecycle::Rules {
+        retention_months: 12,
+        audit_retention_months: 96,
+    };
+    let now = chrono::Utc::now();
+    let report = actix_web::rt::task::spawn_blocking(move || {
+        store.write_blocking(move |c| {
+            cpis_fhir::records::lifecycle::run(
+                c,
+                rules,
+                now,
+                &cpis_fhir::records::lifecycle::Trigger::Scheduler,
+            )
+        })
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    assert!(report.skipped, "{report:?}");
+
+    // An administrator's $purge waits for the other run rather than skipping it.
+    let admin = app.admin();
+    let purge = app.request(Method::POST, "/$purge", Some(&admin), &[], None);
+    futures_util::pin_mut!(purge);
+    let waited = actix_rt::time::timeout(std::time::Duration::from_millis(500), &mut purge).await;
+    assert!(waited.is_err(), "the purge waited for the lock");
+    other.batch_execute("COMMIT").expect("release");
+    let r = purge.await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
