@@ -193,7 +193,8 @@ pub fn serve_dev_with(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> (Killed, std::sync::mpsc::Receiver<String>, String) {
-    let mut child = bin()
+    let mut command = bin();
+    command
         .args([
             "serve",
             "--dev",
@@ -203,7 +204,16 @@ pub fn serve_dev_with(
         ])
         .arg(dir)
         .args(extra)
-        .envs(envs.iter().copied())
+        .envs(envs.iter().copied());
+    let (child, logs) = spawn_until_listening(command);
+    let token = mint(dir, "council", "LA901");
+    (child, logs, token)
+}
+
+/// Spawns a server command and waits until it logs that it listens; returns it and its log
+/// lines (stderr) as they arrive.
+pub fn spawn_until_listening(mut command: Command) -> (Killed, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -225,11 +235,85 @@ pub fn serve_dev_with(
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the server starts and logs that it listens");
         if line.contains("listening on") {
-            break;
+            return (child, logs);
         }
     }
-    let token = mint(dir, "council", "LA901");
-    (child, logs, token)
+}
+
+/// One request to the server process on `port`: its status and JSON body (Null if none).
+pub async fn call(
+    client: &awc::Client,
+    port: u16,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+    request_id: Option<&str>,
+) -> Result<(u16, serde_json::Value), String> {
+    let mut req = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .insert_header(("Authorization", format!("Bearer {token}")));
+    if let Some(id) = request_id {
+        req = req.insert_header(("X-Request-ID", id));
+    }
+    let sent = match body {
+        Some(b) => {
+            req.insert_header(("Content-Type", "application/fhir+json"))
+                .send_body(b.to_string())
+                .await
+        }
+        None => req.send().await,
+    };
+    let mut res = sent.map_err(|e| e.to_string())?;
+    let bytes = res
+        .body()
+        .limit(64 * 1024 * 1024)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Every request id on the audit trail about one person, paged as the audit team pages.
+pub async fn audited_request_ids(
+    client: &awc::Client,
+    port: u16,
+    auditor: &str,
+    nhs: &str,
+) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut next = Some(format!(
+        "/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count=100"
+    ));
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let (s, b) = call(client, port, Method::GET, &path, auditor, None, None)
+            .await
+            .expect("audit page");
+        assert_eq!(s, 200, "{b}");
+        for e in b["entry"].as_array().into_iter().flatten() {
+            for ent in e["resource"]["entity"].as_array().into_iter().flatten() {
+                if ent["type"]["code"] == "XrequestId" {
+                    if let Some(id) = ent["what"]["identifier"]["value"].as_str() {
+                        ids.insert(id.to_owned());
+                    }
+                }
+            }
+        }
+        next = b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(|u| {
+                u.trim_start_matches(&format!("http://127.0.0.1:{port}"))
+                    .to_owned()
+            });
+        pages += 1;
+        assert!(pages < 500, "paging does not end");
+    }
+    ids
 }
 
 /// A token from the `token` command over `dir`'s dev key.

@@ -129,6 +129,26 @@ pub struct TestApp {
     pub verifier: Arc<cpis_fhir::auth::jwt::Verifier>,
     /// Set when the server trusts this identity provider instead of the dev key.
     pub idp: Option<Arc<TestIdp>>,
+    /// The PostgreSQL database this server runs on, when the suite runs on PostgreSQL; dropped
+    /// with the last clone.
+    pg: Option<Arc<crate::postgres::PgDatabase>>,
+}
+
+/// Whether this run of the suite puts every test server on PostgreSQL (`CPIS_TEST_ON_POSTGRES`,
+/// with `CPIS_TEST_POSTGRES_URL`; `.ci/run` runs the suite once so), rather than SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var_os("CPIS_TEST_ON_POSTGRES").is_some()
+}
+
+/// A fresh PostgreSQL database for a test server when the suite runs on PostgreSQL.
+fn suite_database(settings: &mut Settings) -> Option<Arc<crate::postgres::PgDatabase>> {
+    if !on_postgres() {
+        return None;
+    }
+    let db = crate::postgres::PgDatabase::create()
+        .expect("CPIS_TEST_ON_POSTGRES needs CPIS_TEST_POSTGRES_URL");
+    settings.database_url = db.url.clone();
+    Some(Arc::new(db))
 }
 
 /// The date every test server starts at, so date rules are deterministic.
@@ -167,7 +187,8 @@ impl TestApp {
         settings.workers = 1;
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
-        Self::started(dir, settings, Some(Arc::new(idp))).await
+        let pg = suite_database(&mut settings);
+        Self::started(dir, settings, Some(Arc::new(idp)), pg).await
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
@@ -178,8 +199,9 @@ impl TestApp {
         // notification worker.
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
+        let pg = suite_database(&mut settings);
         tweak(&mut settings);
-        Self::started(dir, settings, None).await
+        Self::started(dir, settings, None, pg).await
     }
 
     /// Starts a server over `settings` and registers the two test councils.
@@ -187,13 +209,14 @@ impl TestApp {
         dir: tempfile::TempDir,
         settings: Settings,
         idp: Option<Arc<TestIdp>>,
+        pg: Option<Arc<crate::postgres::PgDatabase>>,
     ) -> Self {
         let now = Arc::new(Mutex::new(
             DateTime::parse_from_rfc3339(TODAY)
                 .expect("date")
                 .with_timezone(&Utc),
         ));
-        let t = Self::start(dir, settings, now, idp);
+        let t = Self::start(dir, settings, now, idp, pg);
         for (ods, name) in [
             (LA_A, "Northmoor Borough Council"),
             (LA_B, "Eastvale County Council"),
@@ -215,6 +238,7 @@ impl TestApp {
         mut settings: Settings,
         now: Arc<Mutex<DateTime<Utc>>>,
         idp: Option<Arc<TestIdp>>,
+        pg: Option<Arc<crate::postgres::PgDatabase>>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -242,6 +266,7 @@ impl TestApp {
             notifier,
             verifier,
             idp,
+            pg,
         }
     }
 
@@ -255,10 +280,11 @@ impl TestApp {
             now,
             notifier,
             idp,
+            pg,
             ..
         } = self;
         drop(notifier);
-        Self::start(dir, settings, now, idp)
+        Self::start(dir, settings, now, idp, pg)
     }
 
     /// One step of the notification worker.
@@ -309,6 +335,20 @@ impl TestApp {
                 Ok::<_, cpis_fhir::store::StoreError>(cpis_fhir::store::audit::count(c)?)
             })
             .expect("count")
+    }
+
+    /// Runs SQL on the server's database behind its back (tests that damage it), in the
+    /// dialect of whichever backend the suite runs on.
+    pub fn tamper(&self, sqlite: &str, postgres: &str) {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        if self.db_url.starts_with("postgres") {
+            let mut c = diesel::PgConnection::establish(&self.db_url).expect("db");
+            c.batch_execute(postgres).expect("tamper");
+        } else {
+            let mut c = diesel::SqliteConnection::establish(&self.db_url).expect("db");
+            c.batch_execute(sqlite).expect("tamper");
+        }
     }
 
     /// The database location, for tests that tamper with it.

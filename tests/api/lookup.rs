@@ -403,17 +403,17 @@ async fn a_bad_is_unscheduled_header_is_refused_and_audited() {
 
 #[actix_rt::test]
 async fn when_the_audit_cannot_be_written_nothing_is_disclosed() {
-    use diesel::connection::SimpleConnection;
-    use diesel::Connection;
     let app = TestApp::spawn().await;
     let flag = app.given_flag(LA_A, NHS_1, "PLAN-1").await;
     let id = flag["id"].as_str().expect("id").to_owned();
-    let mut conn = diesel::SqliteConnection::establish(app.database()).expect("db");
-    conn.batch_execute(
+    app.tamper(
         "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_events \
          BEGIN SELECT RAISE(ABORT, 'audit trail unavailable'); END;",
-    )
-    .expect("trigger");
+        "CREATE FUNCTION audit_unwritable() RETURNS trigger AS $$ \
+         BEGIN RAISE EXCEPTION 'audit trail unavailable'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION audit_unwritable();",
+    );
     for r in [
         app.lookup(&app.clinician(), NHS_1, "&_include=Flag:author", &[])
             .await,
@@ -429,8 +429,10 @@ async fn when_the_audit_cannot_be_written_nothing_is_disclosed() {
         );
         assert!(r.text().contains("request id"), "{}", r.text());
     }
-    conn.batch_execute("DROP TRIGGER audit_unwritable;")
-        .expect("drop");
+    app.tamper(
+        "DROP TRIGGER audit_unwritable;",
+        "DROP TRIGGER audit_unwritable ON audit_events;",
+    );
     assert_eq!(
         app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
         200

@@ -3,51 +3,16 @@
 //! SIGTERM under load that loses no audit row of any answered look-up.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::cli::{bin, free_port, mint, serve_dev, serve_dev_with, wait_for_log};
+use crate::cli::{
+    audited_request_ids, bin, call, free_port, mint, serve_dev, serve_dev_with, wait_for_log,
+};
 use crate::helpers::{flag_json, patient_json};
 
 const NHS: &str = "9990000026";
-
-/// One request to the server on `port`: its status and JSON body (Null if none).
-async fn call(
-    client: &awc::Client,
-    port: u16,
-    method: actix_web::http::Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-    request_id: Option<&str>,
-) -> Result<(u16, Value), String> {
-    let mut req = client
-        .request(method, format!("http://127.0.0.1:{port}{path}"))
-        .insert_header(("Authorization", format!("Bearer {token}")));
-    if let Some(id) = request_id {
-        req = req.insert_header(("X-Request-ID", id));
-    }
-    let sent = match body {
-        Some(b) => {
-            req.insert_header(("Content-Type", "application/fhir+json"))
-                .send_body(b.to_string())
-                .await
-        }
-        None => req.send().await,
-    };
-    let mut res = sent.map_err(|e| e.to_string())?;
-    let bytes = res
-        .body()
-        .limit(16 * 1024 * 1024)
-        .await
-        .map_err(|e| e.to_string())?;
-    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok((res.status().as_u16(), v))
-}
 
 /// Registers the person and a plan through the council's token.
 async fn given_a_plan(client: &awc::Client, port: u16, council: &str) -> String {
@@ -79,51 +44,39 @@ async fn given_a_plan(client: &awc::Client, port: u16, council: &str) -> String 
     v["id"].as_str().expect("flag id").to_owned()
 }
 
-fn lookup_path() -> String {
-    format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS}")
+/// A clinician's look-up of [`NHS`], with the given request id.
+async fn look_up(
+    client: &awc::Client,
+    port: u16,
+    clinician: &str,
+    request_id: Option<&str>,
+) -> (u16, serde_json::Value) {
+    call(
+        client,
+        port,
+        actix_web::http::Method::GET,
+        &lookup_path(),
+        clinician,
+        None,
+        request_id,
+    )
+    .await
+    .expect("look-up")
 }
 
-/// Every request id recorded on the audit trail about [`NHS`], paged as the audit team would.
-async fn audited_request_ids(client: &awc::Client, port: u16, auditor: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let mut next = Some(format!(
-        "/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS}&_count=100"
-    ));
-    let mut pages = 0;
-    while let Some(path) = next.take() {
-        let (s, b) = call(
-            client,
-            port,
-            actix_web::http::Method::GET,
-            &path,
-            auditor,
-            None,
-            None,
-        )
-        .await
-        .expect("audit page");
-        assert_eq!(s, 200, "{b}");
-        for e in b["entry"].as_array().into_iter().flatten() {
-            for ent in e["resource"]["entity"].as_array().into_iter().flatten() {
-                if ent["type"]["code"] == "XrequestId" {
-                    if let Some(id) = ent["what"]["identifier"]["value"].as_str() {
-                        ids.insert(id.to_owned());
-                    }
-                }
-            }
-        }
-        next = b["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(|u| {
-                u.trim_start_matches(&format!("http://127.0.0.1:{port}"))
-                    .to_owned()
-            });
-        pages += 1;
-        assert!(pages < 500, "paging does not end");
-    }
-    ids
+/// `cpis-fhir backup` of the database in `data_dir` to `out`.
+fn backup(data_dir: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    bin()
+        .args(["backup", "--data-dir"])
+        .arg(data_dir)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("backup")
+}
+
+fn lookup_path() -> String {
+    format!("/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS}")
 }
 
 fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
@@ -188,7 +141,6 @@ fn a_replica_started_with_no_migrate_refuses_an_old_schema_and_starts_once_migra
 #[actix_rt::test]
 async fn a_backup_taken_while_serving_restores_into_a_fresh_server_with_the_same_records_and_audit_trail(
 ) {
-    use actix_web::http::Method;
     let client = awc::Client::default();
     let live = tempfile::tempdir().expect("dir");
     let port = free_port();
@@ -196,32 +148,22 @@ async fn a_backup_taken_while_serving_restores_into_a_fresh_server_with_the_same
     let flag = given_a_plan(&client, port, &council).await;
     let clinician = mint(live.path(), "clinician", "RDE01");
     for n in 0..3 {
-        let (s, _) = call(
+        let (s, _) = look_up(
             &client,
             port,
-            Method::GET,
-            &lookup_path(),
             &clinician,
-            None,
             Some(&format!("before-backup-{n}")),
         )
-        .await
-        .expect("look-up");
+        .await;
         assert_eq!(s, 200);
     }
     let auditor = mint(live.path(), "auditor", "X26");
-    let before = audited_request_ids(&client, port, &auditor).await;
+    let before = audited_request_ids(&client, port, &auditor, NHS).await;
     assert!(before.contains("before-backup-2"), "{before:?}");
 
     let copies = tempfile::tempdir().expect("dir");
     let copy = copies.path().join("cpis-backup.db");
-    let out = bin()
-        .args(["backup", "--data-dir"])
-        .arg(live.path())
-        .arg("--out")
-        .arg(&copy)
-        .output()
-        .expect("backup");
+    let out = backup(live.path(), &copy);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -233,26 +175,10 @@ async fn a_backup_taken_while_serving_restores_into_a_fresh_server_with_the_same
         "{said}"
     );
     // The live server went on serving while the copy was taken.
-    let (s, _) = call(
-        &client,
-        port,
-        Method::GET,
-        &lookup_path(),
-        &clinician,
-        None,
-        Some("after-backup"),
-    )
-    .await
-    .expect("look-up");
+    let (s, _) = look_up(&client, port, &clinician, Some("after-backup")).await;
     assert_eq!(s, 200);
 
-    let again = bin()
-        .args(["backup", "--data-dir"])
-        .arg(live.path())
-        .arg("--out")
-        .arg(&copy)
-        .output()
-        .expect("backup");
+    let again = backup(live.path(), &copy);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     drop(child);
@@ -264,7 +190,7 @@ async fn a_backup_taken_while_serving_restores_into_a_fresh_server_with_the_same
     let (_child, _logs, _council) = serve_dev(restored.path(), port);
     let clinician = mint(restored.path(), "clinician", "RDE01");
     let auditor = mint(restored.path(), "auditor", "X26");
-    let after = audited_request_ids(&client, port, &auditor).await;
+    let after = audited_request_ids(&client, port, &auditor, NHS).await;
     assert!(
         before.is_subset(&after),
         "every audit row of the backup is there: {before:?} ⊄ {after:?}"
@@ -273,17 +199,7 @@ async fn a_backup_taken_while_serving_restores_into_a_fresh_server_with_the_same
         !after.contains("after-backup"),
         "the copy is of the moment it was taken"
     );
-    let (s, b) = call(
-        &client,
-        port,
-        Method::GET,
-        &lookup_path(),
-        &clinician,
-        None,
-        None,
-    )
-    .await
-    .expect("look-up");
+    let (s, b) = look_up(&client, port, &clinician, None).await;
     assert_eq!(s, 200);
     assert_eq!(b["entry"][0]["resource"]["id"], flag.as_str(), "{b}");
 }
@@ -356,7 +272,7 @@ async fn sigterm_under_load_loses_no_audit_row_of_any_look_up_that_was_answered(
     let port = free_port();
     let (_child, _logs, _council) = serve_dev(dir.path(), port);
     let auditor = mint(dir.path(), "auditor", "X26");
-    let audited = audited_request_ids(&client, port, &auditor).await;
+    let audited = audited_request_ids(&client, port, &auditor, NHS).await;
     let lost: Vec<&String> = answered
         .iter()
         .filter(|id| !audited.contains(*id))

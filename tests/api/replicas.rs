@@ -8,8 +8,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ use cpis_fhir::domain::Role;
 use cpis_fhir::nhs_number::NhsNumber;
 use serde_json::{json, Value};
 
-use crate::cli::{bin, free_port, Killed};
+use crate::cli::{audited_request_ids, bin, call, free_port, spawn_until_listening, Killed};
 use crate::helpers::{org_json, put_flag_entry, put_patient_entry, TestIdp, LA_A, LA_B};
 use crate::notify::Receiver;
 use crate::postgres::PgDatabase;
@@ -47,9 +45,10 @@ fn councils_of(i: u32) -> Vec<&'static str> {
 }
 
 /// Starts one replica (`serve --no-migrate` over the shared configuration) and waits until it
-/// listens; returns it and its log lines.
-fn replica(config: &std::path::Path, port: u16) -> (Killed, std::sync::mpsc::Receiver<String>) {
-    let mut child = bin()
+/// listens.
+fn replica(config: &std::path::Path, port: u16) -> Killed {
+    let mut command = bin();
+    command
         .args([
             "serve",
             "--no-migrate",
@@ -57,66 +56,8 @@ fn replica(config: &std::path::Path, port: u16) -> (Killed, std::sync::mpsc::Rec
             &format!("127.0.0.1:{port}"),
             "--config",
         ])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, logs) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = logs
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the replica starts and logs that it listens");
-        if line.contains("listening on") {
-            return (child, logs);
-        }
-    }
-}
-
-async fn call(
-    client: &awc::Client,
-    port: u16,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-    request_id: Option<&str>,
-) -> Result<(u16, Value), String> {
-    let mut req = client
-        .request(method, format!("http://127.0.0.1:{port}{path}"))
-        .insert_header(("Authorization", format!("Bearer {token}")));
-    if let Some(id) = request_id {
-        req = req.insert_header(("X-Request-ID", id));
-    }
-    let sent = match body {
-        Some(b) => {
-            req.insert_header(("Content-Type", "application/fhir+json"))
-                .send_body(b.to_string())
-                .await
-        }
-        None => req.send().await,
-    };
-    let mut res = sent.map_err(|e| e.to_string())?;
-    let bytes = res
-        .body()
-        .limit(64 * 1024 * 1024)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        res.status().as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+        .arg(config);
+    spawn_until_listening(command).0
 }
 
 fn lookup_path(nhs: &str) -> String {
@@ -137,38 +78,6 @@ fn council_bundle(council: &str) -> Value {
         })
         .collect();
     json!({ "resourceType": "Bundle", "type": "batch", "entry": entries })
-}
-
-/// Every request id on the audit trail of one person (paged as the audit team pages).
-async fn audited_ids(client: &awc::Client, port: u16, auditor: &str, nhs: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let mut next = Some(format!(
-        "/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count=100"
-    ));
-    while let Some(path) = next.take() {
-        let (s, b) = call(client, port, Method::GET, &path, auditor, None, None)
-            .await
-            .expect("audit page");
-        assert_eq!(s, 200, "{b}");
-        for e in b["entry"].as_array().into_iter().flatten() {
-            for ent in e["resource"]["entity"].as_array().into_iter().flatten() {
-                if ent["type"]["code"] == "XrequestId" {
-                    if let Some(id) = ent["what"]["identifier"]["value"].as_str() {
-                        ids.insert(id.to_owned());
-                    }
-                }
-            }
-        }
-        next = b["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(|u| {
-                u.trim_start_matches(&format!("http://127.0.0.1:{port}"))
-                    .to_owned()
-            });
-    }
-    ids
 }
 
 /// A metric's value in `/metrics` text, if present.
@@ -214,7 +123,7 @@ async fn three_replicas_over_one_postgresql_lose_nothing_and_duplicate_nothing_e
     );
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut replicas: Vec<Option<Killed>> =
-        ports.iter().map(|p| Some(replica(&config, *p).0)).collect();
+        ports.iter().map(|p| Some(replica(&config, *p))).collect();
 
     let token = |role: Role, org: &str| idp.token(role, org, 0, 3600);
     let (admin, auditor) = (token(Role::Admin, "X26"), token(Role::Auditor, "X26"));
@@ -438,7 +347,7 @@ async fn three_replicas_over_one_postgresql_lose_nothing_and_duplicate_nothing_e
     // Every answered look-up is on the audit trail.
     let mut audited = HashSet::new();
     for i in 0..PEOPLE {
-        audited.extend(audited_ids(&client, ports[0], &auditor, &person(i)).await);
+        audited.extend(audited_request_ids(&client, ports[0], &auditor, &person(i)).await);
     }
     let lost: Vec<&String> = answered
         .iter()

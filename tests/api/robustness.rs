@@ -218,8 +218,6 @@ async fn every_response_carries_a_request_id_and_echoes_the_callers() {
 
 #[actix_rt::test]
 async fn a_corrupt_stored_list_is_answered_500_and_never_rendered_as_empty() {
-    use diesel::connection::SimpleConnection;
-    use diesel::Connection;
     let app = TestApp::spawn().await;
     app.given_flag(LA_A, NHS_1, "PLAN-1").await;
     assert_eq!(
@@ -236,11 +234,8 @@ async fn a_corrupt_stored_list_is_answered_500_and_never_rendered_as_empty() {
         "the disclosed Flag is rendered"
     );
     // The list of disclosed entities is damaged on disk (a hand edit, a bad restore).
-    let mut conn = diesel::SqliteConnection::establish(app.database()).expect("db");
-    conn.batch_execute(&format!(
-        "UPDATE audit_events SET disclosed = '[\"Flag/' WHERE id = '{id}'"
-    ))
-    .expect("corrupt");
+    let corrupt = format!("UPDATE audit_events SET disclosed = '[\"Flag/' WHERE id = '{id}'");
+    app.tamper(&corrupt, &corrupt);
     let r = app.get(&format!("/AuditEvent/{id}"), &auditor).await;
     r.assert_outcome(500, "exception");
     assert!(

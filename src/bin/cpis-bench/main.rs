@@ -76,6 +76,13 @@ struct LoadArgs {
     /// Port for the server.
     #[arg(long, default_value_t = 18182)]
     port: u16,
+    /// Database: a postgres:// URL to benchmark on PostgreSQL (default: SQLite in the data
+    /// directory).
+    #[arg(long)]
+    database: Option<String>,
+    /// Server processes over that PostgreSQL database, connections spread over them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +108,13 @@ struct Args {
     /// Port for the server.
     #[arg(long, default_value_t = 18181)]
     port: u16,
+    /// Database: a postgres:// URL to benchmark on PostgreSQL (default: SQLite in the data
+    /// directory).
+    #[arg(long)]
+    database: Option<String>,
+    /// Server processes over that PostgreSQL database, connections spread over them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Ask for the council with each plan (`_include=Flag:author`), as an EPR would.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     include_author: bool,
@@ -141,11 +155,11 @@ fn run(args: &Args) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("cpis-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let db = dir.join("cpis.db");
+    let db = database_of(&dir, &args.database, args.replicas)?;
     let public_key = dev::ensure_key(&dir)?;
     drop(public_key);
     {
-        let store = Store::open(&db.to_string_lossy(), 2)?;
+        let store = Store::open(&db, 2)?;
         let existing = store
             .read_blocking(|c| Ok(store::councils::count(c)?))
             .map_err(|e: store::StoreError| e.to_string())?;
@@ -160,7 +174,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let audits_before = {
-        let store = Store::open(&db.to_string_lossy(), 1)?;
+        let store = Store::open(&db, 1)?;
         store
             .read_blocking(|c| Ok(store::audit::count(c)?))
             .map_err(|e: store::StoreError| e.to_string())?
@@ -170,14 +184,12 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         None
     };
-    let mut server = start_server(&dir, args.port, false)?;
-    let result = drive(args, &dir, server.id());
+    let servers = start_servers(&dir, args.port, &args.database, args.replicas)?;
+    let result = drive(args, &dir, &servers.ports);
     let notified = receiver.map(|r| r.drain(&db, Duration::from_secs(60)));
-    let rss = peak_rss_kib(server.id());
-    let _ = server.kill();
-    let _ = server.wait();
+    let rss = servers.stop();
     let (ok, other, latencies, measured) = result?;
-    let store = Store::open(&db.to_string_lossy(), 1)?;
+    let store = Store::open(&db, 1)?;
     let audits = store
         .read_blocking(|c| Ok(store::audit::count(c)?))
         .map_err(|e: store::StoreError| e.to_string())?
@@ -188,6 +200,10 @@ fn run(args: &Args) -> Result<(), String> {
         let idx = ((l.len() as f64 - 1.0) * p).round() as usize;
         l.get(idx).copied().unwrap_or(0) as f64 / 1000.0
     };
+    println!(
+        "database               {}",
+        backend_name(&db, args.replicas)
+    );
     println!("people                 {}", args.people);
     println!("connections            {}", args.connections);
     println!(
@@ -338,9 +354,84 @@ fn plan_of(i: u32, p: usize, councils: &[String]) -> (String, PlanType, Option<c
     (la, plan, end)
 }
 
+/// The database a benchmark runs on: the given PostgreSQL URL, or SQLite in `dir`.
+fn database_of(dir: &Path, given: &Option<String>, replicas: usize) -> Result<String, String> {
+    match given {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(url.clone())
+        }
+        Some(other) => Err(format!(
+            "--database takes a postgres:// URL (SQLite is the default), not {other}"
+        )),
+        None if replicas > 1 => Err("--replicas needs --database postgres://…".into()),
+        None => Ok(dir.join("cpis.db").to_string_lossy().into_owned()),
+    }
+}
+
+fn backend_name(db: &str, replicas: usize) -> String {
+    if db.starts_with("postgres") {
+        format!("PostgreSQL, {replicas} server process(es)")
+    } else {
+        "SQLite".into()
+    }
+}
+
+/// The server processes under a benchmark.
+struct Servers {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+}
+
+impl Servers {
+    /// Stops them; the largest peak RSS among them (KiB).
+    fn stop(mut self) -> Option<u64> {
+        let rss = self
+            .children
+            .iter()
+            .filter_map(|c| peak_rss_kib(c.id()))
+            .max();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        rss
+    }
+}
+
+/// `replicas` servers over one database, on `port`, `port + 10`, …
+fn start_servers(
+    dir: &Path,
+    port: u16,
+    database: &Option<String>,
+    replicas: usize,
+) -> Result<Servers, String> {
+    let mut servers = Servers {
+        children: Vec::new(),
+        ports: Vec::new(),
+    };
+    for r in 0..replicas.max(1) {
+        let p = port + 10 * r as u16;
+        servers
+            .children
+            .push(start_server_on(dir, p, false, database.as_deref())?);
+        servers.ports.push(p);
+    }
+    Ok(servers)
+}
+
 /// Starts the server over `dir`: trusting the dev key as a production key, or (`dev`) in dev
 /// mode with its demo councils and people.
 fn start_server(dir: &Path, port: u16, dev: bool) -> Result<Child, String> {
+    start_server_on(dir, port, dev, None)
+}
+
+/// [`start_server`] over `database` (default: SQLite in `dir`).
+fn start_server_on(
+    dir: &Path,
+    port: u16,
+    dev: bool,
+    database: Option<&str>,
+) -> Result<Child, String> {
     let exe = std::env::current_exe()
         .map_err(|e| e.to_string())?
         .with_file_name("cpis-fhir");
@@ -353,6 +444,9 @@ fn start_server(dir: &Path, port: u16, dev: bool) -> Result<Child, String> {
             "--data-dir",
         ])
         .arg(dir);
+    if let Some(url) = database {
+        command.args(["--database", url]);
+    }
     if dev {
         // The fuzzer creates subscriptions from mutated input: the server under it never posts
         // notifications (nor resolves their hosts).
@@ -411,7 +505,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 type Outcome = (u64, u64, Vec<u32>, Duration);
 
-fn drive(args: &Args, dir: &Path, _server: u32) -> Result<Outcome, String> {
+fn drive(args: &Args, dir: &Path, ports: &[u16]) -> Result<Outcome, String> {
     let token = dev::mint(
         dir,
         &TokenRequest {
@@ -442,7 +536,7 @@ fn drive(args: &Args, dir: &Path, _server: u32) -> Result<Outcome, String> {
             stop.clone(),
         );
         let token = token.clone();
-        let port = args.port;
+        let port = ports[t % ports.len()];
         let ratio = args.hit_ratio;
         let include = include.to_owned();
         handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u32>), String> {
@@ -648,10 +742,16 @@ fn run_load(args: &LoadArgs) -> Result<(), String> {
 }
 
 fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
-    let db = dir.join("cpis.db");
+    let db = database_of(dir, &args.database, args.replicas)?;
     dev::ensure_key(dir)?;
     let councils = {
-        let store = Store::open(&db.to_string_lossy(), 1)?;
+        let store = Store::open(&db, 1)?;
+        let existing = store
+            .read_blocking(|c| Ok(store::councils::count(c)?))
+            .map_err(|e: store::StoreError| e.to_string())?;
+        if existing > 0 {
+            return Err("cpis-bench load needs an empty database (createdb a fresh one)".into());
+        }
         register_councils(&store, args.councils)?
     };
     let t = Instant::now();
@@ -662,13 +762,14 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         work.len(),
         t.elapsed().as_secs_f64()
     );
-    let mut server = start_server(dir, args.port, false)?;
+    let servers = start_servers(dir, args.port, &args.database, args.replicas)?;
+    let ports = servers.ports.clone();
     let queue = Arc::new(std::sync::Mutex::new(work.into_iter().collect::<Vec<_>>()));
     let started = Instant::now();
     let mut handles = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for t in 0..args.connections.max(1) {
         let queue = queue.clone();
-        let port = args.port;
+        let port = ports[t % ports.len()];
         handles.push(std::thread::spawn(move || -> Result<(usize, usize, Vec<u32>), String> {
             let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 64 * 1024];
@@ -719,13 +820,11 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         }
     }
     let elapsed = started.elapsed();
-    let rss = peak_rss_kib(server.id());
-    let _ = server.kill();
-    let _ = server.wait();
+    let rss = servers.stop();
     if let Some(e) = failure {
         return Err(e);
     }
-    let store = Store::open(&db.to_string_lossy(), 1)?;
+    let store = Store::open(&db, 1)?;
     let stored = store
         .read_blocking(|c| {
             use diesel::prelude::*;
@@ -740,6 +839,10 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
             .copied()
             .unwrap_or(0)
     };
+    println!(
+        "database               {}",
+        backend_name(&db, args.replicas)
+    );
     println!("people                 {}", args.people);
     println!("councils               {}", args.councils);
     println!("entries per Bundle     {}", args.entries);
@@ -767,7 +870,6 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
 
 /// The notification side of the look-up benchmark: a webhook receiver for every council.
 mod notify_bench {
-    use std::path::Path;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -828,8 +930,8 @@ mod notify_bench {
 
     /// Subscribes every council (replacing earlier bench subscriptions) to a receiver on
     /// 127.0.0.1:`port`, started here.
-    pub fn subscribe_all(db: &Path, port: u16) -> Result<Receiver, String> {
-        let store = Store::open(&db.to_string_lossy(), 1)?;
+    pub fn subscribe_all(db: &str, port: u16) -> Result<Receiver, String> {
+        let store = Store::open(db, 1)?;
         let now = store::micros(chrono::Utc::now());
         store
             .write_blocking(move |c| {
@@ -934,8 +1036,8 @@ mod notify_bench {
 
     impl Receiver {
         /// Waits (at most `limit`) until every event given out has been received, then reports.
-        pub fn drain(self, db: &Path, limit: Duration) -> Result<Figures, String> {
-            let store = Store::open(&db.to_string_lossy(), 1)?;
+        pub fn drain(self, db: &str, limit: Duration) -> Result<Figures, String> {
+            let store = Store::open(db, 1)?;
             let deadline = Instant::now() + limit;
             let expected = loop {
                 let (pending, given) = store
