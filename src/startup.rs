@@ -21,42 +21,18 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         settings.auth.leeway_secs,
         settings.auth.max_token_lifetime_secs,
     );
-    let mut keys = verifier.new_key_set();
-    for (i, trusted) in settings.auth.issuers.iter().enumerate() {
-        let pem = std::fs::read(&trusted.public_key_file).map_err(|e| {
-            format!(
-                "configuration: trusted issuer {} ({}): cannot read the public key file {}: {e}",
-                i + 1,
-                trusted.issuer,
-                trusted.public_key_file.display()
-            )
-        })?;
-        keys.add_key(
-            &pem,
-            trusted.algorithm,
-            &trusted.issuer,
-            &trusted.audiences,
-            trusted.kid.clone(),
-        )
-        .map_err(|e| {
-            format!(
-                "configuration: trusted issuer {} ({}): {e}",
-                i + 1,
-                trusted.issuer
-            )
-        })?;
-    }
-    if settings.dev {
-        let pem = dev::ensure_key(&settings.data_dir)?;
-        keys.add_key(
-            &pem,
-            dev::DEV_ALGORITHM,
-            dev::DEV_ISSUER,
-            &settings.auth.audiences,
-            Some(dev::DEV_KID.to_owned()),
-        )?;
-    }
-    if keys.is_empty() {
+    let dev_key = if settings.dev {
+        Some((
+            dev::ensure_key(&settings.data_dir)?,
+            settings.auth.audiences.clone(),
+        ))
+    } else {
+        None
+    };
+    let trust =
+        crate::auth::jwks::Trust::load(&settings.auth.issuers, dev_key, settings.auth.leeway_secs)?;
+    let keys = trust.key_set()?;
+    if keys.is_empty() && !trust.fetches() {
         return Err(
             "no token verification key is configured: set auth.public_key_file and auth.issuer \
              (CPIS_AUTH_PUBLIC_KEY_FILE, CPIS_AUTH_ISSUER), or run with --dev for local use"
@@ -81,6 +57,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
     let store = Store::open_in(
         &settings.database_url,
         settings.db_read_pool_size,
+        settings.db_writers,
         migrations,
         &mut background,
     )?;
@@ -105,6 +82,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         notifier,
         refusals,
         background,
+        trust: std::sync::Arc::new(trust),
     })
 }
 
@@ -123,6 +101,14 @@ fn start_background(state: &AppState, tasks: &mut crate::tasks::Tasks) -> std::i
         tasks
             .spawn("lifecycle", move |stop| {
                 crate::records::lifecycle::run_scheduler(stop, store, rules, clock, every)
+            })
+            .map_err(failed)?;
+    }
+    if settings.refresh_keys && state.trust.fetches() {
+        let (trust, verifier) = (state.trust.clone(), state.verifier.clone());
+        tasks
+            .spawn("jwks", move |stop| {
+                crate::auth::jwks::run_refresher(stop, trust, verifier)
             })
             .map_err(failed)?;
     }

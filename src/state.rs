@@ -31,6 +31,8 @@ pub struct AppState {
     /// Background work started with the state (the SQLite checkpointer); `Application` takes
     /// it over, adds the rest and stops it all at shutdown.
     pub background: crate::tasks::Tasks,
+    /// The trusted issuers and their keys (refreshed from JWKS URLs by a background task).
+    pub trust: Arc<crate::auth::jwks::Trust>,
 }
 
 impl AppState {

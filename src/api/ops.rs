@@ -62,6 +62,7 @@ fn millis(d: Duration) -> f64 {
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut checks = Map::new();
     let mut all = true;
+    let mut warned = false;
     let mut put = |name: &str, (ok, v): (bool, Value)| {
         all &= ok;
         checks.insert(name.to_owned(), v);
@@ -131,13 +132,36 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     put("writer", writer);
 
     let keys = state.verifier.key_count();
-    put(
-        "keys",
-        check(
-            keys > 0,
-            json!({"observedValue": keys, "observedUnit": "trusted keys"}),
-        ),
+    let issuers = state.trust.status();
+    let keyless: Vec<String> = issuers
+        .iter()
+        .filter(|i| !i.has_keys)
+        .map(|i| match &i.failure {
+            Some(f) => format!("{} ({f})", i.issuer),
+            None => i.issuer.clone(),
+        })
+        .collect();
+    let stale: Vec<String> = issuers
+        .iter()
+        .filter(|i| i.has_keys)
+        .filter_map(|i| i.failure.as_ref().map(|f| format!("{}: {f}", i.issuer)))
+        .collect();
+    let (ok, mut v) = check(
+        keys > 0 && keyless.is_empty(),
+        json!({"observedValue": keys, "observedUnit": "trusted keys"}),
     );
+    if !keyless.is_empty() {
+        v["output"] = json!(format!("no keys for {}", keyless.join(", ")));
+    } else if !stale.is_empty() {
+        // Still serving with the last good keys: healthy, with a concern.
+        v["status"] = json!("warn");
+        warned = true;
+        v["output"] = json!(format!(
+            "refresh failing, last good keys kept: {}",
+            stale.join("; ")
+        ));
+    }
+    put("keys", (ok, v));
 
     let notifier = match state.settings.notify_interval {
         None => check(true, json!({"output": "off (notify_interval_ms = 0)"})),
@@ -166,10 +190,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    health(
-        status,
-        json!({"status": if all { "pass" } else { "fail" }, "checks": checks}),
-    )
+    let word = match (all, warned) {
+        (false, _) => "fail",
+        (true, true) => "warn",
+        (true, false) => "pass",
+    };
+    health(status, json!({"status": word, "checks": checks}))
 }
 
 /// Whether the caller may read metrics: the configured scrape token, compared in constant

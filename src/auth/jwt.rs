@@ -6,14 +6,16 @@
 //! [`Reason`], which the audit trail records (see `audit::refusals`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::reason::Reason;
 use crate::auth::Caller;
-use crate::domain::{OdsCode, Role};
+use crate::config::ClaimStyle;
 use crate::error::ApiError;
 
 /// A token refused, and why.
@@ -54,6 +56,51 @@ struct TrustedKey {
     algorithm: Algorithm,
     key: DecodingKey,
     validation: Validation,
+    issuer: String,
+    claims: ClaimStyle,
+}
+
+/// What a key is trusted for: one issuer's tokens to these audiences, read in its claim style.
+#[derive(Debug, Clone)]
+pub struct Trusted<'a> {
+    pub issuer: &'a str,
+    pub audiences: &'a [String],
+    pub claims: ClaimStyle,
+}
+
+/// The algorithms a JWK may verify, of those allowed: its own `alg` if it names one (and it is
+/// allowed), else every allowed algorithm of its key type.
+fn jwk_algorithms(jwk: &Jwk, allowed: &[Algorithm]) -> Vec<Algorithm> {
+    use Algorithm::*;
+    let fits = |a: &Algorithm| match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => matches!(a, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => *a == ES256,
+            EllipticCurve::P384 => *a == ES384,
+            _ => false,
+        },
+        // Symmetric and other keys are never trusted: a public JWKS holding one is a mistake.
+        _ => false,
+    };
+    use jsonwebtoken::jwk::KeyAlgorithm as K;
+    let named = match jwk.common.key_algorithm {
+        None => return allowed.iter().copied().filter(fits).collect(),
+        Some(K::RS256) => RS256,
+        Some(K::RS384) => RS384,
+        Some(K::RS512) => RS512,
+        Some(K::PS256) => PS256,
+        Some(K::PS384) => PS384,
+        Some(K::PS512) => PS512,
+        Some(K::ES256) => ES256,
+        Some(K::ES384) => ES384,
+        // HMAC, encryption and unknown algorithms never verify a token here.
+        Some(_) => return Vec::new(),
+    };
+    allowed
+        .iter()
+        .copied()
+        .filter(|a| *a == named && fits(a))
+        .collect()
 }
 
 /// The most verified tokens remembered; past it, expired ones are dropped (then all).
@@ -83,14 +130,13 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// Trusts `pem` (a public key) for tokens from `issuer` to `audience`, signed with
-    /// `algorithm` (never the token's own choice).
+    /// Trusts `pem` (a public key) for `trusted`'s tokens signed with `algorithm` (never the
+    /// token's own choice).
     pub fn add_key(
         &mut self,
         pem: &[u8],
         algorithm: Algorithm,
-        issuer: &str,
-        audiences: &[String],
+        trusted: &Trusted<'_>,
         kid: Option<String>,
     ) -> Result<(), String> {
         let key = match algorithm {
@@ -98,9 +144,20 @@ impl KeySet {
             _ => DecodingKey::from_rsa_pem(pem),
         }
         .map_err(|e| format!("the public key cannot be read: {e}"))?;
+        self.push(key, algorithm, trusted, kid);
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        key: DecodingKey,
+        algorithm: Algorithm,
+        trusted: &Trusted<'_>,
+        kid: Option<String>,
+    ) {
         let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(audiences);
+        validation.set_issuer(&[trusted.issuer]);
+        validation.set_audience(trusted.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
@@ -109,8 +166,34 @@ impl KeySet {
             algorithm,
             key,
             validation,
+            issuer: trusted.issuer.to_owned(),
+            claims: trusted.claims,
         });
-        Ok(())
+    }
+
+    /// Trusts the signing keys of a JSON Web Key Set (RFC 7517) for `trusted`'s tokens, each
+    /// for the `allowed` algorithms its type fits (its own `alg`, if named, must be one of them).
+    /// Encryption keys, symmetric keys and keys that cannot be read are left out. Returns how
+    /// many keys were trusted.
+    pub fn add_jwks(
+        &mut self,
+        keys: &[Jwk],
+        allowed: &[Algorithm],
+        trusted: &Trusted<'_>,
+    ) -> usize {
+        let before = self.keys.len();
+        for jwk in keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            for algorithm in jwk_algorithms(jwk, allowed) {
+                self.push(key.clone(), algorithm, trusted, jwk.common.key_id.clone());
+            }
+        }
+        self.keys.len() - before
     }
 }
 
@@ -127,6 +210,9 @@ pub struct Verifier {
     cache: Mutex<HashMap<String, (Caller, u64)>>,
     leeway: u64,
     max_lifetime: u64,
+    /// Set when a token named a key id no trusted key has: the key-set refresher (see `jwks`)
+    /// fetches the JWKS again, at most once a minute.
+    unknown_key_seen: AtomicBool,
 }
 
 impl Default for Verifier {
@@ -143,7 +229,13 @@ impl Verifier {
             cache: Mutex::new(HashMap::new()),
             leeway: leeway_secs,
             max_lifetime: max_lifetime_secs,
+            unknown_key_seen: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a token named an unknown key since the last call (the flag is cleared).
+    pub fn take_unknown_key_seen(&self) -> bool {
+        self.unknown_key_seen.swap(false, Ordering::Relaxed)
     }
 
     /// An empty key set with this verifier's leeway, to fill and pass to
@@ -223,13 +315,15 @@ impl Verifier {
             Reason::UnknownKey,
             "no trusted key matches its algorithm and key id",
         );
+        let mut tried = false;
         for k in candidates {
-            match decode::<Claims>(token, &k.key, &k.validation) {
+            tried = true;
+            match decode::<serde_json::Value>(token, &k.key, &k.validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    self.check_times(&c)?;
-                    let exp = c.exp;
-                    return caller_from(c).map(|c| (c, exp));
+                    let exp = self.check_times(&c)?;
+                    return crate::auth::claims::caller_from(&c, k.claims, &k.issuer)
+                        .map(|c| (c, exp));
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
@@ -249,19 +343,34 @@ impl Verifier {
                 }
             }
         }
+        if !tried && header.kid.is_some() {
+            // Perhaps the issuer has rotated its keys: its JWKS is fetched again.
+            self.unknown_key_seen.store(true, Ordering::Relaxed);
+        }
         Err(last)
     }
 
-    /// `iat` must not be in the future, and the token must not live longer than allowed.
-    fn check_times(&self, c: &Claims) -> Result<(), Refused> {
+    /// `iat` must not be in the future, and the token must not live longer than allowed (from
+    /// `iat`, or from now without one). Returns `exp`.
+    fn check_times(&self, c: &serde_json::Value) -> Result<u64, Refused> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        if c.iat > now.saturating_add(self.leeway) {
+        let exp = c
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| Refused::new(Reason::Malformed, "its exp claim is not a number"))?;
+        let iat = match c.get("iat") {
+            None => now,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| Refused::new(Reason::Malformed, "its iat claim is not a number"))?,
+        };
+        if iat > now.saturating_add(self.leeway) {
             return Err(Refused::new(
                 Reason::NotYetValid,
                 "it was issued in the future (iat)",
             ));
         }
-        let lifetime = c.exp.saturating_sub(c.iat);
+        let lifetime = exp.saturating_sub(iat);
         if lifetime > self.max_lifetime.saturating_add(self.leeway) {
             return Err(Refused::new(
                 Reason::LifetimeTooLong,
@@ -271,40 +380,6 @@ impl Verifier {
                 ),
             ));
         }
-        Ok(())
+        Ok(exp)
     }
-}
-
-fn caller_from(c: Claims) -> Result<Caller, Refused> {
-    let unusable = |e: ApiError| Refused {
-        reason: Reason::UnusableClaims,
-        error: e,
-    };
-    let role = Role::parse(&c.role).ok_or_else(|| {
-        unusable(ApiError::Forbidden(format!(
-            "the token's role '{}' is not a CP-IS role",
-            c.role
-                .chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect::<String>()
-        )))
-    })?;
-    let org = OdsCode::parse(&c.org).ok_or_else(|| {
-        unusable(ApiError::Forbidden(
-            "the token's org claim is not an ODS code".into(),
-        ))
-    })?;
-    if c.sub.trim().is_empty() {
-        return Err(unusable(ApiError::Unauthenticated(
-            "the token's sub claim is empty".into(),
-        )));
-    }
-    Ok(Caller {
-        user_id: c.sub,
-        name: c.name,
-        role,
-        org,
-        issuer: c.iss,
-    })
 }

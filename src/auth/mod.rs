@@ -1,7 +1,9 @@
 //! Who is calling: bearer-token verification and the caller as an actix extractor
 //! (DOMAIN.md "Who may do what"; FHIR R4 §3.1.0.1.11 security is delegated to the transport).
 
+pub mod claims;
 pub mod dev;
+pub mod jwks;
 pub mod jwt;
 pub mod reason;
 

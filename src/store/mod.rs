@@ -129,16 +129,24 @@ impl Store {
     /// SQLite checkpointer), which stops when the last clone is dropped.
     pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
         let mut tasks = crate::tasks::Tasks::new();
-        let mut store = Self::open_in(url, read_pool_size, Migrations::Run, &mut tasks)?;
+        let mut store = Self::open_in(
+            url,
+            read_pool_size,
+            crate::config::DEFAULT_POSTGRES_WRITERS,
+            Migrations::Run,
+            &mut tasks,
+        )?;
         store._tasks = Some(std::sync::Arc::new(tasks));
         Ok(store)
     }
 
     /// [`Store::open`], its background work started on `tasks`, which stops and joins it;
+    /// `writers` is how many writer connections PostgreSQL gets (SQLite has one writer);
     /// `migrations` says whether pending migrations are run or only refused.
     pub fn open_in(
         url: &str,
         read_pool_size: u32,
+        writers: u32,
         migrations: Migrations,
         tasks: &mut crate::tasks::Tasks,
     ) -> Result<Self, String> {
@@ -155,7 +163,7 @@ impl Store {
         };
         let writers: u32 = match backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => 4,
+            Backend::Postgres => writers.max(1),
         };
         let write = build(writers, true)?;
         {

@@ -127,6 +127,8 @@ pub struct TestApp {
     pub notifier: cpis_fhir::notify::Notifier,
     /// The server's token verifier, whose keys a test may replace while it runs.
     pub verifier: Arc<cpis_fhir::auth::jwt::Verifier>,
+    /// The trusted issuers and their keys (see `step_keys`).
+    trust: Arc<cpis_fhir::auth::jwks::Trust>,
     /// Set when the server trusts this identity provider instead of the dev key.
     pub idp: Option<Arc<TestIdp>>,
     /// The PostgreSQL database this server runs on, when the suite runs on PostgreSQL; dropped
@@ -164,6 +166,12 @@ impl TestApp {
     /// read from a configuration file (`[[auth.issuers]]`). Its token helpers sign with that
     /// issuer's key.
     pub async fn spawn_production() -> Self {
+        Self::spawn_production_with("").await
+    }
+
+    /// [`TestApp::spawn_production`] with more of the configuration file (more trusted
+    /// issuers, say). The server's key refresher is stepped by the tests.
+    pub async fn spawn_production_with(more: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let idp = TestIdp::generate(dir.path(), "https://idp.cpis.test", "key-1");
         let config = dir.path().join("cpis-fhir.toml");
@@ -171,7 +179,7 @@ impl TestApp {
             &config,
             format!(
                 "data_dir = {data:?}\nallow_test_nhs_numbers = true\n\n[auth]\naudience = [\"cpis-fhir\"]\n\n\
-                 [[auth.issuers]]\nissuer = {iss:?}\npublic_key_file = {key:?}\nalgorithm = \"RS256\"\nkid = \"key-1\"\n",
+                 [[auth.issuers]]\nissuer = {iss:?}\npublic_key_file = {key:?}\nalgorithm = \"RS256\"\nkid = \"key-1\"\n\n{more}\n",
                 data = dir.path().to_string_lossy(),
                 iss = idp.issuer,
                 key = idp.public_file.to_string_lossy(),
@@ -187,6 +195,7 @@ impl TestApp {
         settings.workers = 1;
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
+        settings.refresh_keys = false;
         let pg = suite_database(&mut settings);
         Self::started(dir, settings, Some(Arc::new(idp)), pg).await
     }
@@ -249,6 +258,7 @@ impl TestApp {
         let state = build_state(settings.clone(), clock).expect("state");
         let notifier = state.notifier.clone();
         let verifier = Arc::clone(&state.verifier);
+        let trust = Arc::clone(&state.trust);
         let app = Application::build(state, listener).expect("server");
         let handle = app.handle();
         actix_rt::spawn(app.run_until_stopped());
@@ -265,9 +275,20 @@ impl TestApp {
             handle,
             notifier,
             verifier,
+            trust,
             idp,
             pg,
         }
+    }
+
+    /// One round of the key refresher, as its thread would make it.
+    pub fn step_keys(&self) {
+        self.trust.step(&self.verifier);
+    }
+
+    /// The scheduled refresh of every JWKS URL, now.
+    pub fn refresh_keys_now(&self) {
+        self.trust.refresh_now(&self.verifier);
     }
 
     /// Stops this server and starts a new one over the same database and data directory (a

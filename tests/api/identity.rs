@@ -89,8 +89,11 @@ async fn replacing_the_trusted_keys_at_run_time_takes_effect_on_the_next_request
     keys.add_key(
         &std::fs::read(&new.public_file).expect("pem"),
         jsonwebtoken::Algorithm::RS256,
-        &new.issuer,
-        &["cpis-fhir".to_owned()],
+        &cpis_fhir::auth::jwt::Trusted {
+            issuer: &new.issuer,
+            audiences: &["cpis-fhir".to_owned()],
+            claims: cpis_fhir::config::ClaimStyle::Cpis,
+        },
         Some(new.kid.clone()),
     )
     .expect("key");

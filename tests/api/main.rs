@@ -10,6 +10,7 @@ mod fuzz;
 mod helpers;
 mod hostile;
 mod identity;
+mod jwks;
 mod lifecycle;
 mod load;
 mod lookup;

@@ -1,0 +1,190 @@
+//! TLS with openssl: a local certificate authority for development and tests (`serve --dev
+//! --tls` makes one in the data directory; the tests make their own), and the server's TLS
+//! configuration (README "Deploying securely").
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
+};
+use openssl::x509::{X509Builder, X509NameBuilder, X509};
+
+fn err(e: openssl::error::ErrorStack) -> String {
+    format!("openssl: {e}")
+}
+
+/// A certificate authority of our own: for `serve --dev --tls` and for tests, never for
+/// production (a deployment brings certificates from its own PKI).
+pub struct LocalCa {
+    cert: X509,
+    key: PKey<Private>,
+}
+
+/// A certificate and its private key, in PEM.
+pub struct Issued {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+fn new_key() -> Result<PKey<Private>, String> {
+    PKey::from_rsa(Rsa::generate(2048).map_err(err)?).map_err(err)
+}
+
+fn builder(cn: &str, key: &PKey<Private>, days: u32) -> Result<X509Builder, String> {
+    let mut name = X509NameBuilder::new().map_err(err)?;
+    name.append_entry_by_text("CN", cn).map_err(err)?;
+    let name = name.build();
+    let mut b = X509Builder::new().map_err(err)?;
+    b.set_version(2).map_err(err)?;
+    let mut serial = BigNum::new().map_err(err)?;
+    serial
+        .rand(127, MsbOption::MAYBE_ZERO, false)
+        .map_err(err)?;
+    let serial = serial.to_asn1_integer().map_err(err)?;
+    b.set_serial_number(&serial).map_err(err)?;
+    b.set_subject_name(&name).map_err(err)?;
+    b.set_pubkey(key).map_err(err)?;
+    let (from, until) = (
+        Asn1Time::days_from_now(0).map_err(err)?,
+        Asn1Time::days_from_now(days).map_err(err)?,
+    );
+    b.set_not_before(&from).map_err(err)?;
+    b.set_not_after(&until).map_err(err)?;
+    Ok(b)
+}
+
+impl LocalCa {
+    /// A new CA named `cn`, valid for ten years.
+    pub fn generate(cn: &str) -> Result<Self, String> {
+        let key = new_key()?;
+        let mut b = builder(cn, &key, 3650)?;
+        // Self-signed: the issuer is the subject.
+        let mut issuer = X509NameBuilder::new().map_err(err)?;
+        issuer.append_entry_by_text("CN", cn).map_err(err)?;
+        b.set_issuer_name(&issuer.build()).map_err(err)?;
+        b.append_extension(
+            BasicConstraints::new()
+                .critical()
+                .ca()
+                .build()
+                .map_err(err)?,
+        )
+        .map_err(err)?;
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()
+                .map_err(err)?,
+        )
+        .map_err(err)?;
+        let ski = SubjectKeyIdentifier::new()
+            .build(&b.x509v3_context(None, None))
+            .map_err(err)?;
+        b.append_extension(ski).map_err(err)?;
+        b.sign(&key, MessageDigest::sha256()).map_err(err)?;
+        Ok(Self {
+            cert: b.build(),
+            key,
+        })
+    }
+
+    /// Reads a CA back from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, String> {
+        Ok(Self {
+            cert: X509::from_pem(cert_pem).map_err(err)?,
+            key: PKey::private_key_from_pem(key_pem).map_err(err)?,
+        })
+    }
+
+    pub fn cert_pem(&self) -> Result<Vec<u8>, String> {
+        self.cert.to_pem().map_err(err)
+    }
+
+    pub fn key_pem(&self) -> Result<Vec<u8>, String> {
+        self.key.private_key_to_pem_pkcs8().map_err(err)
+    }
+
+    /// A certificate for `cn`, valid for a year: a server's for `names` (DNS names or IP
+    /// addresses), or (`client`) a calling system's.
+    pub fn issue(&self, cn: &str, names: &[&str], client: bool) -> Result<Issued, String> {
+        let key = new_key()?;
+        let mut b = builder(cn, &key, 365)?;
+        b.set_issuer_name(self.cert.subject_name()).map_err(err)?;
+        b.append_extension(BasicConstraints::new().build().map_err(err)?)
+            .map_err(err)?;
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .digital_signature()
+                .key_encipherment()
+                .build()
+                .map_err(err)?,
+        )
+        .map_err(err)?;
+        let usage = if client {
+            ExtendedKeyUsage::new().client_auth().build()
+        } else {
+            ExtendedKeyUsage::new().server_auth().build()
+        };
+        b.append_extension(usage.map_err(err)?).map_err(err)?;
+        if !names.is_empty() {
+            let mut san = SubjectAlternativeName::new();
+            for n in names {
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    san.ip(n);
+                } else {
+                    san.dns(n);
+                }
+            }
+            let san = san
+                .build(&b.x509v3_context(Some(&self.cert), None))
+                .map_err(err)?;
+            b.append_extension(san).map_err(err)?;
+        }
+        let aki = AuthorityKeyIdentifier::new()
+            .keyid(false)
+            .build(&b.x509v3_context(Some(&self.cert), None))
+            .map_err(err)?;
+        b.append_extension(aki).map_err(err)?;
+        b.sign(&self.key, MessageDigest::sha256()).map_err(err)?;
+        Ok(Issued {
+            cert_pem: b.build().to_pem().map_err(err)?,
+            key_pem: key.private_key_to_pem_pkcs8().map_err(err)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_issued_by_the_local_ca_verifies_against_it_and_names_its_hosts() {
+        let ca = LocalCa::generate("cpis-fhir test CA").unwrap();
+        let issued = ca
+            .issue("cpis-fhir", &["127.0.0.1", "localhost"], false)
+            .unwrap();
+        let cert = X509::from_pem(&issued.cert_pem).unwrap();
+        let ca_cert = X509::from_pem(&ca.cert_pem().unwrap()).unwrap();
+        assert!(cert.verify(&ca_cert.public_key().unwrap()).unwrap());
+        let names: Vec<String> = cert
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                n.dnsname()
+                    .map(str::to_owned)
+                    .or_else(|| n.ipaddress().map(|ip| format!("{ip:?}")))
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert!(names.contains(&"localhost".to_owned()), "{names:?}");
+        assert_eq!(names.len(), 2);
+    }
+}
