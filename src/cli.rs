@@ -119,6 +119,10 @@ struct ServeArgs {
     /// replicas, after `cpis-fhir migrate`).
     #[arg(long)]
     no_migrate: bool,
+    /// With --dev: serve HTTPS with a local CA and server certificate made once in the data
+    /// directory (`dev-ca.pem` is the CA to trust).
+    #[arg(long, requires = "dev")]
+    tls: bool,
 }
 
 #[derive(Args, Debug)]
@@ -322,7 +326,13 @@ fn token(a: TokenArgs) -> Result<(), String> {
 fn serve(a: ServeArgs) -> Result<(), String> {
     let mut cli = overrides(&a.common, a.listen, a.dev);
     cli.no_migrate = a.no_migrate;
-    let settings = Settings::load(&cli).map_err(|e| e.to_string())?;
+    let mut settings = Settings::load(&cli).map_err(|e| e.to_string())?;
+    if a.tls {
+        settings.tls = Some(crate::tls::ensure_dev_certificates(&settings.data_dir)?);
+        if let Some(rest) = settings.base_url.strip_prefix("http://") {
+            settings.base_url = format!("https://{rest}");
+        }
+    }
     let listen = settings.listen;
     let dev_mode = settings.dev;
     let state = build_state(settings, system_clock())?;

@@ -34,6 +34,11 @@ pub const KEYS: &[KeyDoc] = &[
     ("migrate", "run pending database migrations at start-up, under a lock replicas share (default true; false, or serve --no-migrate, refuses to start on an old schema: run `cpis-fhir migrate` first)"),
     ("shutdown_grace_secs", "seconds a stopping server (SIGTERM, Ctrl-C) lets requests in flight finish, and then its background tasks theirs (default 30)"),
     ("metrics_token", "bearer token a scraper must present on GET /metrics; unset, only loopback callers may scrape"),
+    ("allow_plain_http", "serve plain HTTP on an address other than loopback, for a deployment behind a TLS-terminating proxy (default false: without tls.cert_file the server listens on 127.0.0.1 or ::1 only)"),
+    ("tls.cert_file", "PEM certificate chain of the server (with tls.key_file: the server speaks HTTPS only, TLS 1.2 or 1.3, HTTP/2 and HTTP/1.1)"),
+    ("tls.key_file", "PEM private key of that certificate"),
+    ("tls.client_ca_file", "PEM CA certificates whose client certificates identify calling systems (mutual TLS)"),
+    ("tls.client_auth", "with tls.client_ca_file: `optional` (default; a certificate, if sent, must verify) or `required` (no certificate, no handshake)"),
     ("limits.body_max_depth", "deepest nesting of objects/arrays (JSON) or elements (XML) a body may have; deeper is refused with 400 before parsing (default 32)"),
     ("limits.bodies_in_flight", "bytes of request bodies all requests together may be receiving at once (default 33554432 = 32 MiB; at least bundle_body_limit)"),
     ("limits.parsed_in_flight", "estimated bytes the parsed bodies of all requests together may hold at once (default 100663296 = 96 MiB)"),
@@ -58,6 +63,13 @@ pub const KEYS: &[KeyDoc] = &[
 pub type KeyDoc = (&'static str, &'static str);
 
 pub const TABLE_LISTS: &[(&str, &[KeyDoc], &str)] = &[(
+    "tls.client_bindings",
+    &[
+        ("subject", "a client certificate's subject common name or DNS subject alternative name (required)"),
+        ("ods", "the ODS code of the council whose tokens are accepted only over a connection with that certificate (required)"),
+    ],
+    "client certificates bound to councils: a council token over a connection without its bound certificate, or a bound certificate carrying another organisation's token, is refused 403 and audited",
+), (
     "auth.issuers",
     &[
         ("issuer", "the `iss` its tokens carry (required)"),
@@ -130,6 +142,24 @@ pub enum KeySource {
         refresh: std::time::Duration,
         ca_file: Option<PathBuf>,
     },
+}
+
+/// Whether a TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Optional,
+    Required,
+}
+
+/// The server's TLS configuration (`tls.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Mutual TLS: the CAs of calling systems' certificates, and whether one is required.
+    pub client_ca: Option<(PathBuf, ClientAuth)>,
+    /// Client certificate subjects bound to councils' ODS codes.
+    pub bindings: Vec<(String, String)>,
 }
 
 /// Where a token's role, organisation, user id and name are read (see `auth::claims`).
@@ -221,6 +251,8 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     /// The bearer token `GET /metrics` requires; none: loopback callers only.
     pub metrics_token: Option<String>,
+    /// HTTPS (and mutual TLS) when configured; plain HTTP otherwise.
+    pub tls: Option<TlsSettings>,
     /// Whether the server refreshes JWKS URLs by itself (always, but for tests, which step
     /// `Trust` themselves).
     pub refresh_keys: bool,
@@ -489,6 +521,62 @@ impl Settings {
                 claims: ClaimStyle::Cpis,
             });
         }
+        let tls = match (get("tls.cert_file"), get("tls.key_file")) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert_file: PathBuf::from(cert),
+                key_file: PathBuf::from(key),
+                client_ca: match (get("tls.client_ca_file"), get("tls.client_auth").as_deref()) {
+                    (None, None) => None,
+                    (None, Some(_)) => {
+                        return Err(bad("tls.client_auth", "needs tls.client_ca_file"))
+                    }
+                    (Some(ca), None | Some("optional")) => {
+                        Some((PathBuf::from(ca), ClientAuth::Optional))
+                    }
+                    (Some(ca), Some("required")) => Some((PathBuf::from(ca), ClientAuth::Required)),
+                    (Some(_), Some(other)) => {
+                        return Err(bad(
+                            "tls.client_auth",
+                            format!("'{other}' is neither optional nor required"),
+                        ))
+                    }
+                },
+                bindings: binding_tables(tables)?,
+            }),
+            (None, None) => {
+                if get("tls.client_ca_file").is_some() || tables.contains_key("tls.client_bindings")
+                {
+                    return Err(bad(
+                        "tls.client_ca_file",
+                        "mutual TLS needs tls.cert_file and tls.key_file",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => return Err(bad("tls.key_file", "is required with tls.cert_file")),
+            (None, Some(_)) => return Err(bad("tls.cert_file", "is required with tls.key_file")),
+        };
+        if let Some(t) = &tls {
+            if !t.bindings.is_empty() && t.client_ca.is_none() {
+                return Err(bad(
+                    "tls.client_ca_file",
+                    "client certificate bindings need the CA that issues those certificates",
+                ));
+            }
+        }
+        let base_url = match (&tls, get("base_url")) {
+            (Some(_), None) => format!("https://{listen}"),
+            _ => base_url,
+        };
+        if tls.is_none() && !listen.ip().is_loopback() && !parse_bool("allow_plain_http", false)? {
+            return Err(bad(
+                "allow_plain_http",
+                format!(
+                    "{listen} is not a loopback address: configure tls.cert_file and tls.key_file, \
+                     or set allow_plain_http = true behind a TLS-terminating proxy"
+                ),
+            ));
+        }
         let size = |k: &str, default: u64, min: u64| -> Result<usize, ConfigError> {
             usize::try_from(parse_num(k, default, min)?).map_err(|_| bad(k, "too large"))
         };
@@ -596,6 +684,7 @@ impl Settings {
                 other => other.map(|t| t.trim().to_owned()),
             },
             refresh_keys: true,
+            tls,
             dev,
         })
     }
@@ -624,6 +713,36 @@ fn algorithm(name: &str) -> Result<Algorithm, String> {
         "ES384" => Algorithm::ES384,
         other => return Err(format!("'{other}' is not a supported public-key algorithm")),
     })
+}
+
+/// The `[[tls.client_bindings]]` tables: (certificate subject, ODS code).
+fn binding_tables(
+    tables: &BTreeMap<String, Vec<BTreeMap<String, String>>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, t) in tables
+        .get("tls.client_bindings")
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = |name: &str| {
+            t.get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    ConfigError(format!("`tls.client_bindings[{i}].{name}`: is required"))
+                })
+        };
+        let (subject, ods) = (field("subject")?, field("ods")?.to_ascii_uppercase());
+        if !ods.bytes().all(|b| b.is_ascii_alphanumeric()) || ods.len() > 10 {
+            return Err(ConfigError(format!(
+                "`tls.client_bindings[{i}].ods`: '{ods}' is not an ODS code"
+            )));
+        }
+        out.push((subject, ods));
+    }
+    Ok(out)
 }
 
 /// The `[[auth.issuers]]` tables, each checked, with the key that names a bad value.
@@ -883,6 +1002,48 @@ mod tests {
                 "{bad}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn plain_http_is_only_for_loopback_unless_allowed_and_tls_needs_both_files() {
+        let e = load(&[("CPIS_LISTEN", "0.0.0.0:8080")], CliOverrides::default());
+        assert!(e.is_err_and(|e| e.to_string().contains("allow_plain_http")));
+        let s = load(
+            &[
+                ("CPIS_LISTEN", "0.0.0.0:8080"),
+                ("CPIS_ALLOW_PLAIN_HTTP", "true"),
+            ],
+            CliOverrides::default(),
+        );
+        assert!(s.is_ok());
+        let s = load(
+            &[
+                ("CPIS_LISTEN", "0.0.0.0:8443"),
+                ("CPIS_TLS_CERT_FILE", "c.pem"),
+                ("CPIS_TLS_KEY_FILE", "k.pem"),
+            ],
+            CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.base_url, "https://0.0.0.0:8443");
+        assert!(s.tls.is_some_and(|t| t.client_ca.is_none()));
+        let e = load(&[("CPIS_TLS_CERT_FILE", "c.pem")], CliOverrides::default());
+        assert!(e.is_err_and(|e| e.to_string().contains("tls.key_file")));
+        let e = load(
+            &[
+                ("CPIS_TLS_CERT_FILE", "c"),
+                ("CPIS_TLS_KEY_FILE", "k"),
+                ("CPIS_TLS_CLIENT_CA_FILE", "ca"),
+                ("CPIS_TLS_CLIENT_AUTH", "sometimes"),
+            ],
+            CliOverrides::default(),
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("tls.client_auth")));
+        let e = load_file(
+            "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n[[tls.client_bindings]]\nsubject = \"la901\"\nods = \"LA901\"\n",
+            &[],
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("tls.client_ca_file")));
     }
 
     #[test]

@@ -216,6 +216,19 @@ pub struct Caller {
     pub org: OdsCode,
     /// The token issuer, which identifies the calling system.
     pub issuer: String,
+    /// The verified client certificate of the connection (mutual TLS), as `CN=…`.
+    pub system: Option<String>,
+}
+
+impl Caller {
+    /// The calling system as AuditEvents name it: the connection's client certificate and the
+    /// token's issuer, or the issuer alone.
+    pub fn client(&self) -> String {
+        match &self.system {
+            Some(s) => format!("{s} (token from {})", self.issuer),
+            None => self.issuer.clone(),
+        }
+    }
 }
 
 /// The role recorded on AuditEvents written by the service itself (the record lifecycle).

@@ -72,6 +72,13 @@ pub async fn envelope(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if state.as_ref().is_some_and(|s| s.settings.tls.is_some()) {
+        // RFC 6797: browsers keep to HTTPS for this host for a year.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     if !cacheable(res.request()) {
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

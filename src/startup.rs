@@ -168,11 +168,16 @@ impl Application {
         let grace = state.settings.shutdown_grace;
         let max_connections = state.settings.limits.max_connections;
         let verifier = web::Data::from(std::sync::Arc::clone(&state.verifier));
+        let tls = state.settings.tls.clone();
+        let bindings = web::Data::new(crate::tls::Bindings(
+            tls.as_ref().map(|t| t.bindings.clone()).unwrap_or_default(),
+        ));
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(verifier.clone())
+                .app_data(bindings.clone())
                 // The only bodies read whole by an extractor are `_search` forms: a few
                 // parameters (resource bodies are read by `api::http::receive`).
                 .app_data(web::PayloadConfig::new(SEARCH_FORM_LIMIT))
@@ -186,7 +191,19 @@ impl Application {
         // Signals are the process's business (`stop_on_signals`): actix's own handling would
         // stop at once on Ctrl-C, dropping requests in flight.
         .disable_signals()
-        .listen(listener)?
+        // A connection's verified client certificate (mutual TLS), for its requests.
+        .on_connect(|conn, ext| {
+            if let Some(cert) = crate::tls::client_cert_of(conn) {
+                ext.insert(cert);
+            }
+        });
+        let server = match &tls {
+            Some(t) => {
+                let acceptor = crate::tls::acceptor(t).map_err(std::io::Error::other)?;
+                server.listen_openssl(listener, acceptor)?
+            }
+            None => server.listen(listener)?,
+        }
         .run();
         Ok(Self {
             port,

@@ -160,6 +160,125 @@ impl LocalCa {
     }
 }
 
+/// The verified client certificate of a connection (mutual TLS): its subject common name and
+/// DNS names, as a binding names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject, as `CN=…` (what AuditEvents record as the calling system).
+    pub subject: String,
+    /// The common name and the DNS subject alternative names.
+    pub names: Vec<String>,
+}
+
+/// The certificates bound to councils (`tls.client_bindings`): (subject or DNS name, ODS code).
+#[derive(Debug, Clone, Default)]
+pub struct Bindings(pub Vec<(String, String)>);
+
+impl Bindings {
+    /// The council `cert` is bound to, if any.
+    pub fn council_of(&self, cert: &ClientCert) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| cert.names.iter().any(|n| n == name))
+            .map(|(_, ods)| ods.as_str())
+    }
+
+    /// Whether `ods` has a certificate bound to it (so its tokens need that certificate).
+    pub fn is_bound(&self, ods: &str) -> bool {
+        self.0.iter().any(|(_, o)| o == ods)
+    }
+}
+
+/// The client certificate of a connection that has just opened, if it is a TLS connection and
+/// the client sent one (the handshake has verified it against `tls.client_ca_file`).
+pub fn client_cert_of(conn: &dyn std::any::Any) -> Option<ClientCert> {
+    use actix_tls::accept::openssl::TlsStream;
+    let tls = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()?;
+    let cert = tls.ssl().peer_certificate()?;
+    let cn = cert
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned());
+    let mut names: Vec<String> = cn.iter().cloned().collect();
+    if let Some(sans) = cert.subject_alt_names() {
+        names.extend(sans.iter().filter_map(|n| n.dnsname().map(str::to_owned)));
+    }
+    Some(ClientCert {
+        subject: cn.map_or_else(|| "(no common name)".to_owned(), |c| format!("CN={c}")),
+        names,
+    })
+}
+
+/// The server's TLS acceptor: Mozilla's "intermediate" profile (TLS 1.2 and 1.3 only, AEAD
+/// ciphers with forward secrecy), the server's certificate chain, and — with mutual TLS — the
+/// CAs whose client certificates are accepted, a certificate optional or required. HTTP/2 is
+/// offered by ALPN (actix adds it).
+pub fn acceptor(
+    t: &crate::config::TlsSettings,
+) -> Result<openssl::ssl::SslAcceptorBuilder, String> {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(err)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(err)?;
+    b.set_certificate_chain_file(&t.cert_file)
+        .map_err(|e| format!("tls.cert_file {}: {e}", t.cert_file.display()))?;
+    b.set_private_key_file(&t.key_file, SslFiletype::PEM)
+        .map_err(|e| format!("tls.key_file {}: {e}", t.key_file.display()))?;
+    b.check_private_key()
+        .map_err(|e| format!("tls.key_file does not match tls.cert_file: {e}"))?;
+    if let Some((ca, auth)) = &t.client_ca {
+        b.set_ca_file(ca)
+            .map_err(|e| format!("tls.client_ca_file {}: {e}", ca.display()))?;
+        let names = openssl::x509::X509Name::load_client_ca_file(ca)
+            .map_err(|e| format!("tls.client_ca_file {}: {e}", ca.display()))?;
+        b.set_client_ca_list(names);
+        let mode = match auth {
+            crate::config::ClientAuth::Optional => SslVerifyMode::PEER,
+            crate::config::ClientAuth::Required => {
+                SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
+            }
+        };
+        b.set_verify(mode);
+    }
+    Ok(b)
+}
+
+/// The development certificates of `serve --dev --tls` in `data_dir`, made once: a local CA
+/// (`dev-ca.pem`, to trust) and a server certificate for 127.0.0.1, ::1 and localhost.
+pub fn ensure_dev_certificates(
+    data_dir: &std::path::Path,
+) -> Result<crate::config::TlsSettings, String> {
+    let (ca_pem, cert, key) = (
+        data_dir.join("dev-ca.pem"),
+        data_dir.join("dev-server.pem"),
+        data_dir.join("dev-server.key"),
+    );
+    if !(ca_pem.exists() && cert.exists() && key.exists()) {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        let ca = LocalCa::generate("cpis-fhir development CA (this machine only)")?;
+        let issued = ca.issue("localhost", &["127.0.0.1", "::1", "localhost"], false)?;
+        let write = |path: &std::path::Path, bytes: &[u8]| {
+            std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        };
+        write(&ca_pem, &ca.cert_pem()?)?;
+        write(&cert, &issued.cert_pem)?;
+        write(&key, &issued.key_pem)?;
+        // The CA's own key is not kept: nothing else is ever issued by it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    Ok(crate::config::TlsSettings {
+        cert_file: cert,
+        key_file: key,
+        client_ca: None,
+        bindings: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ fn row_for<T>(
         user_name: ctx.caller.name.clone(),
         user_role: ctx.caller.role.as_str().to_owned(),
         user_org: ctx.caller.org.as_str().to_owned(),
-        client: ctx.caller.issuer.clone(),
+        client: ctx.caller.client(),
         patient,
         councils,
         disclosed: JsonList(disclosed),

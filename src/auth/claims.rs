@@ -100,6 +100,7 @@ pub fn caller_from(claims: &Value, style: ClaimStyle, issuer: &str) -> Result<Ca
         role,
         org,
         issuer: issuer.to_owned(),
+        system: None,
     })
 }
 

@@ -45,7 +45,9 @@ pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
                 "the Authorization header must be 'Bearer <token>'".into(),
             ),
         }),
-        Some(Some(t)) => verifier.verify(t),
+        Some(Some(t)) => verifier
+            .verify(t)
+            .and_then(|caller| over_this_connection(req, caller)),
     };
     verified.map_err(|refused| {
         let claims = token.flatten().map(unverified_claims).unwrap_or_default();
@@ -57,6 +59,39 @@ pub fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
         });
         refused.error
     })
+}
+
+/// The caller with its connection's client certificate, if any — refused when the certificate
+/// and the token do not belong together (`tls.client_bindings`): a certificate bound to a
+/// council carries only that council's tokens, and a council with a bound certificate is
+/// accepted only over a connection that presents it, so a council's stolen token is useless
+/// without the council's key.
+fn over_this_connection(req: &HttpRequest, mut caller: Caller) -> Result<Caller, Refused> {
+    let cert = req.conn_data::<crate::tls::ClientCert>();
+    let bindings = req.app_data::<web::Data<crate::tls::Bindings>>();
+    if let Some(b) = bindings {
+        let bound = cert.and_then(|c| b.council_of(c));
+        let org = caller.org.as_str();
+        let mismatch = match bound {
+            Some(ods) => ods != org,
+            None => caller.role == crate::domain::Role::Council && b.is_bound(org),
+        };
+        if mismatch {
+            return Err(Refused {
+                reason: Reason::CertificateMismatch,
+                error: ApiError::Forbidden(match bound {
+                    Some(ods) => format!(
+                        "this connection's client certificate is bound to {ods}; the token is for {org}"
+                    ),
+                    None => format!(
+                        "{org}'s tokens are accepted only over a connection with {org}'s client certificate"
+                    ),
+                }),
+            });
+        }
+    }
+    caller.system = cert.map(|c| c.subject.clone());
+    Ok(caller)
 }
 
 /// A refused authentication, for the audit trail (see `audit::refusals`).

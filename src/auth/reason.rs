@@ -15,6 +15,8 @@ pub enum Reason {
     LifetimeTooLong,
     /// Verified, but its role or organisation claim is not one this service knows.
     UnusableClaims,
+    /// The connection's client certificate and the token belong to different organisations.
+    CertificateMismatch,
 }
 
 impl Reason {
@@ -30,6 +32,7 @@ impl Reason {
             Reason::WrongAudience => "wrong-audience",
             Reason::LifetimeTooLong => "lifetime-too-long",
             Reason::UnusableClaims => "unusable-claims",
+            Reason::CertificateMismatch => "certificate-mismatch",
         }
     }
 }

@@ -102,14 +102,26 @@ pub fn banner(settings: &Settings, records: &[DemoRecord]) -> Result<String, Str
             r.flag_id
         ));
     }
+    let curl = match &settings.tls {
+        Some(_) => {
+            let ca = settings.data_dir.join("dev-ca.pem");
+            out.push_str(&format!(
+                "\nHTTPS with a local CA made for this machine: trust {} (curl --cacert, or add it to \
+                 your system's or browser's trust store; it signs only this server's certificate).\n",
+                ca.display()
+            ));
+            format!("curl -s --cacert {}", ca.display())
+        }
+        None => "curl -s".to_owned(),
+    };
     if let Some(first) = records.first() {
         let la = tokens[0].1.as_str();
         out.push_str(&format!(
-            "\nTry (council LA901 reads its Flag):\n  curl -s -H 'Authorization: Bearer {la}' {base}/Flag/{}\n",
+            "\nTry (council LA901 reads its Flag):\n  {curl} -H 'Authorization: Bearer {la}' {base}/Flag/{}\n",
             first.flag_id
         ));
         out.push_str(&format!(
-            "\nThe council's phone numbers (any token):\n  curl -s -H 'Authorization: Bearer {}' {base}/Organization/{}\n",
+            "\nThe council's phone numbers (any token):\n  {curl} -H 'Authorization: Bearer {}' {base}/Organization/{}\n",
             tokens[3].1, first.council
         ));
         // The clinician's look-up: a child with plans from two councils, with their phones.
@@ -121,16 +133,16 @@ pub fn banner(settings: &Settings, records: &[DemoRecord]) -> Result<String, Str
                 > 1
         }) {
             out.push_str(&format!(
-                "\nAn emergency department looks a child up (audited; listed in the access history):\n  curl -s -H 'Authorization: Bearer {}' '{base}/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}&_include=Flag:author'\n",
+                "\nAn emergency department looks a child up (audited; listed in the access history):\n  {curl} -H 'Authorization: Bearer {}' '{base}/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}&_include=Flag:author'\n",
                 tokens[3].1, two.nhs_number
             ));
             out.push_str(&format!(
-                "\nWho has looked (the latest 25 unscheduled accesses):\n  curl -s -H 'Authorization: Bearer {}' '{base}/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}'\n",
+                "\nWho has looked (the latest 25 unscheduled accesses):\n  {curl} -H 'Authorization: Bearer {}' '{base}/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}'\n",
                 tokens[3].1, two.nhs_number
             ));
         }
         out.push_str(&format!(
-            "\nCapabilityStatement (no token):\n  curl -s {base}/metadata\n"
+            "\nCapabilityStatement (no token):\n  {curl} {base}/metadata\n"
         ));
     }
     Ok(out)

@@ -174,6 +174,7 @@ mod tests {
             role,
             org: OdsCode::parse("LA901").unwrap(),
             issuer: "i".into(),
+            system: None,
         }
     }
 

@@ -200,6 +200,27 @@ impl TestApp {
         Self::started(dir, settings, Some(Arc::new(idp)), pg).await
     }
 
+    /// A dev-mode server speaking HTTPS only (`tls`), reached through `client` (which trusts its
+    /// CA and may present a client certificate).
+    pub async fn spawn_tls(tls: cpis_fhir::config::TlsSettings, client: awc::Client) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
+        settings.workers = 1;
+        settings.lifecycle_interval = None;
+        settings.notify_interval = None;
+        settings.tls = Some(tls);
+        let pg = suite_database(&mut settings);
+        let now = Arc::new(Mutex::new(
+            DateTime::parse_from_rfc3339(TODAY)
+                .expect("date")
+                .with_timezone(&Utc),
+        ));
+        let mut t = Self::start(dir, settings, now, None, pg);
+        t.client = client;
+        t.register_councils().await;
+        t
+    }
+
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
@@ -226,6 +247,13 @@ impl TestApp {
                 .with_timezone(&Utc),
         ));
         let t = Self::start(dir, settings, now, idp, pg);
+        t.register_councils().await;
+        t
+    }
+
+    /// Registers the two test councils.
+    async fn register_councils(&self) {
+        let t = self;
         for (ods, name) in [
             (LA_A, "Northmoor Borough Council"),
             (LA_B, "Eastvale County Council"),
@@ -239,7 +267,6 @@ impl TestApp {
                 .await;
             assert_eq!(r.status, 201, "{}", r.text());
         }
-        t
     }
 
     fn start(
@@ -251,7 +278,12 @@ impl TestApp {
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        settings.base_url = format!("http://127.0.0.1:{port}");
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        settings.base_url = format!("{scheme}://127.0.0.1:{port}");
         let clock_now = Arc::clone(&now);
         let clock: Clock = Arc::new(move || *clock_now.lock().expect("clock"));
         let db_url = settings.database_url.clone();
@@ -266,7 +298,7 @@ impl TestApp {
             .timeout(std::time::Duration::from_secs(30))
             .finish();
         TestApp {
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             dir,
             client,
             now,
@@ -415,7 +447,23 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        self.request_via(&self.client, method, path, token, headers, body)
+            .await
+            .expect("request sent")
+    }
+
+    /// [`TestApp::request`] through another client (another TLS client certificate, say);
+    /// `Err` when the connection or the TLS handshake fails.
+    pub async fn request_via(
+        &self,
+        client: &awc::Client,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Resp, String> {
+        let mut req = client.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.insert_header(("Authorization", format!("Bearer {t}")));
         }
@@ -426,13 +474,17 @@ impl TestApp {
             Some(b) => req.send_body(b).await,
             None => req.send().await,
         }
-        .expect("request sent");
-        let body = res.body().limit(64 * 1024 * 1024).await.expect("body");
-        Resp {
+        .map_err(|e| e.to_string())?;
+        let body = res
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Resp {
             status: res.status().as_u16(),
             headers: res.headers().clone(),
             body: body.to_vec(),
-        }
+        })
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Resp {

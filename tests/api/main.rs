@@ -21,5 +21,6 @@ mod postgres;
 mod replicas;
 mod resources;
 mod robustness;
+mod tls;
 mod validation;
 mod versioning;
