@@ -118,6 +118,10 @@ struct Args {
     /// Ask for the council with each plan (`_include=Flag:author`), as an EPR would.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     include_author: bool,
+    /// Over HTTPS (TLS 1.3, keep-alive): the server gets the data directory's development
+    /// certificate (`serve --dev --tls` makes the same), the clients trust its CA.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    tls: bool,
     /// Subscribe every council to a receiver in the bench and measure the notifications.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     notify: bool,
@@ -184,8 +188,13 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         None
     };
-    let servers = start_servers(&dir, args.port, &args.database, args.replicas)?;
-    let result = drive(args, &dir, &servers.ports);
+    let tls = if args.tls {
+        Some(tls_client(&dir)?)
+    } else {
+        None
+    };
+    let servers = start_servers(&dir, args.port, &args.database, args.replicas, tls.as_ref())?;
+    let result = drive(args, &dir, &servers.ports, tls.as_ref());
     let notified = receiver.map(|r| r.drain(&db, Duration::from_secs(60)));
     let rss = servers.stop();
     let (ok, other, latencies, measured) = result?;
@@ -203,6 +212,14 @@ fn run(args: &Args) -> Result<(), String> {
     println!(
         "database               {}",
         backend_name(&db, args.replicas)
+    );
+    println!(
+        "transport              {}",
+        if args.tls {
+            "HTTPS (TLS, keep-alive)"
+        } else {
+            "HTTP (keep-alive)"
+        }
     );
     println!("people                 {}", args.people);
     println!("connections            {}", args.connections);
@@ -398,12 +415,39 @@ impl Servers {
     }
 }
 
+/// The benchmark's TLS client: trusts the data directory's development CA, whose server
+/// certificate it makes (once) for the servers.
+fn tls_client(dir: &Path) -> Result<openssl::ssl::SslConnector, String> {
+    cpis_fhir::tls::ensure_dev_certificates(dir)?;
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .map_err(|e| e.to_string())?;
+    b.set_ca_file(dir.join("dev-ca.pem"))
+        .map_err(|e| e.to_string())?;
+    Ok(b.build())
+}
+
+/// A stream to a server: plain, or TLS through `tls`.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+fn connect(port: u16, tls: Option<&openssl::ssl::SslConnector>) -> Result<Box<dyn Conn>, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(c) => Ok(Box::new(
+            c.connect("127.0.0.1", tcp).map_err(|e| e.to_string())?,
+        )),
+    }
+}
+
 /// `replicas` servers over one database, on `port`, `port + 10`, …
 fn start_servers(
     dir: &Path,
     port: u16,
     database: &Option<String>,
     replicas: usize,
+    tls: Option<&openssl::ssl::SslConnector>,
 ) -> Result<Servers, String> {
     let mut servers = Servers {
         children: Vec::new(),
@@ -413,7 +457,7 @@ fn start_servers(
         let p = port + 10 * r as u16;
         servers
             .children
-            .push(start_server_on(dir, p, false, database.as_deref())?);
+            .push(start_server_on(dir, p, false, database.as_deref(), tls)?);
         servers.ports.push(p);
     }
     Ok(servers)
@@ -422,15 +466,16 @@ fn start_servers(
 /// Starts the server over `dir`: trusting the dev key as a production key, or (`dev`) in dev
 /// mode with its demo councils and people.
 fn start_server(dir: &Path, port: u16, dev: bool) -> Result<Child, String> {
-    start_server_on(dir, port, dev, None)
+    start_server_on(dir, port, dev, None, None)
 }
 
-/// [`start_server`] over `database` (default: SQLite in `dir`).
+/// [`start_server`] over `database` (default: SQLite in `dir`), over TLS with `tls`.
 fn start_server_on(
     dir: &Path,
     port: u16,
     dev: bool,
     database: Option<&str>,
+    tls: Option<&openssl::ssl::SslConnector>,
 ) -> Result<Child, String> {
     let exe = std::env::current_exe()
         .map_err(|e| e.to_string())?
@@ -446,6 +491,11 @@ fn start_server_on(
         .arg(dir);
     if let Some(url) = database {
         command.args(["--database", url]);
+    }
+    if tls.is_some() {
+        command
+            .env("CPIS_TLS_CERT_FILE", dir.join("dev-server.pem"))
+            .env("CPIS_TLS_KEY_FILE", dir.join("dev-server.key"));
     }
     if dev {
         // The fuzzer creates subscriptions from mutated input: the server under it never posts
@@ -476,7 +526,7 @@ fn start_server_on(
         })?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+        if let Ok(mut s) = connect(port, tls) {
             let _ = s.write_all(b"GET /metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf);
@@ -505,7 +555,12 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 type Outcome = (u64, u64, Vec<u32>, Duration);
 
-fn drive(args: &Args, dir: &Path, ports: &[u16]) -> Result<Outcome, String> {
+fn drive(
+    args: &Args,
+    dir: &Path,
+    ports: &[u16],
+    tls: Option<&openssl::ssl::SslConnector>,
+) -> Result<Outcome, String> {
     let token = dev::mint(
         dir,
         &TokenRequest {
@@ -539,9 +594,9 @@ fn drive(args: &Args, dir: &Path, ports: &[u16]) -> Result<Outcome, String> {
         let port = ports[t % ports.len()];
         let ratio = args.hit_ratio;
         let include = include.to_owned();
+        let tls = tls.cloned();
         handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u32>), String> {
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-            conn.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut conn = connect(port, tls.as_ref())?;
             let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             let mut buf = vec![0u8; 64 * 1024];
             let (mut ok, mut other) = (0u64, 0u64);
@@ -561,7 +616,7 @@ fn drive(args: &Args, dir: &Path, ports: &[u16]) -> Result<Outcome, String> {
                 );
                 let started = Instant::now();
                 conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-                let status = read_response(&mut conn, &mut buf, None)?;
+                let status = read_response(&mut *conn, &mut buf, None)?;
                 let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 if (200..300).contains(&status) {
                     ok += 1;
@@ -595,7 +650,7 @@ fn drive(args: &Args, dir: &Path, ports: &[u16]) -> Result<Outcome, String> {
 /// Reads one HTTP/1.1 response with a Content-Length body; returns its status. The body is
 /// kept in `body` when one is given.
 fn read_response(
-    conn: &mut TcpStream,
+    conn: &mut dyn Read,
     buf: &mut [u8],
     mut body: Option<&mut Vec<u8>>,
 ) -> Result<u16, String> {
@@ -762,7 +817,7 @@ fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         work.len(),
         t.elapsed().as_secs_f64()
     );
-    let servers = start_servers(dir, args.port, &args.database, args.replicas)?;
+    let servers = start_servers(dir, args.port, &args.database, args.replicas, None)?;
     let ports = servers.ports.clone();
     let queue = Arc::new(std::sync::Mutex::new(work.into_iter().collect::<Vec<_>>()));
     let started = Instant::now();
