@@ -218,6 +218,76 @@ pub struct Caller {
     pub issuer: String,
     /// The verified client certificate of the connection (mutual TLS), as `CN=…`.
     pub system: Option<String>,
+    /// The token's SMART on FHIR resource scopes, if it carries any: they narrow what the role
+    /// allows (`records::policy`); none means the role alone decides.
+    pub scopes: Option<Vec<Grant>>,
+}
+
+/// Who a SMART scope is for (SMART App Launch v2 §3.3 "Scopes for requesting clinical data").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantContext {
+    /// `patient/`: within a launch patient's compartment (this service has no launch context).
+    Patient,
+    /// `user/`: what the signed-in user may see.
+    User,
+    /// `system/`: a backend service, no user present.
+    System,
+}
+
+/// One SMART resource scope: `{context}/{resource or *}.{cruds}` (v2), or `.read`/`.write`/`.*`
+/// (v1, read as `rs`, `cud`, `cruds`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub context: GrantContext,
+    /// `None` for `*`.
+    pub resource: Option<String>,
+    /// The permissions, as a subset of "cruds".
+    pub permissions: String,
+}
+
+impl Grant {
+    /// Reads one scope; `None` for scopes that are not SMART resource scopes (`openid`,
+    /// `profile`, `launch/…`, CIS2's `nationalrbacaccess`…), which narrow nothing.
+    pub fn parse(scope: &str) -> Option<Self> {
+        let (context, rest) = scope.split_once('/')?;
+        let context = match context {
+            "patient" => GrantContext::Patient,
+            "user" => GrantContext::User,
+            "system" => GrantContext::System,
+            _ => return None,
+        };
+        // v2 scopes may carry search restrictions (`?category=…`); they only narrow further,
+        // so this server reads the scope without them (and grants nothing more).
+        let rest = rest.split('?').next().unwrap_or_default();
+        let (resource, perms) = rest.rsplit_once('.')?;
+        let resource = match resource {
+            "*" => None,
+            r if !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphabetic()) => Some(r.to_owned()),
+            _ => return None,
+        };
+        let permissions = match perms {
+            "read" => "rs".to_owned(),
+            "write" => "cud".to_owned(),
+            "*" => "cruds".to_owned(),
+            p if !p.is_empty() && p.chars().all(|c| "cruds".contains(c)) => p.to_owned(),
+            _ => return None,
+        };
+        Some(Self {
+            context,
+            resource,
+            permissions,
+        })
+    }
+
+    /// Whether this scope grants any of `permissions` on any of `resources`, for `context`.
+    pub fn allows(&self, contexts: &[GrantContext], resources: &[&str], permissions: &str) -> bool {
+        contexts.contains(&self.context)
+            && self
+                .resource
+                .as_deref()
+                .is_none_or(|r| resources.contains(&r))
+            && self.permissions.chars().any(|p| permissions.contains(p))
+    }
 }
 
 impl Caller {

@@ -105,6 +105,7 @@ const OPERATIONS: &[(&str, MakeRoute)] = &[
     ("/health/live", || web::get().to(ops::live)),
     ("/health/ready", || web::get().to(ops::ready)),
     ("/metrics", || web::get().to(ops::metrics)),
+    ("/.well-known/smart-configuration", || web::get().to(ops::smart_configuration)),
 ];
 
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method

@@ -287,6 +287,49 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     }
 }
 
+/// `GET /.well-known/smart-configuration` (SMART App Launch v2 §2.4 "Conformance"): what this
+/// resource server accepts. It issues no tokens: they come from the configured issuers, named
+/// here (`issuers`, an extension) with the scopes and algorithms they may use.
+pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    let issuers: Vec<Value> = state
+        .settings
+        .auth
+        .issuers
+        .iter()
+        .map(|i| {
+            json!({
+                "issuer": i.issuer,
+                "signingAlgorithms": i.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                "jwks_uri": match &i.keys {
+                    crate::config::KeySource::JwksUrl { url, .. } => Some(url.as_str()),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    let body = json!({
+        "capabilities": ["permission-v1", "permission-v2", "client-confidential-asymmetric"],
+        "scopes_supported": [
+            "user/Flag.rs", "user/Patient.rs", "user/AuditEvent.rs", "user/Organization.rs",
+            "system/Flag.cruds", "system/Patient.cruds", "system/Organization.cru",
+            "system/AuditEvent.rs", "system/Subscription.cruds"
+        ],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "issuers": issuers,
+        "notes": "Scopes only narrow what the token's role allows; a token without SMART resource scopes is decided by its role alone. Clinicians need user/ scopes (access to children's records is user-present only); patient/ scopes grant nothing (no launch context).",
+    });
+    let mut res = HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .body(body.to_string());
+    res.extensions_mut().insert(NotFhir);
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

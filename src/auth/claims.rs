@@ -101,7 +101,24 @@ pub fn caller_from(claims: &Value, style: ClaimStyle, issuer: &str) -> Result<Ca
         org,
         issuer: issuer.to_owned(),
         system: None,
+        scopes: smart_scopes(claims),
     })
+}
+
+/// The token's SMART resource scopes (`scope`, space-separated, or `scp`, a list or a string):
+/// `None` when it has none, so that the role alone decides.
+fn smart_scopes(claims: &Value) -> Option<Vec<crate::domain::Grant>> {
+    let words: Vec<&str> = match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => return None,
+    };
+    let grants: Vec<_> = words
+        .into_iter()
+        .take(200)
+        .filter_map(crate::domain::Grant::parse)
+        .collect();
+    (!grants.is_empty()).then_some(grants)
 }
 
 /// The CP-IS role and organisation of a CIS2 token's selected role profile.

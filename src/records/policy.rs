@@ -94,8 +94,49 @@ impl Scope {
 #[error("{0}")]
 pub struct Denied(pub &'static str);
 
-/// The table.
+/// What SMART scope an action needs (any one of the resources with any one of the
+/// permissions), and the refusal naming it.
+fn needs(action: Action) -> (&'static [&'static str], &'static str, &'static str) {
+    use Action as A;
+    match action {
+        A::WriteRecords => (&["Patient", "Flag"], "cud", "the token's SMART scopes do not allow this: writing records needs a Patient or Flag scope with c, u or d"),
+        A::ManageCouncils => (&["Organization"], "cu", "the token's SMART scopes do not allow this: changing councils needs an Organization scope with c or u"),
+        A::ReadRecord | A::ReadFlagHistory => (&["Patient", "Flag"], "r", "the token's SMART scopes do not allow this: reading records needs a Patient or Flag scope with r"),
+        A::SearchRecords => (&["Patient", "Flag"], "s", "the token's SMART scopes do not allow this: the look-up needs a Flag or Patient scope with s"),
+        A::SearchPatientsByName => (&["Patient"], "s", "the token's SMART scopes do not allow this: searching people needs a Patient scope with s"),
+        A::ReadAccessHistory | A::ListSystemEvents => (&["AuditEvent"], "s", "the token's SMART scopes do not allow this: searching the audit trail needs an AuditEvent scope with s"),
+        A::ReadAuditEvent => (&["AuditEvent"], "r", "the token's SMART scopes do not allow this: reading an AuditEvent needs an AuditEvent scope with r"),
+        A::ManageSubscriptions => (&["Subscription"], "cruds", "the token's SMART scopes do not allow this: subscriptions need a Subscription scope"),
+        A::RunLifecycle => (&["Flag"], "d", "the token's SMART scopes do not allow this: running the record lifecycle needs a Flag scope with d"),
+        A::ReadCouncils => (&["Organization"], "rs", "the token's SMART scopes do not allow this: reading councils needs an Organization scope with r or s"),
+    }
+}
+
+/// The table, then the token's SMART scopes, which can only narrow it. Clinicians' reads are
+/// user-present (DOMAIN.md: no unattended access to children's data), so only `user/` scopes
+/// count for them; other roles may hold `user/` or `system/` scopes. `patient/` scopes grant
+/// nothing here: this service has no launch-patient context.
 pub fn decide(caller: &Caller, action: Action) -> Result<Scope, Denied> {
+    let scope = by_role(caller, action)?;
+    if let Some(grants) = &caller.scopes {
+        use crate::domain::GrantContext as G;
+        let contexts: &[G] = match caller.role {
+            Role::Clinician | Role::ClinicianScheduled => &[G::User],
+            _ => &[G::User, G::System],
+        };
+        let (resources, permissions, why) = needs(action);
+        if !grants
+            .iter()
+            .any(|g| g.allows(contexts, resources, permissions))
+        {
+            return Err(Denied(why));
+        }
+    }
+    Ok(scope)
+}
+
+/// The role table.
+fn by_role(caller: &Caller, action: Action) -> Result<Scope, Denied> {
     use Action as A;
     use Role as R;
     let own = || Scope::OwnCouncil(caller.org.clone());
@@ -175,6 +216,7 @@ mod tests {
             org: OdsCode::parse("LA901").unwrap(),
             issuer: "i".into(),
             system: None,
+            scopes: None,
         }
     }
 
@@ -231,5 +273,68 @@ mod tests {
         assert!(s.covers_council("LA901"));
         assert!(!s.covers_council("LA902"));
         assert!(Scope::All.covers_council("LA902"));
+    }
+
+    fn scoped(role: Role, scopes: &str) -> Caller {
+        Caller {
+            scopes: Some(
+                scopes
+                    .split_whitespace()
+                    .filter_map(crate::domain::Grant::parse)
+                    .collect(),
+            ),
+            ..caller(role)
+        }
+    }
+
+    #[test]
+    fn smart_scopes_only_narrow_what_the_role_allows() {
+        use Action as A;
+        let reader = scoped(Role::Council, "system/Flag.rs system/Patient.rs");
+        assert!(decide(&reader, A::ReadRecord).is_ok());
+        assert!(decide(&reader, A::SearchRecords).is_ok());
+        assert!(decide(&reader, A::WriteRecords).is_err());
+        let writer = scoped(Role::Council, "system/Flag.cruds system/Patient.cu");
+        assert!(decide(&writer, A::WriteRecords).is_ok());
+        // A scope cannot add what the role lacks.
+        let bold = scoped(Role::Clinician, "user/*.cruds");
+        assert!(decide(&bold, A::WriteRecords).is_err());
+        assert!(decide(&bold, A::SearchRecords).is_ok());
+        // Clinicians' reads are user-present: system scopes give them nothing.
+        let unattended = scoped(Role::Clinician, "system/Flag.rs");
+        assert!(decide(&unattended, A::SearchRecords).is_err());
+        // v1 scopes, and patient scopes (no launch context here).
+        assert!(decide(
+            &scoped(Role::Auditor, "system/AuditEvent.read"),
+            A::ReadAccessHistory
+        )
+        .is_ok());
+        assert!(decide(
+            &scoped(Role::Auditor, "patient/AuditEvent.rs"),
+            A::ReadAccessHistory
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn scopes_that_are_not_smart_resource_scopes_are_ignored() {
+        use crate::domain::Grant;
+        for s in [
+            "openid",
+            "profile",
+            "nationalrbacaccess",
+            "launch/patient",
+            "user/Flag",
+            "user/Flag.x",
+            "user/Fl-ag.r",
+            "admin/Flag.r",
+        ] {
+            assert_eq!(Grant::parse(s), None, "{s}");
+        }
+        let g = Grant::parse("user/Flag.rs?category=x").unwrap();
+        assert_eq!(
+            (g.resource.as_deref(), g.permissions.as_str()),
+            (Some("Flag"), "rs")
+        );
     }
 }

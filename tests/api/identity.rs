@@ -105,3 +105,91 @@ async fn replacing_the_trusted_keys_at_run_time_takes_effect_on_the_next_request
     let new_token = new.token(Role::Clinician, "RDE01", 0, 600);
     assert_eq!(app.lookup(&new_token, NHS_1, "", &[]).await.status, 200);
 }
+
+/// A token from the test issuer with SMART `scope`s.
+fn scoped(app: &TestApp, role: Role, org: &str, scope: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    app.idp.as_ref().expect("idp").sign(&serde_json::json!({
+        "iss": "https://idp.cpis.test", "sub": format!("user-{}", role.as_str()), "aud": "cpis-fhir",
+        "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string(),
+        "role": role.as_str(), "org": org, "scope": scope,
+    }))
+}
+
+#[actix_rt::test]
+async fn smart_scopes_narrow_a_role_a_read_scope_cannot_write_and_clinicians_need_user_scopes() {
+    let app = TestApp::spawn_production().await;
+    let flag = app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    let id = flag["id"].as_str().expect("id").to_owned();
+
+    let reader = scoped(
+        &app,
+        Role::Council,
+        LA_A,
+        "openid system/Flag.rs system/Patient.rs",
+    );
+    assert_eq!(app.get(&format!("/Flag/{id}"), &reader).await.status, 200);
+    let mut changed = flag.clone();
+    changed["period"]["end"] = serde_json::json!("2026-11-01");
+    let r = app
+        .put_json(&format!("/Flag/{id}"), &reader, &changed)
+        .await;
+    r.assert_outcome(403, "forbidden");
+    assert!(r.text().contains("SMART scopes"), "{}", r.text());
+    let writer = scoped(
+        &app,
+        Role::Council,
+        LA_A,
+        "system/Flag.cruds system/Patient.cu",
+    );
+    assert_eq!(
+        app.put_json(&format!("/Flag/{id}"), &writer, &changed)
+            .await
+            .status,
+        200
+    );
+
+    let user_present = scoped(&app, Role::Clinician, "RDE01", "openid user/Flag.rs");
+    assert_eq!(app.lookup(&user_present, NHS_1, "", &[]).await.status, 200);
+    let unattended = scoped(&app, Role::Clinician, "RDE01", "system/Flag.rs");
+    app.lookup(&unattended, NHS_1, "", &[])
+        .await
+        .assert_outcome(403, "forbidden");
+    // Scopes that are not SMART resource scopes leave the role to decide.
+    let plain = scoped(
+        &app,
+        Role::Clinician,
+        "RDE01",
+        "openid profile nationalrbacaccess",
+    );
+    assert_eq!(app.lookup(&plain, NHS_1, "", &[]).await.status, 200);
+
+    let auditor = scoped(&app, Role::Auditor, "X26", "system/AuditEvent.rs");
+    let r = app
+        .get(
+            &format!("/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    app.lookup(&auditor, NHS_1, "", &[])
+        .await
+        .assert_outcome(403, "forbidden");
+
+    let conf = app
+        .request(
+            actix_web::http::Method::GET,
+            "/.well-known/smart-configuration",
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(conf.status, 200);
+    let v = conf.json();
+    assert!(v["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("permission-v2")));
+    assert_eq!(v["issuers"][0]["issuer"], "https://idp.cpis.test");
+}
