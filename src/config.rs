@@ -46,6 +46,10 @@ pub const KEYS: &[KeyDoc] = &[
     ("limits.body_timeout_secs", "seconds a request body may take to arrive; slower is answered 408 (default 60)"),
     ("limits.max_url_bytes", "longest path and query string accepted; longer is answered 414 (default 8192)"),
     ("limits.max_query_params", "most query parameters a request may carry; more is answered 400 (default 64)"),
+    ("limits.lookups_per_user_per_minute", "audited look-ups one user (token subject) may make in a minute; more are answered 429 with Retry-After and audited; 0 for no limit (default 120; counted per replica)"),
+    ("limits.lookups_per_org_per_minute", "audited look-ups all users of one organisation (ODS) may make in a minute (default 6000; 0 for no limit; per replica)"),
+    ("limits.fishing_distinct_people", "a warning AuditEvent (type 110113) when one user looks up more distinct people than this within limits.fishing_window_secs (default 50; 0 turns it off)"),
+    ("limits.fishing_window_secs", "the window of limits.fishing_distinct_people (default 28800 = 8 h, a shift)"),
     ("limits.max_connections", "most open connections per HTTP worker; more wait to be accepted (default 1024)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "accepted `aud` of bearer tokens: one, or a list (in the environment, comma-separated) (default cpis-fhir)"),
@@ -207,6 +211,10 @@ pub struct AuthSettings {
 /// Bounds on what one request, and all requests together, may cost (README "Limits").
 #[derive(Debug, Clone)]
 pub struct Limits {
+    pub lookups_per_user_per_minute: u32,
+    pub lookups_per_org_per_minute: u32,
+    pub fishing_distinct_people: u32,
+    pub fishing_window_secs: u64,
     pub body_max_depth: usize,
     pub bodies_in_flight: usize,
     pub parsed_in_flight: usize,
@@ -581,7 +589,14 @@ impl Settings {
             usize::try_from(parse_num(k, default, min)?).map_err(|_| bad(k, "too large"))
         };
         let bundle_body_limit = size("bundle_body_limit", 32 * 1024 * 1024, 1024)?;
+        let count32 = |k: &str, default: u64| -> Result<u32, ConfigError> {
+            u32::try_from(parse_num(k, default, 0)?).map_err(|_| bad(k, "too large"))
+        };
         let limits = Limits {
+            lookups_per_user_per_minute: count32("limits.lookups_per_user_per_minute", 120)?,
+            lookups_per_org_per_minute: count32("limits.lookups_per_org_per_minute", 6000)?,
+            fishing_distinct_people: count32("limits.fishing_distinct_people", 50)?,
+            fishing_window_secs: parse_num("limits.fishing_window_secs", 28_800, 60)?,
             body_max_depth: size("limits.body_max_depth", 32, 8)?,
             bodies_in_flight: size("limits.bodies_in_flight", 32 * 1024 * 1024, 1024)?,
             parsed_in_flight: size("limits.parsed_in_flight", 96 * 1024 * 1024, 1024)?,

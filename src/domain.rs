@@ -305,6 +305,8 @@ impl Caller {
 pub const SYSTEM_ROLE: &str = "system";
 /// The role recorded on AuditEvents of refused authentications (no verified caller).
 pub const AUTH_ROLE: &str = "unauthenticated";
+/// The role recorded on the misuse watch's warnings (see `audit::watch`).
+pub const WATCH_ROLE: &str = "misuse-watch";
 
 /// The time now, injected so that date rules (retention, age 18) are tested at their
 /// boundaries.

@@ -201,6 +201,10 @@ pub enum ApiError {
     /// Too much work is in flight to take this request now; it may be retried (`Retry-After`).
     #[error("busy: {0}")]
     Busy(String),
+    /// This caller or its organisation has made more look-ups than allowed in the window (429,
+    /// `Retry-After` the seconds until it ends).
+    #[error("too many requests: {0}")]
+    Throttled(String, u64),
     /// The request line is longer than this server reads (414).
     #[error("URI too long: {0}")]
     UriTooLong(String),
@@ -278,6 +282,11 @@ impl ApiError {
                 "throttled",
                 Some(("SERVICE_UNAVAILABLE", "Service unavailable")),
             ),
+            Throttled(..) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                Some(("TOO_MANY_REQUESTS", "Too many requests")),
+            ),
             UriTooLong(_) => (StatusCode::URI_TOO_LONG, "too-long", None),
             Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", None),
             Unavailable(_) => (
@@ -308,7 +317,8 @@ impl ApiError {
             InvalidSearch(text) | PreconditionHeader(text)
             | Unauthenticated(text) | Forbidden(text) | NotFound(text) | MethodNotAllowed(text)
             | NotAcceptable(text) | Conflict(text) | VersionConflict(text) | PayloadTooLarge(text)
-            | UnsupportedMediaType(text) | Busy(text) | UriTooLong(text) | Timeout(text) => {
+            | UnsupportedMediaType(text) | Busy(text) | UriTooLong(text) | Timeout(text)
+            | Throttled(text, _) => {
                 vec![Issue::general(code, text.clone())]
             }
             InBundle(entries) => entries
@@ -430,6 +440,9 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_)) {
             res.insert_header((header::RETRY_AFTER, "5"));
+        }
+        if let ApiError::Throttled(_, secs) = self {
+            res.insert_header((header::RETRY_AFTER, secs.max(&1).to_string()));
         }
         let mut res = res.finish();
         res.extensions_mut().insert(self.outcome());

@@ -71,6 +71,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         settings.limits.parsed_in_flight,
         settings.limits.wait,
     );
+    let settings_limits = settings.limits.clone();
     Ok(AppState {
         budget,
         store,
@@ -83,6 +84,12 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         refusals,
         background,
         trust: std::sync::Arc::new(trust),
+        watch: crate::audit::watch::Watch::new(crate::audit::watch::WatchSettings {
+            per_user_per_minute: settings_limits.lookups_per_user_per_minute,
+            per_org_per_minute: settings_limits.lookups_per_org_per_minute,
+            fishing_threshold: settings_limits.fishing_distinct_people,
+            fishing_window_secs: settings_limits.fishing_window_secs,
+        }),
     })
 }
 

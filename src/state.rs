@@ -33,6 +33,8 @@ pub struct AppState {
     pub background: crate::tasks::Tasks,
     /// The trusted issuers and their keys (refreshed from JWKS URLs by a background task).
     pub trust: Arc<crate::auth::jwks::Trust>,
+    /// The look-up limits and the misuse watch.
+    pub watch: crate::audit::watch::Watch,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             store: &self.store,
             clock: &self.clock,
             wake: &self.notifier.wake,
+            watch: &self.watch,
         }
     }
 

@@ -5,6 +5,7 @@
 //! written the caller gets 503 and nothing is disclosed (fail closed).
 
 pub mod refusals;
+pub mod watch;
 
 use std::future::{ready, Ready};
 
@@ -226,6 +227,8 @@ pub struct Trail<'a> {
     pub store: &'a Store,
     pub clock: &'a Clock,
     pub wake: &'a Wake,
+    /// The look-up limits and the misuse watch.
+    pub watch: &'a watch::Watch,
 }
 
 /// Runs an audited read on the writer and returns its result once the audit row is committed.
@@ -242,13 +245,37 @@ where
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
     let now = micros((trail.clock)());
+    // Past the look-up limits the request is refused — and the refusal is audited like any.
+    let admitted = trail.watch.admit(&ctx.caller, now);
+    let warn = match (&admitted, &patient_hint) {
+        (Ok(()), Some(nhs)) => trail.watch.looked_up(&ctx.caller, nhs, now),
+        _ => None,
+    };
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
     // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
     let (outcome, recorded) = trail
         .store
-        .write_unguarded(move |conn| audited(conn, &ctx, what, patient_hint, now, |c| f(c, &ctx)))
+        .write_unguarded(move |conn| {
+            audited(conn, &ctx, what, patient_hint, now, |c| {
+                admitted?;
+                f(c, &ctx)
+            })
+        })
         .await?;
     crate::metrics::disclosure(recorded.unscheduled, recorded.found);
+    if let Some(row) = warn {
+        log::warn!(
+            "misuse watch: {}",
+            row.outcome_desc.as_deref().unwrap_or_default()
+        );
+        if let Err(e) = trail
+            .store
+            .write(move |c| Ok::<_, crate::store::StoreError>(audit_store::insert(c, &row)?))
+            .await
+        {
+            log::error!("the misuse warning could not be written: {e}");
+        }
+    }
     if recorded.listed {
         trail.wake.wake();
     }

@@ -25,6 +25,9 @@ pub fn render(row: &AuditRow) -> Value {
     if row.user_role == crate::domain::AUTH_ROLE {
         return render_refusal(row);
     }
+    if row.user_role == crate::domain::WATCH_ROLE {
+        return render_alert(row);
+    }
     let (access_code, access_display) = if row.unscheduled {
         (
             "unscheduled",
@@ -248,6 +251,59 @@ fn render_refusal(row: &AuditRow) -> Value {
     });
     with_outcome_desc(event, row)
 }
+
+/// A warning of the misuse watch (`audit::watch`): DICOM 110113 "Security Alert", naming the
+/// user and the organisation and the figures, never the people looked up.
+fn render_alert(row: &AuditRow) -> Value {
+    let q: Value = serde_json::from_str(&row.query).unwrap_or_default();
+    let mut user = json!({
+        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
+        "role": [{ "coding": [{ "system": ROLE_SYSTEM, "code": q["role"].as_str().unwrap_or_default() }] }],
+        "who": { "identifier": { "system": SDS_USER_SYSTEM, "value": row.user_id } },
+        "requestor": true,
+        "network": { "address": row.client, "type": "2" },
+    });
+    if let Some(name) = &row.user_name {
+        user["who"]["display"] = json!(name);
+    }
+    let agents = vec![
+        user,
+        json!({
+            "type": { "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                "code": "PROV",
+                "display": "healthcare provider",
+            }]},
+            "who": { "identifier": { "system": ODS_ORG_SYSTEM, "value": row.user_org } },
+            "requestor": false,
+        }),
+    ];
+    let detail = |k: &str, v: &Value| json!({ "type": k, "valueString": v.to_string() });
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "id": row.id,
+        "type": { "system": DCM, "code": SECURITY_ALERT_CODE, "display": "Security Alert" },
+        "subtype": [{ "system": format!("{PROFILE_BASE}/CodeSystem/cpis-misuse-pattern"), "code": row.subtype }],
+        "action": "E",
+        "recorded": instant(row.recorded),
+        "outcome": row.outcome,
+        "agent": agents,
+        "source": source(),
+        "entity": [{
+            "what": { "display": "look-ups by this user" },
+            "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+            "detail": [
+                detail("distinctPeople", &q["distinct"]),
+                detail("threshold", &q["threshold"]),
+                detail("windowSecs", &q["windowSecs"]),
+            ],
+        }],
+    });
+    with_outcome_desc(event, row)
+}
+
+/// DICOM's code for a security alert (the `type` an auditor searches the watch's warnings by).
+pub const SECURITY_ALERT_CODE: &str = "110113";
 
 /// DICOM's code for a user authentication event (the `type` an auditor searches refusals by).
 pub const AUTHENTICATION_CODE: &str = "110114";

@@ -182,3 +182,84 @@ async fn expired_tokens_and_wrong_audiences_are_refused() {
         .await
         .assert_outcome(401, "login");
 }
+
+#[actix_rt::test]
+async fn a_user_past_the_look_up_limit_gets_429_with_retry_after_audited_and_recovers_after_the_minute(
+) {
+    let app = TestApp::spawn_with(|s| s.limits.lookups_per_user_per_minute = 3).await;
+    app.given_flag(LA_A, NHS_1, "PLAN-1").await;
+    let clinician = app.clinician();
+    for _ in 0..3 {
+        assert_eq!(app.lookup(&clinician, NHS_1, "", &[]).await.status, 200);
+    }
+    let r = app.lookup(&clinician, NHS_1, "", &[]).await;
+    r.assert_outcome(429, "throttled");
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(
+        !r.text().contains("Carter"),
+        "nothing disclosed: {}",
+        r.text()
+    );
+    // Another clinician is not held up by this one.
+    let other = app.token(Role::ClinicianScheduled, "GPX01");
+    assert_eq!(app.lookup(&other, NHS_1, "", &[]).await.status, 200);
+    // The refused look-up is on the audit trail, as a failed access.
+    let events = app.audit_of(NHS_1).await;
+    assert!(
+        events.iter().any(|e| e["outcome"] == "4"
+            && e["outcomeDesc"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("429"))),
+        "{events:?}"
+    );
+    app.advance(61);
+    assert_eq!(app.lookup(&clinician, NHS_1, "", &[]).await.status, 200);
+}
+
+#[actix_rt::test]
+async fn one_user_looking_up_more_distinct_people_than_the_threshold_raises_one_warning_for_the_audit_team(
+) {
+    let app = TestApp::spawn_with(|s| s.limits.fishing_distinct_people = 2).await;
+    let clinician = app.clinician();
+    for nhs in [NHS_1, NHS_2, NHS_1, NHS_3, "9990000018"] {
+        assert_eq!(app.lookup(&clinician, nhs, "", &[]).await.status, 200);
+    }
+    let warnings = app
+        .audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110113")
+        .await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert_eq!(w["type"]["code"], "110113");
+    assert_eq!(w["agent"][1]["who"]["identifier"]["value"], "RDE01");
+    assert!(
+        w["outcomeDesc"]
+            .as_str()
+            .unwrap()
+            .contains("more than 2 distinct people"),
+        "{w}"
+    );
+    for nhs in [NHS_1, NHS_2, NHS_3] {
+        assert!(
+            !w.to_string().contains(nhs),
+            "the warning never names the people"
+        );
+    }
+    // A clean trail raises nothing.
+    let quiet = TestApp::spawn_with(|s| s.limits.fishing_distinct_people = 10).await;
+    assert_eq!(
+        quiet
+            .lookup(&quiet.clinician(), NHS_1, "", &[])
+            .await
+            .status,
+        200
+    );
+    assert!(quiet
+        .audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110113")
+        .await
+        .is_empty());
+}

@@ -153,6 +153,14 @@ fn suite_database(settings: &mut Settings) -> Option<Arc<crate::postgres::PgData
     Some(Arc::new(db))
 }
 
+/// Test servers make many look-ups as one user in a second: the look-up limits and the misuse
+/// watch are off unless a test turns them on (see `tests/api/access.rs`).
+fn quiet_watch(settings: &mut Settings) {
+    settings.limits.lookups_per_user_per_minute = 0;
+    settings.limits.lookups_per_org_per_minute = 0;
+    settings.limits.fishing_distinct_people = 0;
+}
+
 /// The date every test server starts at, so date rules are deterministic.
 pub const TODAY: &str = "2026-11-25T12:00:00Z";
 
@@ -195,6 +203,7 @@ impl TestApp {
         settings.workers = 1;
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
+        quiet_watch(&mut settings);
         settings.refresh_keys = false;
         let pg = suite_database(&mut settings);
         Self::started(dir, settings, Some(Arc::new(idp)), pg).await
@@ -208,6 +217,7 @@ impl TestApp {
         settings.workers = 1;
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
+        quiet_watch(&mut settings);
         settings.tls = Some(tls);
         let pg = suite_database(&mut settings);
         let now = Arc::new(Mutex::new(
@@ -229,6 +239,7 @@ impl TestApp {
         // notification worker.
         settings.lifecycle_interval = None;
         settings.notify_interval = None;
+        quiet_watch(&mut settings);
         let pg = suite_database(&mut settings);
         tweak(&mut settings);
         Self::started(dir, settings, None, pg).await

@@ -213,8 +213,15 @@ async fn sigterm_under_load_loses_no_audit_row_of_any_look_up_that_was_answered(
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     // A short grace, so that a client keeping its connection open cannot hold the test up.
-    let (mut child, logs, council) =
-        serve_dev_with(dir.path(), port, &[], &[("CPIS_SHUTDOWN_GRACE_SECS", "5")]);
+    let (mut child, logs, council) = serve_dev_with(
+        dir.path(),
+        port,
+        &[],
+        &[
+            ("CPIS_SHUTDOWN_GRACE_SECS", "5"),
+            ("CPIS_LIMITS_LOOKUPS_PER_USER_PER_MINUTE", "0"),
+        ],
+    );
     given_a_plan(&client, port, &council).await;
     let clinician = Rc::new(mint(dir.path(), "clinician", "RDE01"));
 

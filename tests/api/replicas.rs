@@ -102,6 +102,7 @@ async fn three_replicas_over_one_postgresql_lose_nothing_and_duplicate_nothing_e
             "database_url = {db:?}\ndata_dir = {data:?}\nallow_test_nhs_numbers = true\n\
              notify_allow_http_loopback = true\nnotify_interval_ms = 200\nlifecycle_interval_secs = 1\n\
              workers = 1\ndb_read_pool_size = 2\nshutdown_grace_secs = 5\n\n\
+             [limits]\nlookups_per_user_per_minute = 0\n\n\
              [auth]\naudience = [\"cpis-fhir\"]\n\n\
              [[auth.issuers]]\nissuer = {iss:?}\npublic_key_file = {key:?}\nalgorithm = \"RS256\"\nkid = \"key-1\"\n",
             db = db.url,

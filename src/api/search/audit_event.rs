@@ -56,14 +56,24 @@ fn run_audit_search(
         code == audit_event::AUTHENTICATION_CODE
             && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
     };
+    let alert = |t: &&str| {
+        let code = t.rsplit('|').next().unwrap_or_default();
+        let system = t.split_once('|').map(|(s, _)| s);
+        code == audit_event::SECURITY_ALERT_CODE
+            && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
+    };
     match (&nhs, subtypes.as_slice(), types.as_slice()) {
         (None, [], [t]) if authentication(t) => {
             return system_events(conn, caller, p, state, crate::audit::refusals::AUTH_ROLE)
         }
+        (None, [], [t]) if alert(t) => {
+            return system_events(conn, caller, p, state, crate::domain::WATCH_ROLE)
+        }
         (_, _, [_, ..]) => {
             return Err(ApiError::InvalidSearch(format!(
-                "type is supported only as type={} (refused authentications), without other filters",
-                audit_event::AUTHENTICATION_CODE
+                "type is supported only as type={} (refused authentications) or type={} (misuse warnings), without other filters",
+                audit_event::AUTHENTICATION_CODE,
+                audit_event::SECURITY_ALERT_CODE
             )))
         }
         (None, [crate::records::lifecycle::AUDIT_SUBTYPE], []) => {

@@ -119,7 +119,7 @@ pub const SEARCHES: &[ResourceSearch] = &[
             p("subtype", "token", &[], base!("AuditEvent-subtype"),
               "destroy: the record lifecycle's runs (audit team)."),
             p("type", "token", &[], base!("AuditEvent-type"),
-              "http://dicom.nema.org/resources/ontology/DCM|110114: refused authentications (audit team)."),
+              "http://dicom.nema.org/resources/ontology/DCM|110114: refused authentications; DCM|110113: the misuse watch's warnings (audit team)."),
         ],
         includes: &[],
     },
