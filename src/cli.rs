@@ -31,6 +31,10 @@ enum Command {
     /// Run database migrations and exit (under a lock, so replicas can be started meanwhile).
     /// With replicas, run this first and start them with `serve --no-migrate`.
     Migrate(CommonArgs),
+    /// Local certificates and keys for trying HTTPS, mutual TLS and a JWKS issuer on this
+    /// machine (development only): the dev CA and server certificate, client certificates
+    /// issued by that CA, and the dev signing key as a JWKS (`dev-jwks.json`).
+    DevPki(DevPkiArgs),
     /// Write a consistent copy of the embedded SQLite database while the server serves
     /// (PostgreSQL: use pg_dump). Restore by starting a server on the copy.
     Backup(BackupArgs),
@@ -41,6 +45,15 @@ enum Command {
     /// Convert a council's case-system CSV extract into batch Bundles and submit them (or only
     /// write them), with a per-record report.
     Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct DevPkiArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Issue a client certificate with this common name (repeatable).
+    #[arg(long)]
+    client: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +178,7 @@ pub fn run() -> ExitCode {
         Command::Token(a) => token(a),
         Command::Migrate(a) => migrate(a),
         Command::Backup(a) => backup(a),
+        Command::DevPki(a) => dev_pki(a),
         Command::Purge(a) => purge(a),
         Command::Load(a) => return load(a),
     };
@@ -184,6 +198,39 @@ fn migrate(a: CommonArgs) -> Result<(), String> {
     }
     Store::open(&settings.database_url, 1)?;
     println!("database is up to date");
+    Ok(())
+}
+
+fn dev_pki(a: DevPkiArgs) -> Result<(), String> {
+    let settings = Settings::load(&overrides(&a.common, None, false)).map_err(|e| e.to_string())?;
+    let dir = &settings.data_dir;
+    crate::tls::ensure_dev_certificates(dir)?;
+    println!(
+        "development CA (trust it):   {}",
+        dir.join("dev-ca.pem").display()
+    );
+    println!(
+        "server certificate and key:  {}, {}",
+        dir.join("dev-server.pem").display(),
+        dir.join("dev-server.key").display()
+    );
+    for cn in &a.client {
+        let (cert, key) = crate::tls::issue_dev_client(dir, cn)?;
+        println!(
+            "client certificate {cn}:  {}, {}",
+            cert.display(),
+            key.display()
+        );
+    }
+    let jwks = dir.join("dev-jwks.json");
+    let text = serde_json::to_string_pretty(&dev::dev_jwks(dir)?).map_err(|e| e.to_string())?;
+    std::fs::write(&jwks, text).map_err(|e| format!("cannot write {}: {e}", jwks.display()))?;
+    println!(
+        "dev signing key as a JWKS:   {} (issuer {}, kid {})",
+        jwks.display(),
+        dev::DEV_ISSUER,
+        dev::DEV_KID
+    );
     Ok(())
 }
 

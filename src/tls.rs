@@ -245,31 +245,28 @@ pub fn acceptor(
 }
 
 /// The development certificates of `serve --dev --tls` in `data_dir`, made once: a local CA
-/// (`dev-ca.pem`, to trust) and a server certificate for 127.0.0.1, ::1 and localhost.
+/// (`dev-ca.pem` to trust, `dev-ca.key`) and a server certificate for 127.0.0.1, ::1 and
+/// localhost.
 pub fn ensure_dev_certificates(
     data_dir: &std::path::Path,
 ) -> Result<crate::config::TlsSettings, String> {
-    let (ca_pem, cert, key) = (
+    let (ca_pem, ca_key, cert, key) = (
         data_dir.join("dev-ca.pem"),
+        data_dir.join("dev-ca.key"),
         data_dir.join("dev-server.pem"),
         data_dir.join("dev-server.key"),
     );
-    if !(ca_pem.exists() && cert.exists() && key.exists()) {
+    if !(ca_pem.exists() && ca_key.exists() && cert.exists() && key.exists()) {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let ca = LocalCa::generate("cpis-fhir development CA (this machine only)")?;
         let issued = ca.issue("localhost", &["127.0.0.1", "::1", "localhost"], false)?;
-        let write = |path: &std::path::Path, bytes: &[u8]| {
-            std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
-        };
-        write(&ca_pem, &ca.cert_pem()?)?;
-        write(&cert, &issued.cert_pem)?;
-        write(&key, &issued.key_pem)?;
-        // The CA's own key is not kept: nothing else is ever issued by it.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
-        }
+        std::fs::write(&ca_pem, ca.cert_pem()?)
+            .map_err(|e| format!("cannot write {}: {e}", ca_pem.display()))?;
+        std::fs::write(&cert, &issued.cert_pem)
+            .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+        // Kept (owner-readable only) so `cpis-fhir dev-pki` can issue client certificates.
+        crate::auth::dev::write_private(&ca_key, &ca.key_pem()?)?;
+        crate::auth::dev::write_private(&key, &issued.key_pem)?;
     }
     Ok(crate::config::TlsSettings {
         cert_file: cert,
@@ -277,6 +274,35 @@ pub fn ensure_dev_certificates(
         client_ca: None,
         bindings: Vec::new(),
     })
+}
+
+/// A client certificate for `cn` from the development CA of `data_dir` (`cpis-fhir dev-pki`),
+/// written as `client-<cn>.pem` and `client-<cn>.key`; returns the two paths.
+pub fn issue_dev_client(
+    data_dir: &std::path::Path,
+    cn: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    if cn.is_empty()
+        || !cn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "'{cn}' is not a plain name (letters, digits, - _ .)"
+        ));
+    }
+    ensure_dev_certificates(data_dir)?;
+    let read =
+        |n: &str| std::fs::read(data_dir.join(n)).map_err(|e| format!("cannot read {n}: {e}"));
+    let ca = LocalCa::from_pem(&read("dev-ca.pem")?, &read("dev-ca.key")?)?;
+    let issued = ca.issue(cn, &[cn], true)?;
+    let (cert, key) = (
+        data_dir.join(format!("client-{cn}.pem")),
+        data_dir.join(format!("client-{cn}.key")),
+    );
+    std::fs::write(&cert, &issued.cert_pem).map_err(|e| e.to_string())?;
+    crate::auth::dev::write_private(&key, &issued.key_pem)?;
+    Ok((cert, key))
 }
 
 #[cfg(test)]

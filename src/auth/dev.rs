@@ -42,8 +42,23 @@ pub fn ensure_key(dir: &Path) -> Result<Vec<u8>, String> {
     Ok(public_pem)
 }
 
+/// The dev signing key's public half as a JSON Web Key Set (kid `cpis-dev-1`, RS512): what
+/// an identity provider would publish, for trying a JWKS-configured issuer locally.
+pub fn dev_jwks(dir: &Path) -> Result<serde_json::Value, String> {
+    use base64::Engine;
+    let pem = ensure_key(dir)?;
+    let rsa = openssl::rsa::Rsa::public_key_from_pem(&pem)
+        .map_err(|e| format!("cannot read the dev public key: {e}"))?;
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    Ok(serde_json::json!({ "keys": [{
+        "kty": "RSA", "use": "sig", "alg": "RS512", "kid": DEV_KID,
+        "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec()),
+    }]}))
+}
+
+/// Writes a private key readable by its owner only.
 #[cfg(unix)]
-fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
+pub fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -52,13 +67,13 @@ fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot write the dev signing key: {e}"))?;
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     f.write_all(pem)
         .map_err(|e| format!("cannot write the dev signing key: {e}"))
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
+pub fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
     std::fs::write(path, pem).map_err(|e| format!("cannot write the dev signing key: {e}"))
 }
 

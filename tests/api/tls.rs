@@ -269,3 +269,89 @@ async fn the_calling_system_s_certificate_is_recorded_on_the_audit_event_of_a_lo
         "{application}"
     );
 }
+
+#[actix_rt::test]
+async fn dev_pki_gives_a_newcomer_https_mutual_tls_and_a_jwks_issuer_on_this_machine() {
+    use crate::cli::{bin, free_port, mint, spawn_until_listening};
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = dir.path().join("pki");
+    let out = bin()
+        .args(["dev-pki", "--client", "la904-case-system", "--data-dir"])
+        .arg(&pki)
+        .output()
+        .expect("dev-pki");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "dev-ca.pem",
+        "dev-server.pem",
+        "dev-server.key",
+        "dev-jwks.json",
+        "client-la904-case-system.pem",
+    ] {
+        assert!(pki.join(f).exists(), "{f}");
+    }
+    let port = free_port();
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let config = dir.path().join("secure.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n\n[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n\
+             client_ca_file = {ca:?}\n\n[[tls.client_bindings]]\nsubject = \"la904-case-system\"\nods = \"LA904\"\n\n\
+             [[auth.issuers]]\nissuer = \"cpis-fhir-dev\"\njwks_file = {jwks:?}\nalgorithm = \"RS512\"\n",
+            data = dir.path().join("data").to_string_lossy(),
+            cert = p("dev-server.pem"),
+            key = p("dev-server.key"),
+            ca = p("dev-ca.pem"),
+            jwks = p("dev-jwks.json"),
+        ),
+    )
+    .expect("config");
+    let mut serve = bin();
+    serve.args(["serve", "--config"]).arg(&config);
+    let (_server, _logs) = spawn_until_listening(serve);
+
+    let client = |cert: bool| {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+        b.set_ca_file(pki.join("dev-ca.pem")).expect("ca");
+        if cert {
+            b.set_certificate_file(
+                pki.join("client-la904-case-system.pem"),
+                openssl::ssl::SslFiletype::PEM,
+            )
+            .expect("cert");
+            b.set_private_key_file(
+                pki.join("client-la904-case-system.key"),
+                openssl::ssl::SslFiletype::PEM,
+            )
+            .expect("key");
+        }
+        awc::Client::builder()
+            .connector(awc::Connector::new().openssl(b.build()))
+            .finish()
+    };
+    let url = format!("https://127.0.0.1:{port}/Organization/LA904");
+    let admin = mint(&pki, "admin", "X26");
+    let r = client(false)
+        .put(&url)
+        .insert_header(("Authorization", format!("Bearer {admin}")))
+        .insert_header(("Content-Type", "application/fhir+json"))
+        .send_body(include_str!("../../examples/organization.json"))
+        .await
+        .expect("register");
+    assert_eq!(r.status().as_u16(), 201);
+    let council = mint(&pki, "council", "LA904");
+    for (cert, want) in [(true, 200), (false, 403)] {
+        let r = client(cert)
+            .get(&url)
+            .insert_header(("Authorization", format!("Bearer {council}")))
+            .send()
+            .await
+            .expect("read");
+        assert_eq!(r.status().as_u16(), want, "with a certificate: {cert}");
+    }
+}
