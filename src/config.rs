@@ -107,6 +107,14 @@ pub const TABLE_LISTS: &[(&str, &[KeyDoc], &str)] = &[(
             "accepted `aud`, one or a list (default: auth.audience)",
         ),
         (
+            "user_claim",
+            "the claim naming the user (default: `sub`; `uid`, else `sub`, for cis2)",
+        ),
+        (
+            "name_claim",
+            "the claim holding the user's display name (default `name`)",
+        ),
+        (
             "claims",
             "where the caller's role and organisation are read: `cpis` (`role`, `org`; default) or `cis2` (`selected_roleid` in `nhsid_nrbac_roles`: activity B0107 → clinician, B0170 → clinician-scheduled, job role R0001 → auditor; its `org_code`)",
         ),
@@ -186,6 +194,9 @@ pub struct IssuerSettings {
     /// Accepted `aud` values (never empty).
     pub audiences: Vec<String>,
     pub claims: ClaimStyle,
+    /// Where the user id and display name are read, when not the style's defaults.
+    pub user_claim: Option<String>,
+    pub name_claim: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +538,8 @@ impl Settings {
                 kid: get("auth.kid"),
                 audiences: audiences.clone(),
                 claims: ClaimStyle::Cpis,
+                user_claim: None,
+                name_claim: None,
             });
         }
         let tls = match (get("tls.cert_file"), get("tls.key_file")) {
@@ -869,6 +882,8 @@ fn issuer_tables(
             kid: field("kid"),
             audiences,
             claims,
+            user_claim: field("user_claim"),
+            name_claim: field("name_claim"),
         });
     }
     Ok(out)

@@ -48,9 +48,13 @@ fn text<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The caller a verified token's claims describe, read as `style` says.
-pub fn caller_from(claims: &Value, style: ClaimStyle, issuer: &str) -> Result<Caller, Refused> {
-    let (role, org, user_id, name) = match style {
+/// The caller a verified token's claims describe, read as `reading` says.
+pub fn caller_from(
+    claims: &Value,
+    reading: &crate::auth::jwt::ClaimReading,
+    issuer: &str,
+) -> Result<Caller, Refused> {
+    let (role, org, user_id, name) = match reading.style {
         ClaimStyle::Cpis => {
             let role_text = text(claims, "role").unwrap_or_default();
             let role = Role::parse(role_text).ok_or_else(|| {
@@ -88,6 +92,15 @@ pub fn caller_from(claims: &Value, style: ClaimStyle, issuer: &str) -> Result<Ca
                 name,
             )
         }
+    };
+    // An issuer may name the user and their name in claims of its own.
+    let user_id = match &reading.user {
+        Some(c) => text(claims, c),
+        None => user_id,
+    };
+    let name = match &reading.name {
+        Some(c) => text(claims, c).map(str::to_owned),
+        None => name,
     };
     let user_id = user_id.ok_or_else(|| {
         unusable(ApiError::Unauthenticated(
@@ -180,6 +193,33 @@ mod tests {
 
     use super::*;
 
+    fn read(style: ClaimStyle) -> crate::auth::jwt::ClaimReading {
+        crate::auth::jwt::ClaimReading {
+            style,
+            user: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn an_issuer_may_name_the_user_and_name_claims() {
+        let reading = crate::auth::jwt::ClaimReading {
+            style: ClaimStyle::Cpis,
+            user: Some("email".into()),
+            name: Some("preferred_username".into()),
+        };
+        let c = caller_from(
+            &json!({"sub": "opaque", "email": "a.person@nhs.net", "preferred_username": "A Person", "role": "auditor", "org": "X26"}),
+            &reading,
+            "i",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.user_id.as_str(), c.name.as_deref()),
+            ("a.person@nhs.net", Some("A Person"))
+        );
+    }
+
     fn cis2(activities: &[&str], role_code: &str) -> Value {
         json!({
             "sub": "sub-1", "uid": "555000000123", "name": "Dr A Person",
@@ -197,7 +237,7 @@ mod tests {
     fn the_selected_cis2_role_decides_role_and_organisation() {
         let c = caller_from(
             &cis2(&["B0170"], "S8000:G8000:R8000"),
-            ClaimStyle::Cis2,
+            &read(ClaimStyle::Cis2),
             "i",
         )
         .unwrap();
@@ -205,44 +245,55 @@ mod tests {
         assert_eq!(c.org.as_str(), "RDE01");
         assert_eq!(c.user_id, "555000000123");
         assert_eq!(c.name.as_deref(), Some("Dr A Person"));
-        let c = caller_from(&cis2(&["B0170", "B0107"], "R8000"), ClaimStyle::Cis2, "i").unwrap();
+        let c = caller_from(
+            &cis2(&["B0170", "B0107"], "R8000"),
+            &read(ClaimStyle::Cis2),
+            "i",
+        )
+        .unwrap();
         assert_eq!(c.role, Role::Clinician);
-        let c = caller_from(&cis2(&[], "S8003:G8005:R0001"), ClaimStyle::Cis2, "i").unwrap();
+        let c = caller_from(
+            &cis2(&[], "S8003:G8005:R0001"),
+            &read(ClaimStyle::Cis2),
+            "i",
+        )
+        .unwrap();
         assert_eq!(c.role, Role::Auditor);
     }
 
     #[test]
     fn a_cis2_role_without_a_cp_is_activity_or_a_selection_is_refused() {
-        let none = caller_from(&cis2(&["B0825"], "R8000"), ClaimStyle::Cis2, "i").unwrap_err();
+        let none =
+            caller_from(&cis2(&["B0825"], "R8000"), &read(ClaimStyle::Cis2), "i").unwrap_err();
         assert_eq!(none.reason, Reason::UnusableClaims);
         let mut unselected = cis2(&["B0107"], "R8000");
         unselected["selected_roleid"] = json!("555000000000");
-        assert!(caller_from(&unselected, ClaimStyle::Cis2, "i").is_err());
+        assert!(caller_from(&unselected, &read(ClaimStyle::Cis2), "i").is_err());
         unselected
             .as_object_mut()
             .unwrap()
             .remove("selected_roleid");
-        assert!(caller_from(&unselected, ClaimStyle::Cis2, "i").is_err());
+        assert!(caller_from(&unselected, &read(ClaimStyle::Cis2), "i").is_err());
     }
 
     #[test]
     fn cpis_claims_read_role_and_org() {
         let c = caller_from(
             &json!({"sub": "u", "role": "council", "org": "LA901"}),
-            ClaimStyle::Cpis,
+            &read(ClaimStyle::Cpis),
             "i",
         )
         .unwrap();
         assert_eq!(c.role, Role::Council);
         assert!(caller_from(
             &json!({"sub": "u", "role": "wizard", "org": "LA901"}),
-            ClaimStyle::Cpis,
+            &read(ClaimStyle::Cpis),
             "i"
         )
         .is_err());
         assert!(caller_from(
             &json!({"role": "council", "org": "LA901"}),
-            ClaimStyle::Cpis,
+            &read(ClaimStyle::Cpis),
             "i"
         )
         .is_err());

@@ -153,6 +153,8 @@ impl Trust {
                 issuer: &s.issuer,
                 audiences: &s.audiences,
                 claims: s.claims,
+                user_claim: s.user_claim.as_deref(),
+                name_claim: s.name_claim.as_deref(),
             };
             if let Some(pem) = &h.pem {
                 let algorithm = s
@@ -181,6 +183,8 @@ impl Trust {
                     issuer: crate::auth::dev::DEV_ISSUER,
                     audiences,
                     claims: crate::config::ClaimStyle::Cpis,
+                    user_claim: None,
+                    name_claim: None,
                 },
                 Some(crate::auth::dev::DEV_KID.to_owned()),
             )?;
@@ -264,6 +268,8 @@ impl Trust {
                         issuer: &issuer.issuer,
                         audiences: &issuer.audiences,
                         claims: issuer.claims,
+                        user_claim: None,
+                        name_claim: None,
                     },
                 );
                 if n == 0 {
@@ -435,6 +441,8 @@ mod tests {
                 issuer: "https://idp",
                 audiences: &audiences,
                 claims: crate::config::ClaimStyle::Cpis,
+                user_claim: None,
+                name_claim: None,
             },
         );
         // "plain" for RS256 and PS256, "named" for RS256 only; the RS512, encryption,

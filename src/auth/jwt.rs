@@ -57,7 +57,15 @@ struct TrustedKey {
     key: DecodingKey,
     validation: Validation,
     issuer: String,
-    claims: ClaimStyle,
+    claims: ClaimReading,
+}
+
+/// How a key's tokens are read: the style, and the claims naming the user and their name.
+#[derive(Debug, Clone)]
+pub struct ClaimReading {
+    pub style: ClaimStyle,
+    pub user: Option<String>,
+    pub name: Option<String>,
 }
 
 /// What a key is trusted for: one issuer's tokens to these audiences, read in its claim style.
@@ -66,6 +74,10 @@ pub struct Trusted<'a> {
     pub issuer: &'a str,
     pub audiences: &'a [String],
     pub claims: ClaimStyle,
+    /// The claim naming the user, if not the style's default.
+    pub user_claim: Option<&'a str>,
+    /// The claim holding the display name, if not `name`.
+    pub name_claim: Option<&'a str>,
 }
 
 /// The algorithms a JWK may verify, of those allowed: its own `alg` if it names one (and it is
@@ -167,7 +179,11 @@ impl KeySet {
             key,
             validation,
             issuer: trusted.issuer.to_owned(),
-            claims: trusted.claims,
+            claims: ClaimReading {
+                style: trusted.claims,
+                user: trusted.user_claim.map(str::to_owned),
+                name: trusted.name_claim.map(str::to_owned),
+            },
         });
     }
 
@@ -322,7 +338,7 @@ impl Verifier {
                 Ok(data) => {
                     let c = data.claims;
                     let exp = self.check_times(&c)?;
-                    return crate::auth::claims::caller_from(&c, k.claims, &k.issuer)
+                    return crate::auth::claims::caller_from(&c, &k.claims, &k.issuer)
                         .map(|c| (c, exp));
                 }
                 Err(e) => {

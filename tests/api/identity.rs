@@ -93,6 +93,8 @@ async fn replacing_the_trusted_keys_at_run_time_takes_effect_on_the_next_request
             issuer: &new.issuer,
             audiences: &["cpis-fhir".to_owned()],
             claims: cpis_fhir::config::ClaimStyle::Cpis,
+            user_claim: None,
+            name_claim: None,
         },
         Some(new.kid.clone()),
     )
