@@ -374,7 +374,8 @@ fn sigterm_lets_a_request_in_flight_finish_then_stops_the_server_and_its_workers
         "{}",
         String::from_utf8_lossy(&continued)
     );
-    conn.write_all(first.as_bytes()).expect("send half the body");
+    conn.write_all(first.as_bytes())
+        .expect("send half the body");
     conn.flush().expect("flush");
 
     // The request is in flight (its body half sent) when the server is told to stop.
