@@ -265,8 +265,8 @@ pub fn ensure_dev_certificates(
         std::fs::write(&cert, &issued.cert_pem)
             .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
         // Kept (owner-readable only) so `cpis-fhir dev-pki` can issue client certificates.
-        crate::auth::dev::write_private(&ca_key, &ca.key_pem()?)?;
-        crate::auth::dev::write_private(&key, &issued.key_pem)?;
+        write_private(&ca_key, &ca.key_pem()?)?;
+        write_private(&key, &issued.key_pem)?;
     }
     Ok(crate::config::TlsSettings {
         cert_file: cert,
@@ -274,6 +274,27 @@ pub fn ensure_dev_certificates(
         client_ca: None,
         bindings: Vec::new(),
     })
+}
+
+/// Writes a private key readable by its owner only.
+#[cfg(unix)]
+pub fn write_private(path: &std::path::Path, pem: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(pem)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+pub fn write_private(path: &std::path::Path, pem: &[u8]) -> Result<(), String> {
+    std::fs::write(path, pem).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A client certificate for `cn` from the development CA of `data_dir` (`cpis-fhir dev-pki`),
@@ -301,7 +322,7 @@ pub fn issue_dev_client(
         data_dir.join(format!("client-{cn}.key")),
     );
     std::fs::write(&cert, &issued.cert_pem).map_err(|e| e.to_string())?;
-    crate::auth::dev::write_private(&key, &issued.key_pem)?;
+    write_private(&key, &issued.key_pem)?;
     Ok((cert, key))
 }
 

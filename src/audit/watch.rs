@@ -22,9 +22,6 @@ use crate::store::columns::{CouncilList, JsonList};
 const MAX_TRACKED: usize = 100_000;
 /// The rate limits' window.
 const MINUTE_MICROS: i64 = 60 * 1_000_000;
-/// The most distinct people remembered per user per fishing window (past the threshold only
-/// the count matters).
-const MAX_PEOPLE_PER_USER: usize = 10_000;
 
 /// The configured limits (`limits.lookups_per_user_per_minute`, …); 0 turns one off.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +36,12 @@ pub struct WatchSettings {
 struct State {
     users: HashMap<String, (i64, u32)>,
     orgs: HashMap<String, (i64, u32)>,
-    /// Per user: the window's start, the people looked up, whether it was already warned of.
-    people: HashMap<String, (i64, HashSet<String>, bool)>,
+    /// Per user: the window's start, the people looked up (as keyed hashes, and only up to the
+    /// threshold — past it only the warning matters), whether it was already warned of. So a
+    /// user costs at most threshold × 8 bytes, whatever they look up.
+    people: HashMap<String, (i64, HashSet<u64>, bool)>,
+    /// The key of those hashes: random per process, so they say nothing outside it.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 pub struct Watch {
@@ -146,6 +147,7 @@ impl Watch {
             .unwrap_or(i64::MAX / 2_000_000)
             .saturating_mul(1_000_000);
         let mut state = self.lock();
+        let hash = std::hash::BuildHasher::hash_one(&state.hasher, nhs);
         bounded(&mut state.people, |(start, _, _)| now - start < window);
         let entry = state
             .people
@@ -154,8 +156,8 @@ impl Watch {
         if now - entry.0 >= window {
             *entry = (now, HashSet::new(), false);
         }
-        if entry.1.len() < MAX_PEOPLE_PER_USER {
-            entry.1.insert(nhs.to_owned());
+        if entry.1.len() <= s.fishing_threshold as usize {
+            entry.1.insert(hash);
         }
         let distinct = entry.1.len();
         if entry.2 || distinct <= s.fishing_threshold as usize {

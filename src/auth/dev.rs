@@ -36,7 +36,7 @@ pub fn ensure_key(dir: &Path) -> Result<Vec<u8>, String> {
     let public_pem = rsa
         .public_key_to_pem()
         .map_err(|e| format!("key encoding failed: {e}"))?;
-    write_private(&private_path(dir), &private)?;
+    crate::tls::write_private(&private_path(dir), &private)?;
     std::fs::write(&public, &public_pem)
         .map_err(|e| format!("cannot write the dev public key: {e}"))?;
     Ok(public_pem)
@@ -54,27 +54,6 @@ pub fn dev_jwks(dir: &Path) -> Result<serde_json::Value, String> {
         "kty": "RSA", "use": "sig", "alg": "RS512", "kid": DEV_KID,
         "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec()),
     }]}))
-}
-
-/// Writes a private key readable by its owner only.
-#[cfg(unix)]
-pub fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(pem)
-        .map_err(|e| format!("cannot write the dev signing key: {e}"))
-}
-
-#[cfg(not(unix))]
-pub fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
-    std::fs::write(path, pem).map_err(|e| format!("cannot write the dev signing key: {e}"))
 }
 
 /// What a minted token says about its bearer.

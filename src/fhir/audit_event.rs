@@ -95,15 +95,7 @@ pub fn render(row: &AuditRow) -> Value {
         }]}],
         "agent": [
             user,
-            {
-                "type": { "coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                    "code": "PROV",
-                    "display": "healthcare provider",
-                }]},
-                "who": { "identifier": { "system": ODS_ORG_SYSTEM, "value": row.user_org } },
-                "requestor": false,
-            },
+            provider_agent(&row.user_org),
             {
                 "type": { "coding": [{ "system": DCM, "code": "110150", "display": "Application" }] },
                 "who": { "display": row.client },
@@ -266,18 +258,7 @@ fn render_alert(row: &AuditRow) -> Value {
     if let Some(name) = &row.user_name {
         user["who"]["display"] = json!(name);
     }
-    let agents = vec![
-        user,
-        json!({
-            "type": { "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                "code": "PROV",
-                "display": "healthcare provider",
-            }]},
-            "who": { "identifier": { "system": ODS_ORG_SYSTEM, "value": row.user_org } },
-            "requestor": false,
-        }),
-    ];
+    let agents = vec![user, provider_agent(&row.user_org)];
     let detail = |k: &str, v: &Value| json!({ "type": k, "valueString": v.to_string() });
     let event = json!({
         "resourceType": "AuditEvent",
@@ -300,6 +281,19 @@ fn render_alert(row: &AuditRow) -> Value {
         }],
     });
     with_outcome_desc(event, row)
+}
+
+/// The accessing organisation as an agent (RoleClass PROV, by ODS code).
+fn provider_agent(ods: &str) -> Value {
+    json!({
+        "type": { "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+            "code": "PROV",
+            "display": "healthcare provider",
+        }]},
+        "who": { "identifier": { "system": ODS_ORG_SYSTEM, "value": ods } },
+        "requestor": false,
+    })
 }
 
 /// DICOM's code for a security alert (the `type` an auditor searches the watch's warnings by).

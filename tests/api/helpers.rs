@@ -689,6 +689,18 @@ impl TestApp {
     }
 
     /// The AuditEvents an auditor's `GET /AuditEvent?{query}` finds (one page).
+    /// The reasons of the refused authentications on the audit trail, newest first.
+    pub async fn refusal_reasons(&self) -> Vec<String> {
+        self.audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100")
+            .await
+            .iter()
+            .filter_map(|e| e["entity"][0]["detail"].as_array())
+            .flatten()
+            .filter(|d| d["type"] == "reason")
+            .filter_map(|d| d["valueString"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub async fn audit_search(&self, query: &str) -> Vec<Value> {
         let t = self.token(Role::Auditor, "X26");
         let r = self.get(&format!("/AuditEvent?{query}"), &t).await;

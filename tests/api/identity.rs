@@ -58,16 +58,7 @@ async fn an_expired_token_from_the_configured_issuer_is_refused_and_audited_as_e
     let just = idp.token(Role::Clinician, "RDE01", -600, -10);
     assert_eq!(app.lookup(&just, NHS_1, "", &[]).await.status, 200);
     // The first refusal of its kind is written at once (later ones are folded into counts).
-    let events = app
-        .audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100")
-        .await;
-    let reasons: Vec<String> = events
-        .iter()
-        .filter_map(|e| e["entity"][0]["detail"].as_array())
-        .flatten()
-        .filter(|d| d["type"] == "reason")
-        .filter_map(|d| d["valueString"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = app.refusal_reasons().await;
     assert_eq!(
         reasons,
         ["expired"],

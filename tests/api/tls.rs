@@ -223,16 +223,7 @@ async fn a_council_token_needs_its_own_bound_certificate_and_a_mismatch_is_refus
     let without = read(&bare).await;
     without.assert_outcome(403, "forbidden");
     // The refusal is audited with its reason.
-    let events = app
-        .audit_search("type=http://dicom.nema.org/resources/ontology/DCM%7C110114&_count=100")
-        .await;
-    let reasons: Vec<String> = events
-        .iter()
-        .filter_map(|e| e["entity"][0]["detail"].as_array())
-        .flatten()
-        .filter(|d| d["type"] == "reason")
-        .filter_map(|d| d["valueString"].as_str().map(str::to_owned))
-        .collect();
+    let reasons = app.refusal_reasons().await;
     assert!(
         reasons.iter().any(|r| r == "certificate-mismatch"),
         "{reasons:?}"
