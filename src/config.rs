@@ -33,6 +33,7 @@ pub const KEYS: &[KeyDoc] = &[
     ("notify_allow_http_loopback", "let subscriptions use plain http to 127.0.0.1, [::1] or localhost (default false; true with --dev)"),
     ("migrate", "run pending database migrations at start-up, under a lock replicas share (default true; false, or serve --no-migrate, refuses to start on an old schema: run `cpis-fhir migrate` first)"),
     ("shutdown_grace_secs", "seconds a stopping server (SIGTERM, Ctrl-C) lets requests in flight finish, and then its background tasks theirs (default 30)"),
+    ("shutdown_drain_secs", "on SIGTERM, seconds the server keeps serving while /health/ready answers 503, so a load balancer stops sending it requests before it stops accepting them (default 0)"),
     ("metrics_token", "bearer token a scraper must present on GET /metrics; unset, only loopback callers may scrape"),
     ("allow_plain_http", "serve plain HTTP on an address other than loopback, for a deployment behind a TLS-terminating proxy (default false: without tls.cert_file the server listens on 127.0.0.1 or ::1 only)"),
     ("tls.cert_file", "PEM certificate chain of the server (with tls.key_file: the server speaks HTTPS only, TLS 1.2 or 1.3, HTTP/2 and HTTP/1.1)"),
@@ -268,6 +269,8 @@ pub struct Settings {
     /// Run pending migrations at start-up (else refuse to start on an old schema).
     pub migrate: bool,
     pub shutdown_grace: std::time::Duration,
+    /// How long a stopping server keeps serving as "not ready" first.
+    pub shutdown_drain: std::time::Duration,
     /// The bearer token `GET /metrics` requires; none: loopback callers only.
     pub metrics_token: Option<String>,
     /// HTTPS (and mutual TLS) when configured; plain HTTP otherwise.
@@ -705,6 +708,7 @@ impl Settings {
                 30,
                 1,
             )?),
+            shutdown_drain: std::time::Duration::from_secs(parse_num("shutdown_drain_secs", 0, 0)?),
             metrics_token: match get("metrics_token") {
                 Some(t) if t.trim().len() < 16 => {
                     return Err(bad("metrics_token", "must be at least 16 characters"))

@@ -84,6 +84,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         refusals,
         background,
         trust: std::sync::Arc::new(trust),
+        draining: std::sync::Arc::default(),
         watch: crate::audit::watch::Watch::new(crate::audit::watch::WatchSettings {
             per_user_per_minute: settings_limits.lookups_per_user_per_minute,
             per_org_per_minute: settings_limits.lookups_per_org_per_minute,
@@ -163,6 +164,9 @@ pub struct Application {
     server: actix_web::dev::Server,
     tasks: crate::tasks::Tasks,
     grace: std::time::Duration,
+    /// Readiness's "draining" flag, and how long to drain before stopping.
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    drain: std::time::Duration,
 }
 
 impl Application {
@@ -173,6 +177,7 @@ impl Application {
         start_background(&state, &mut tasks)?;
         let workers = state.settings.workers;
         let grace = state.settings.shutdown_grace;
+        let (draining, drain) = (state.draining.clone(), state.settings.shutdown_drain);
         let max_connections = state.settings.limits.max_connections;
         let verifier = web::Data::from(std::sync::Arc::clone(&state.verifier));
         let tls = state.settings.tls.clone();
@@ -217,6 +222,8 @@ impl Application {
             server,
             tasks,
             grace,
+            draining,
+            drain,
         })
     }
 
@@ -230,8 +237,17 @@ impl Application {
     /// graceful stop is bounded anyway (the grace period for requests, and again for tasks).
     pub fn stop_on_signals(&self) {
         let handle = self.handle();
+        let (draining, drain) = (self.draining.clone(), self.drain);
         actix_web::rt::spawn(async move {
             let signal = stop_signal().await;
+            if !drain.is_zero() {
+                draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                log::info!(
+                    "{signal} received: draining for {} s (still serving; /health/ready answers 503)",
+                    drain.as_secs()
+                );
+                actix_web::rt::time::sleep(drain).await;
+            }
             log::info!("{signal} received: stopping gracefully (requests in flight finish first)");
             handle.stop(true).await;
         });

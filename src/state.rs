@@ -35,6 +35,8 @@ pub struct AppState {
     pub trust: Arc<crate::auth::jwks::Trust>,
     /// The look-up limits and the misuse watch.
     pub watch: crate::audit::watch::Watch,
+    /// Set once the server has been told to stop: readiness answers 503 while it drains.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

@@ -63,6 +63,13 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut checks = Map::new();
     let mut all = true;
     let mut warned = false;
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        all = false;
+        checks.insert(
+            "draining".into(),
+            json!({"status": "fail", "output": "stopping: send this replica no new requests"}),
+        );
+    }
     let mut put = |name: &str, (ok, v): (bool, Value)| {
         all &= ok;
         checks.insert(name.to_owned(), v);

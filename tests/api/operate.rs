@@ -292,3 +292,43 @@ async fn sigterm_under_load_loses_no_audit_row_of_any_look_up_that_was_answered(
         &lost[..lost.len().min(10)]
     );
 }
+
+/// One plain request on a fresh connection: the status line and the body.
+fn get_plain(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+#[test]
+fn with_a_drain_period_a_stopping_server_reports_not_ready_while_it_still_serves_then_exits_cleanly(
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let (mut child, logs, _council) =
+        serve_dev_with(dir.path(), port, &[], &[("CPIS_SHUTDOWN_DRAIN_SECS", "3")]);
+    assert!(get_plain(port, "/health/ready").starts_with("HTTP/1.1 200"));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_log(&logs, "draining for 3 s");
+    let ready = get_plain(port, "/health/ready");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("\"draining\""), "{ready}");
+    assert!(
+        get_plain(port, "/metadata").starts_with("HTTP/1.1 200"),
+        "still serving while draining"
+    );
+    wait_for_log(&logs, "stopped");
+    let status = wait_for_exit(&mut child.0);
+    assert!(status.success(), "exit status {status}");
+}
