@@ -85,6 +85,7 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String>
         background,
         trust: std::sync::Arc::new(trust),
         draining: std::sync::Arc::default(),
+        readiness: Default::default(),
         watch: crate::audit::watch::Watch::new(crate::audit::watch::WatchSettings {
             per_user_per_minute: settings_limits.lookups_per_user_per_minute,
             per_org_per_minute: settings_limits.lookups_per_org_per_minute,

@@ -37,6 +37,8 @@ pub struct AppState {
     pub watch: crate::audit::watch::Watch,
     /// Set once the server has been told to stop: readiness answers 503 while it drains.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The last readiness answer, reused for a second.
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -59,5 +61,40 @@ impl AppState {
 
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
+    }
+}
+
+/// The last readiness answer and when it was made.
+#[derive(Default)]
+pub struct Readiness(
+    std::sync::Mutex<
+        Option<(
+            std::time::Instant,
+            actix_web::http::StatusCode,
+            serde_json::Value,
+        )>,
+    >,
+);
+
+impl Readiness {
+    pub fn fresh(
+        &self,
+        within: std::time::Duration,
+    ) -> Option<(actix_web::http::StatusCode, serde_json::Value)> {
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.as_ref()
+            .filter(|(at, _, _)| at.elapsed() < within)
+            .map(|(_, s, b)| (*s, b.clone()))
+    }
+
+    pub fn keep(&self, status: actix_web::http::StatusCode, body: serde_json::Value) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *kept = Some((std::time::Instant::now(), status, body));
     }
 }

@@ -60,6 +60,23 @@ fn millis(d: Duration) -> f64 {
 /// `GET /health/ready`: whether this replica should be sent traffic — 200 when every check
 /// passes, 503 otherwise, each check named with what it observed.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    // Anyone may probe, and a probe costs a read and a commit: answers are reused for a second,
+    // so a flood of probes costs one check a second (a draining server answers at once).
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    if !draining {
+        if let Some((status, body)) = state.readiness.fresh(PROBE_REUSE) {
+            return health(status, body);
+        }
+    }
+    let (status, body) = check_readiness(&state).await;
+    state.readiness.keep(status, body.clone());
+    health(status, body)
+}
+
+/// How long a readiness answer is reused.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+async fn check_readiness(state: &AppState) -> (StatusCode, Value) {
     let mut checks = Map::new();
     let mut all = true;
     let mut warned = false;
@@ -202,7 +219,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         (true, true) => "warn",
         (true, false) => "pass",
     };
-    health(status, json!({"status": word, "checks": checks}))
+    (
+        status,
+        json!({"status": word, "time": chrono::Utc::now().to_rfc3339(), "checks": checks}),
+    )
 }
 
 /// Whether the caller may read metrics: the configured scrape token, compared in constant

@@ -179,3 +179,17 @@ async fn a_subscription_s_backlog_and_lag_show_in_metrics_until_delivered() {
         "{after}"
     );
 }
+
+#[actix_rt::test]
+async fn a_flood_of_readiness_probes_costs_one_check_a_second() {
+    let app = TestApp::spawn().await;
+    let mut times = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = app
+            .request(Method::GET, "/health/ready", None, &[], None)
+            .await;
+        assert_eq!(r.status, 200);
+        times.insert(r.json()["time"].as_str().unwrap().to_owned());
+    }
+    assert!(times.len() <= 2, "{} checks for 20 probes", times.len());
+}
