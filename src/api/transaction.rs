@@ -125,20 +125,33 @@ fn write_all(
         }
         Ok::<_, ApiError>(out)
     });
+    let conflict = |e: &ApiError| matches!(e, ApiError::Unavailable(why) if crate::store::error::is_conflict(why));
     match all_at_once {
         Ok(out) => Ok(out),
-        // The database itself failed: nothing to gain from trying again.
-        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => Err(e),
+        // The database itself failed: nothing to gain from trying again — unless the pass
+        // lost a deadlock (or a serialisation conflict) to another writer, a replica's say:
+        // it was rolled back, and the entries are written again one by one.
+        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) if !conflict(&e) => Err(e),
         Err(_) => {
             // What the first pass learnt was rolled back with it.
             let mut known = Known::default();
             Ok(ready
                 .iter()
                 .map(|(i, op)| {
-                    let r = diesel::Connection::transaction(conn, |c| {
-                        write::execute(c, caller, scope, op, today, now, &mut known)
-                    })
-                    .map_err(|e: RecordError| ApiError::from(e).in_entry(*i));
+                    let mut attempt = || {
+                        diesel::Connection::transaction(conn, |c| {
+                            write::execute(c, caller, scope, op, today, now, &mut known)
+                        })
+                        .map_err(|e: RecordError| ApiError::from(e).in_entry(*i))
+                    };
+                    // An entry that loses a conflict is tried once more, in a savepoint of
+                    // its own (rolled back, it left nothing behind).
+                    let r = match attempt() {
+                        Err(ApiError::InBundle(ref v)) if v.iter().all(|(_, e)| conflict(e)) => {
+                            attempt()
+                        }
+                        other => other,
+                    };
                     (*i, r)
                 })
                 .collect())

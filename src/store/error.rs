@@ -46,6 +46,15 @@ fn sqlite_transient(message: &str) -> bool {
     TRANSIENT.iter().any(|t| message.contains(t))
 }
 
+/// How PostgreSQL says a statement was chosen as a deadlock's victim.
+pub const DEADLOCK: &str = "deadlock detected";
+
+/// Whether a transient failure was a conflict with a concurrent transaction (a deadlock or a
+/// serialisation failure), which trying the same work again resolves.
+pub fn is_conflict(message: &str) -> bool {
+    message.contains(DEADLOCK) || message.contains("could not serialize access")
+}
+
 impl From<DieselError> for StoreError {
     fn from(e: DieselError) -> Self {
         match &e {
@@ -62,6 +71,9 @@ impl From<DieselError> for StoreError {
                     | DatabaseErrorKind::UnableToSendCommand
                     | DatabaseErrorKind::ReadOnlyTransaction => StoreError::Transient(text),
                     _ if sqlite_transient(info.message()) => StoreError::Transient(text),
+                    // PostgreSQL chose this transaction as a deadlock's victim (40P01): it was
+                    // rolled back and would succeed if tried again.
+                    _ if info.message().starts_with(DEADLOCK) => StoreError::Transient(text),
                     _ => StoreError::Other(text),
                 }
             }
@@ -160,6 +172,9 @@ mod tests {
             assert!(db(kind, "x").is_transient());
         }
         assert!(db(DatabaseErrorKind::Unknown, "database is locked").is_transient());
+        assert!(db(DatabaseErrorKind::Unknown, "deadlock detected").is_transient());
+        assert!(is_conflict("database: deadlock detected"));
+        assert!(!is_conflict("database: database or disk is full"));
         assert!(db(DatabaseErrorKind::Unknown, "database or disk is full").is_transient());
         assert!(matches!(
             db(DatabaseErrorKind::ForeignKeyViolation, "fk"),

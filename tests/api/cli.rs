@@ -222,10 +222,13 @@ pub fn spawn_until_listening(mut command: Command) -> (Killed, std::sync::mpsc::
     let stderr = child.stderr.take().expect("stderr");
     let (tx, logs) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end whether or not anyone listens: a server whose stderr pipe fills up
+        // blocks on its next log line. Errors are echoed, so a failing test shows them.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
+            if line.contains(" ERROR ") {
+                eprintln!("server: {line}");
             }
+            let _ = tx.send(line);
         }
     });
     let child = Killed(child);
