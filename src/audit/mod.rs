@@ -246,11 +246,9 @@ where
 {
     let now = micros((trail.clock)());
     // Past the look-up limits the request is refused — and the refusal is audited like any.
-    let admitted = trail.watch.admit(&ctx.caller, now);
-    let warn = match (&admitted, &patient_hint) {
-        (Ok(()), Some(nhs)) => trail.watch.looked_up(&ctx.caller, nhs, now),
-        _ => None,
-    };
+    let (admitted, warn) = trail
+        .watch
+        .look_up(&ctx.caller, patient_hint.as_deref(), now);
     // `f` only reads; the audit row is the job's one write (its outbox row is written by the
     // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
     let (outcome, recorded) = trail

@@ -111,9 +111,39 @@ impl Watch {
         if !Self::watched(caller) {
             return Ok(());
         }
-        let s = self.settings;
+        self.admit_in(&mut self.lock(), user_key(caller), caller, now)
+    }
+
+    /// One look-up by `caller` (of `nhs`, when the request names a person): [`Watch::admit`],
+    /// then, if admitted, [`Watch::looked_up`] — under one lock, the user's key made once.
+    pub fn look_up(
+        &self,
+        caller: &Caller,
+        nhs: Option<&str>,
+        now: i64,
+    ) -> (Result<(), ApiError>, Option<AuditRow>) {
+        if !Self::watched(caller) {
+            return (Ok(()), None);
+        }
+        let key = user_key(caller);
         let mut state = self.lock();
-        count(&mut state.users, user_key(caller), s.per_user_per_minute, now).map_err(|left| {
+        let admitted = self.admit_in(&mut state, key.clone(), caller, now);
+        let warn = match (&admitted, nhs) {
+            (Ok(()), Some(nhs)) => self.note_in(&mut state, key, caller, nhs, now),
+            _ => None,
+        };
+        (admitted, warn)
+    }
+
+    fn admit_in(
+        &self,
+        state: &mut State,
+        key: String,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let s = self.settings;
+        count(&mut state.users, key, s.per_user_per_minute, now).map_err(|left| {
             ApiError::Throttled(
                 format!(
                     "this user has made {} look-ups in a minute, the most allowed; retry in {left} s",
@@ -139,19 +169,32 @@ impl Watch {
     /// Notes that `caller` looked `nhs` up at `now`; the warning to write when this look-up
     /// takes the user past the threshold of distinct people in the window (once per window).
     pub fn looked_up(&self, caller: &Caller, nhs: &str, now: i64) -> Option<AuditRow> {
+        if !Self::watched(caller) {
+            return None;
+        }
+        self.note_in(&mut self.lock(), user_key(caller), caller, nhs, now)
+    }
+
+    fn note_in(
+        &self,
+        state: &mut State,
+        key: String,
+        caller: &Caller,
+        nhs: &str,
+        now: i64,
+    ) -> Option<AuditRow> {
         let s = self.settings;
-        if !Self::watched(caller) || s.fishing_threshold == 0 {
+        if s.fishing_threshold == 0 {
             return None;
         }
         let window = i64::try_from(s.fishing_window_secs)
             .unwrap_or(i64::MAX / 2_000_000)
             .saturating_mul(1_000_000);
-        let mut state = self.lock();
         let hash = std::hash::BuildHasher::hash_one(&state.hasher, nhs);
         bounded(&mut state.people, |(start, _, _)| now - start < window);
         let entry = state
             .people
-            .entry(user_key(caller))
+            .entry(key)
             .or_insert_with(|| (now, HashSet::new(), false));
         if now - entry.0 >= window {
             *entry = (now, HashSet::new(), false);

@@ -192,50 +192,50 @@ impl Trust {
         Ok(set)
     }
 
-    /// Fetches the JWKS URLs that are due (`all`: every one), keeps what succeeded; true when
-    /// some issuer's keys changed.
-    fn refresh(&self, all: bool) -> bool {
-        let due: Vec<(usize, String, Option<std::path::PathBuf>)> = self
-            .lock()
-            .iter()
+    /// The JWKS URLs `pick` chooses (it sees each issuer fetched from a URL, and its refresh
+    /// period), with their CA files.
+    fn urls_where(
+        &self,
+        mut pick: impl FnMut(&mut Held, Duration) -> bool,
+    ) -> Vec<(usize, String, Option<std::path::PathBuf>)> {
+        self.lock()
+            .iter_mut()
             .enumerate()
-            .filter_map(|(i, h)| match &h.settings.keys {
+            .filter_map(|(i, h)| match h.settings.keys.clone() {
                 KeySource::JwksUrl {
                     url,
                     refresh,
                     ca_file,
-                } => {
-                    let since = h.fetched_at.map(|t| t.elapsed());
-                    let due = all
-                        || since.is_none_or(|s| s >= *refresh)
-                        // A failed fetch is tried again after a minute, not after a refresh period.
-                        || (h.failure.is_some() && since.is_none_or(|s| s >= REFETCH_AT_MOST_EVERY));
-                    due.then(|| (i, url.clone(), ca_file.clone()))
-                }
+                } if pick(h, refresh) => Some((i, url, ca_file)),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Fetches the JWKS URLs that are due (`all`: every one), keeps what succeeded; true when
+    /// some issuer's keys changed.
+    fn refresh(&self, all: bool) -> bool {
+        let due = self.urls_where(|h, refresh| {
+            let since = h.fetched_at.map(|t| t.elapsed());
+            all || since.is_none_or(|s| s >= refresh)
+                // A failed fetch is tried again after a minute, not after a refresh period.
+                || (h.failure.is_some() && since.is_none_or(|s| s >= REFETCH_AT_MOST_EVERY))
+        });
         self.fetch_each(due)
     }
 
     /// Fetches the JWKS URLs again because a token named an unknown key, unless that already
     /// happened within the last minute.
     fn refresh_for_unknown_key(&self) -> bool {
-        let due: Vec<(usize, String, Option<std::path::PathBuf>)> = self
-            .lock()
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, h)| match &h.settings.keys {
-                KeySource::JwksUrl { url, ca_file, .. }
-                    if h.unknown_fetched_at
-                        .is_none_or(|t| t.elapsed() >= REFETCH_AT_MOST_EVERY) =>
-                {
-                    h.unknown_fetched_at = Some(Instant::now());
-                    Some((i, url.clone(), ca_file.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let due = self.urls_where(|h, _| {
+            let due = h
+                .unknown_fetched_at
+                .is_none_or(|t| t.elapsed() >= REFETCH_AT_MOST_EVERY);
+            if due {
+                h.unknown_fetched_at = Some(Instant::now());
+            }
+            due
+        });
         self.fetch_each(due)
     }
 

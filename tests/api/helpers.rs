@@ -153,6 +153,15 @@ fn suite_database(settings: &mut Settings) -> Option<Arc<crate::postgres::PgData
     Some(Arc::new(db))
 }
 
+/// What every test server shares: one HTTP worker; the lifecycle and the notification worker
+/// stepped by the tests (`POST /$purge`, `deliver`), never by a timer; the watch quiet.
+fn stepped(settings: &mut Settings) {
+    settings.workers = 1;
+    settings.lifecycle_interval = None;
+    settings.notify_interval = None;
+    quiet_watch(settings);
+}
+
 /// Test servers make many look-ups as one user in a second: the look-up limits and the misuse
 /// watch are off unless a test turns them on (see `tests/api/access.rs`).
 fn quiet_watch(settings: &mut Settings) {
@@ -200,10 +209,7 @@ impl TestApp {
         };
         let mut settings = Settings::load_from(&cli, Vec::new()).expect("settings");
         assert!(!settings.dev);
-        settings.workers = 1;
-        settings.lifecycle_interval = None;
-        settings.notify_interval = None;
-        quiet_watch(&mut settings);
+        stepped(&mut settings);
         settings.refresh_keys = false;
         let pg = suite_database(&mut settings);
         Self::started(dir, settings, Some(Arc::new(idp)), pg).await
@@ -214,32 +220,16 @@ impl TestApp {
     pub async fn spawn_tls(tls: cpis_fhir::config::TlsSettings, client: awc::Client) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
-        settings.workers = 1;
-        settings.lifecycle_interval = None;
-        settings.notify_interval = None;
-        quiet_watch(&mut settings);
+        stepped(&mut settings);
         settings.tls = Some(tls);
         let pg = suite_database(&mut settings);
-        let now = Arc::new(Mutex::new(
-            DateTime::parse_from_rfc3339(TODAY)
-                .expect("date")
-                .with_timezone(&Utc),
-        ));
-        let mut t = Self::start(dir, settings, now, None, pg);
-        t.client = client;
-        t.register_councils().await;
-        t
+        Self::started_with(dir, settings, None, pg, Some(client)).await
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::for_data_dir(dir.path(), true).expect("settings");
-        settings.workers = 1;
-        // The lifecycle is stepped by the tests (POST /$purge), never by a timer; so is the
-        // notification worker.
-        settings.lifecycle_interval = None;
-        settings.notify_interval = None;
-        quiet_watch(&mut settings);
+        stepped(&mut settings);
         let pg = suite_database(&mut settings);
         tweak(&mut settings);
         Self::started(dir, settings, None, pg).await
@@ -252,12 +242,26 @@ impl TestApp {
         idp: Option<Arc<TestIdp>>,
         pg: Option<Arc<crate::postgres::PgDatabase>>,
     ) -> Self {
+        Self::started_with(dir, settings, idp, pg, None).await
+    }
+
+    /// [`TestApp::started`], reached through `client` if given.
+    async fn started_with(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        idp: Option<Arc<TestIdp>>,
+        pg: Option<Arc<crate::postgres::PgDatabase>>,
+        client: Option<awc::Client>,
+    ) -> Self {
         let now = Arc::new(Mutex::new(
             DateTime::parse_from_rfc3339(TODAY)
                 .expect("date")
                 .with_timezone(&Utc),
         ));
-        let t = Self::start(dir, settings, now, idp, pg);
+        let mut t = Self::start(dir, settings, now, idp, pg);
+        if let Some(c) = client {
+            t.client = c;
+        }
         t.register_councils().await;
         t
     }
