@@ -94,23 +94,3 @@ impl SearchSet<'_> {
 fn link(relation: &str, url: String) -> Value {
     object([("relation", relation.into()), ("url", url.into())])
 }
-
-/// Pages `items` (already in a stable order, keyed by `key`) after `cursor`.
-pub fn page<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> &str,
-    cursor: Option<&str>,
-    count: usize,
-) -> (Vec<T>, Option<String>) {
-    let mut rest: Vec<T> = match cursor {
-        Some(c) => items.into_iter().filter(|i| key(i) > c).collect(),
-        None => items,
-    };
-    if rest.len() > count {
-        rest.truncate(count);
-        let next = rest.last().map(|l| key(l).to_owned());
-        (rest, next)
-    } else {
-        (rest, None)
-    }
-}

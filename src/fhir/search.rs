@@ -11,6 +11,7 @@ use crate::fhir::json::allowed_char;
 use crate::fhir::percent::decode as percent_decode;
 use crate::fhir::profile::{parse_date, parse_instant};
 use crate::nhs_number::NhsNumber;
+use crate::store::flags::FlagDate;
 use crate::store::micros;
 
 /// Parameters that apply to every search here and are never "unsupported".
@@ -267,6 +268,20 @@ pub struct InstantParam {
 }
 
 impl InstantParam {
+    /// The conditions on a Flag's last change this value stands for.
+    pub fn flag_dates(&self) -> Vec<FlagDate> {
+        match self.prefix {
+            Prefix::Eq => vec![
+                FlagDate::UpdatedFrom(self.from),
+                FlagDate::UpdatedBefore(self.to),
+            ],
+            Prefix::Gt => vec![FlagDate::UpdatedFrom(self.to)],
+            Prefix::Ge => vec![FlagDate::UpdatedFrom(self.from)],
+            Prefix::Lt => vec![FlagDate::UpdatedBefore(self.from)],
+            Prefix::Le => vec![FlagDate::UpdatedBefore(self.to)],
+        }
+    }
+
     pub fn matches(&self, t: i64) -> bool {
         match self.prefix {
             Prefix::Eq => t >= self.from && t < self.to,
@@ -302,6 +317,32 @@ pub fn instant_param(name: &str, v: &str) -> Result<InstantParam, ApiError> {
 }
 
 impl DateParam {
+    /// The inclusive first and last day a single date (a birth date) may be to satisfy this
+    /// value; `None` where unbounded.
+    pub fn days(&self) -> (Option<NaiveDate>, Option<NaiveDate>) {
+        let last = self.to - Duration::days(1);
+        match self.prefix {
+            Prefix::Eq => (Some(self.from), Some(last)),
+            Prefix::Gt => (Some(self.to), None),
+            Prefix::Ge => (Some(self.from), None),
+            Prefix::Lt => (None, self.from.pred_opt()),
+            Prefix::Le => (None, Some(last)),
+        }
+    }
+
+    /// The conditions on a plan period this value stands for (as [`DateParam::matches_period`]).
+    pub fn flag_dates(&self) -> Vec<FlagDate> {
+        let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+        let last = day(self.to - Duration::days(1));
+        match self.prefix {
+            Prefix::Eq => vec![FlagDate::StartsBy(last), FlagDate::RunsTo(day(self.from))],
+            Prefix::Gt => vec![FlagDate::RunsPast(last)],
+            Prefix::Ge => vec![FlagDate::RunsTo(day(self.from))],
+            Prefix::Lt => vec![FlagDate::StartsBefore(day(self.from))],
+            Prefix::Le => vec![FlagDate::StartsBy(last)],
+        }
+    }
+
     /// Whether a plan period `[start, end]` (end open when absent) satisfies this parameter
     /// (FHIR R4 §3.1.1.4.2: ranges compare by overlap and bounds).
     pub fn matches_period(&self, start: NaiveDate, end: Option<NaiveDate>) -> bool {
@@ -348,6 +389,90 @@ mod tests {
         let eq = date_param("date", "2026-02").ok();
         assert!(eq.is_some_and(|g| g.matches_period(d("2026-02-10"), Some(d("2026-05-01")))));
         assert!(date_param("date", "xx2026").is_err());
+    }
+
+    /// The conditions a council's search runs in SQL (and a person's in memory) are the FHIR
+    /// period semantics of `matches_period`, for every prefix, precision and kind of period.
+    #[test]
+    fn the_flag_date_conditions_agree_with_the_period_rules_everywhere() {
+        use crate::store::flags::{FlagFilter, FlagRow};
+        let row = |start: &str, end: Option<&str>, updated: i64| FlagRow {
+            id: "f".into(),
+            nhs_number: "9449306753".into(),
+            la_ods: "A".into(),
+            local_ref_system: "s".into(),
+            local_ref_value: "v".into(),
+            plan_type: "p".into(),
+            status: crate::domain::FlagStatus::Active,
+            period_start: start.into(),
+            period_end: end.map(str::to_owned),
+            version: 1,
+            updated_at: updated,
+        };
+        let days = [
+            "2025-12-31",
+            "2026-01-01",
+            "2026-01-31",
+            "2026-02-01",
+            "2026-02-28",
+            "2026-03-01",
+            "2027-01-01",
+        ];
+        let values = ["2026", "2026-02", "2026-02-01", "2026-01-31T23:00:00Z"];
+        let mut checked = 0;
+        for prefix in ["", "eq", "gt", "ge", "lt", "le"] {
+            for v in values {
+                let Ok(param) = date_param("date", &format!("{prefix}{v}")) else {
+                    panic!("{prefix}{v} did not parse");
+                };
+                let filter = FlagFilter {
+                    dates: param.flag_dates(),
+                    ..FlagFilter::default()
+                };
+                for start in days {
+                    for end in days.iter().map(Some).chain([None]) {
+                        if end.is_some_and(|e| *e < start) {
+                            continue;
+                        }
+                        let parse = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+                        let expected = param.matches_period(
+                            parse(start).unwrap_or_default(),
+                            end.and_then(|e| parse(e)),
+                        );
+                        let r = row(start, end.copied(), 0);
+                        assert_eq!(
+                            filter.matches(&r),
+                            expected,
+                            "{prefix}{v} on {start}..{end:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 500);
+        for prefix in ["", "eq", "gt", "ge", "lt", "le"] {
+            for v in ["2026-02-01", "2026-02-01T10:00:00Z"] {
+                let Ok(param) = instant_param("_lastUpdated", &format!("{prefix}{v}")) else {
+                    panic!("{prefix}{v} did not parse");
+                };
+                let filter = FlagFilter {
+                    dates: param.flag_dates(),
+                    ..FlagFilter::default()
+                };
+                for t in [
+                    param.from - 1,
+                    param.from,
+                    param.from + 1,
+                    param.to - 1,
+                    param.to,
+                    param.to + 1,
+                ] {
+                    let r = row("2026-01-01", None, t);
+                    assert_eq!(filter.matches(&r), param.matches(t), "{prefix}{v} at {t}");
+                }
+            }
+        }
     }
 
     #[test]

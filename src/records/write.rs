@@ -408,10 +408,10 @@ fn put_patient(
     match patients::get(conn, input.nhs_number.as_str())? {
         Some(current) => {
             let next = input.to_row(&current.created_by, current.version + 1, now);
-            let live = flags::search(
+            let live = flags::of_person(
                 conn,
+                &current.nhs_number,
                 &FlagFilter {
-                    nhs_number: Some(current.nhs_number.clone()),
                     visible_since: Some(visible_since.to_owned()),
                     ..FlagFilter::default()
                 },
@@ -492,10 +492,10 @@ fn delete_patient(
 ) -> Result<Done, RecordError> {
     let not_found = || RecordError::NotFound(format!("Patient/{nhs} is not on CP-IS"));
     let person = patients::get(conn, nhs.as_str())?.ok_or_else(not_found)?;
-    let mine = flags::search(
+    let mine = flags::of_person(
         conn,
+        nhs.as_str(),
         &FlagFilter {
-            nhs_number: Some(nhs.as_str().to_owned()),
             council: Some(org.to_owned()),
             ..FlagFilter::default()
         },

@@ -155,7 +155,40 @@ pub fn version(conn: &mut DbConn, id: &str, version: i64) -> QueryResult<Option<
         .optional()
 }
 
-/// What a Flag search selects in the database; date filters are applied by the caller.
+/// A condition on a plan's dates or on when its Flag last changed. FHIR's date prefixes
+/// (R4 §3.1.1.4.2) are translated into these by `fhir::search`; the same condition is applied
+/// in SQL (a council's search) and in memory (a person's handful of Flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagDate {
+    /// `period.start` on or before this day (`YYYY-MM-DD`).
+    StartsBy(String),
+    /// `period.start` before this day.
+    StartsBefore(String),
+    /// The plan is open, or ends on or after this day.
+    RunsTo(String),
+    /// The plan is open, or ends after this day.
+    RunsPast(String),
+    /// Last changed at or after this instant (microseconds).
+    UpdatedFrom(i64),
+    /// Last changed before this instant (microseconds).
+    UpdatedBefore(i64),
+}
+
+impl FlagDate {
+    fn matches(&self, r: &FlagRow) -> bool {
+        let end = r.period_end.as_deref();
+        match self {
+            FlagDate::StartsBy(d) => r.period_start.as_str() <= d.as_str(),
+            FlagDate::StartsBefore(d) => r.period_start.as_str() < d.as_str(),
+            FlagDate::RunsTo(d) => end.is_none_or(|e| e >= d.as_str()),
+            FlagDate::RunsPast(d) => end.is_none_or(|e| e > d.as_str()),
+            FlagDate::UpdatedFrom(t) => r.updated_at >= *t,
+            FlagDate::UpdatedBefore(t) => r.updated_at < *t,
+        }
+    }
+}
+
+/// What a Flag search selects.
 #[derive(Debug, Default, Clone)]
 pub struct FlagFilter {
     pub nhs_number: Option<String>,
@@ -164,8 +197,10 @@ pub struct FlagFilter {
     pub identifier_system: Option<String>,
     pub identifier_value: Option<String>,
     pub ids: Vec<String>,
-    pub statuses: Vec<String>,
+    pub statuses: Vec<FlagStatus>,
     pub plan_types: Vec<String>,
+    /// Every one must hold.
+    pub dates: Vec<FlagDate>,
     /// What clinicians may see: no entered-in-error Flags, and no plan that ended before this
     /// date (it is past its retention window, DOMAIN.md "Retention").
     pub visible_since: Option<String>,
@@ -180,12 +215,59 @@ impl FlagFilter {
             && eq(&self.identifier_system, &r.local_ref_system)
             && eq(&self.identifier_value, &r.local_ref_value)
             && (self.ids.is_empty() || self.ids.contains(&r.id))
-            && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == r.status.as_str()))
+            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
             && (self.plan_types.is_empty() || self.plan_types.contains(&r.plan_type))
+            && self.dates.iter().all(|d| d.matches(r))
             && self
                 .visible_since
                 .as_deref()
                 .is_none_or(|since| visible_to_clinicians(r, since))
+    }
+
+    /// The same conditions as [`FlagFilter::matches`], as a query.
+    fn query(&self) -> flags::BoxedQuery<'_, super::Db> {
+        let mut q = flags::table.into_boxed();
+        if let Some(n) = &self.nhs_number {
+            q = q.filter(flags::nhs_number.eq(n));
+        }
+        if let Some(c) = &self.council {
+            q = q.filter(flags::la_ods.eq(c));
+        }
+        if let Some(s) = &self.identifier_system {
+            q = q.filter(flags::local_ref_system.eq(s));
+        }
+        if let Some(v) = &self.identifier_value {
+            q = q.filter(flags::local_ref_value.eq(v));
+        }
+        if !self.ids.is_empty() {
+            q = q.filter(flags::id.eq_any(&self.ids));
+        }
+        if !self.statuses.is_empty() {
+            q = q.filter(flags::status.eq_any(self.statuses.iter().map(|s| s.as_str())));
+        }
+        if !self.plan_types.is_empty() {
+            q = q.filter(flags::plan_type.eq_any(&self.plan_types));
+        }
+        for d in &self.dates {
+            q = match d {
+                FlagDate::StartsBy(d) => q.filter(flags::period_start.le(d)),
+                FlagDate::StartsBefore(d) => q.filter(flags::period_start.lt(d)),
+                FlagDate::RunsTo(d) => {
+                    q.filter(flags::period_end.is_null().or(flags::period_end.ge(d)))
+                }
+                FlagDate::RunsPast(d) => {
+                    q.filter(flags::period_end.is_null().or(flags::period_end.gt(d)))
+                }
+                FlagDate::UpdatedFrom(t) => q.filter(flags::updated_at.ge(*t)),
+                FlagDate::UpdatedBefore(t) => q.filter(flags::updated_at.lt(*t)),
+            };
+        }
+        if let Some(since) = &self.visible_since {
+            q = q
+                .filter(flags::status.ne(FlagStatus::EnteredInError.as_str()))
+                .filter(flags::period_end.is_null().or(flags::period_end.ge(since)));
+        }
+        q
     }
 }
 
@@ -199,34 +281,47 @@ pub fn visible_to_clinicians(r: &FlagRow, since: &str) -> bool {
 /// as far as a clinician is concerned.
 pub fn has_visible(conn: &mut DbConn, nhs: &str, since: &str) -> QueryResult<bool> {
     let filter = FlagFilter {
-        nhs_number: Some(nhs.to_owned()),
         visible_since: Some(since.to_owned()),
         ..FlagFilter::default()
     };
-    Ok(!search(conn, &filter)?.is_empty())
+    Ok(!of_person(conn, nhs, &filter)?.is_empty())
 }
 
-/// Flags matching `f`, in creation order (ids are UUIDv7), so paging is stable.
-///
-/// The database narrows by person or by council with fixed queries — prepared once and cached,
-/// which matters on the look-up path — and the remaining conditions are applied here: a person
-/// has a handful of Flags, a council a few thousand.
-pub fn search(conn: &mut DbConn, f: &FlagFilter) -> QueryResult<Vec<FlagRow>> {
-    let rows = match (&f.nhs_number, &f.council) {
-        (Some(n), _) => super::on_backend!(conn, c => flags::table
-            .filter(flags::nhs_number.eq(n))
-            .order(flags::id.asc())
-            .select(FlagRow::as_select())
-            .load(c))?,
-        (None, Some(c)) => flags::table
-            .filter(flags::la_ods.eq(c))
-            .order(flags::id.asc())
-            .select(FlagRow::as_select())
-            .load(conn)?,
-        (None, None) => flags::table
-            .order(flags::id.asc())
-            .select(FlagRow::as_select())
-            .load(conn)?,
-    };
+/// A person's Flags matching `f`, in creation order (ids are UUIDv7). A fixed query, prepared
+/// once and cached — it is the look-up path — with the remaining conditions applied here: a
+/// person has a handful of Flags.
+pub fn of_person(conn: &mut DbConn, nhs: &str, f: &FlagFilter) -> QueryResult<Vec<FlagRow>> {
+    let rows = super::on_backend!(conn, c => flags::table
+        .filter(flags::nhs_number.eq(nhs))
+        .order(flags::id.asc())
+        .select(FlagRow::as_select())
+        .load(c))?;
     Ok(rows.into_iter().filter(|r| f.matches(r)).collect())
+}
+
+/// One page of the Flags matching `f`, in creation order, after the keyset cursor `after` (an
+/// id). A person's search reads the person's Flags; any other (a council's) runs every
+/// condition, the cursor and the page size in the database, so a council with thousands of
+/// Flags pays for one page, plus a count for `total`.
+pub fn search(
+    conn: &mut DbConn,
+    f: &FlagFilter,
+    after: Option<&str>,
+    count: usize,
+) -> QueryResult<super::Page<FlagRow>> {
+    if let Some(n) = &f.nhs_number {
+        let rows = of_person(conn, n, f)?;
+        return Ok(super::Page::of(rows, |r| r.id.as_str(), after, count));
+    }
+    let total: i64 = f.query().count().get_result(conn)?;
+    let mut q = f
+        .query()
+        .order(flags::id.asc())
+        .limit(super::page_limit(count))
+        .select(FlagRow::as_select());
+    if let Some(a) = after {
+        q = q.filter(flags::id.gt(a));
+    }
+    let rows = q.load(conn)?;
+    Ok(super::Page::keyset(rows, total, count, |r| r.id.as_str()))
 }

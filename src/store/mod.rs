@@ -43,6 +43,51 @@ pub enum DbConn {
 
 pub type DbPool = Pool<ConnectionManager<DbConn>>;
 
+/// The backend of [`DbConn`], for boxed (dynamically built) queries.
+pub type Db = <DbConn as diesel::Connection>::Backend;
+
+/// One page of a search in a stable order: its rows, how many matched in all, and the keyset
+/// cursor of the next page (FHIR R4 §3.1.1.2: paging is the server's to define).
+#[derive(Debug)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub total: usize,
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Pages rows already in memory (in order of `key`) after `after`.
+    pub fn of(rows: Vec<T>, key: impl Fn(&T) -> &str, after: Option<&str>, count: usize) -> Self {
+        let total = rows.len();
+        let rest: Vec<T> = match after {
+            Some(a) => rows.into_iter().filter(|r| key(r) > a).collect(),
+            None => rows,
+        };
+        Self::keyset(rest, total as i64, count, key)
+    }
+
+    /// A page from rows fetched with [`page_limit`]`(count)`: one row more than the page says
+    /// there is a next page, whose cursor is the last shown row's key.
+    pub fn keyset(mut rows: Vec<T>, total: i64, count: usize, key: impl Fn(&T) -> &str) -> Self {
+        let next = if rows.len() > count {
+            rows.truncate(count);
+            rows.last().map(|r| key(r).to_owned())
+        } else {
+            None
+        };
+        Page {
+            rows,
+            total: usize::try_from(total).unwrap_or_default(),
+            next,
+        }
+    }
+}
+
+/// The `LIMIT` of a page of `count`: one more, to learn whether a next page exists.
+pub fn page_limit(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX - 1) + 1
+}
+
 /// Runs the same Diesel expression on whichever backend `conn` is, on the inner connection.
 ///
 /// Single-row look-ups by key use `get_result`, never `first`: `first` binds `LIMIT ?`, and
@@ -171,7 +216,11 @@ impl Store {
                 .get()
                 .map_err(|e| format!("cannot open the database: {e}"))?;
             match migrations {
-                Migrations::Run => run_migrations(&mut conn)?,
+                Migrations::Run => {
+                    run_migrations(&mut conn)?;
+                    patients::fill_name_keys(&mut conn)
+                        .map_err(|e| format!("cannot fill the name search keys: {e}"))?;
+                }
                 Migrations::Check => {
                     if migrations_pending(&mut conn)? {
                         return Err(

@@ -25,6 +25,8 @@ diesel::table! {
         created_by -> Text,
         version -> BigInt,
         updated_at -> BigInt,
+        family_key -> Nullable<Text>,
+        given_key -> Nullable<Text>,
     }
 }
 

@@ -148,6 +148,42 @@ pub fn list(conn: &mut DbConn, council: Option<&str>) -> QueryResult<Vec<Subscri
     q.load(conn)
 }
 
+/// One page of the subscriptions of one council (or, `None`, of all) in one of `statuses`
+/// and with one of `ids` (either empty: any), by id after the keyset cursor `after`; every
+/// condition runs in the database.
+pub fn search(
+    conn: &mut DbConn,
+    council: Option<&str>,
+    statuses: &[SubscriptionStatus],
+    ids: &[String],
+    after: Option<&str>,
+    count: usize,
+) -> QueryResult<super::Page<SubscriptionRow>> {
+    let query = || {
+        let mut q = subscriptions::table.into_boxed::<super::Db>();
+        if let Some(c) = council {
+            q = q.filter(subscriptions::council.eq(c));
+        }
+        if !statuses.is_empty() {
+            q = q.filter(subscriptions::status.eq_any(statuses.iter().map(|s| s.as_str())));
+        }
+        if !ids.is_empty() {
+            q = q.filter(subscriptions::id.eq_any(ids));
+        }
+        q
+    };
+    let total: i64 = query().count().get_result(conn)?;
+    let mut q = query()
+        .order(subscriptions::id.asc())
+        .limit(super::page_limit(count))
+        .select(SubscriptionRow::as_select());
+    if let Some(a) = after {
+        q = q.filter(subscriptions::id.gt(a));
+    }
+    let rows = q.load(conn)?;
+    Ok(super::Page::keyset(rows, total, count, |r| r.id.as_str()))
+}
+
 /// Events `from..=to` of a subscription, in order, at most `limit`.
 pub fn events(
     conn: &mut DbConn,

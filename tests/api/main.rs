@@ -21,6 +21,7 @@ mod postgres;
 mod replicas;
 mod resources;
 mod robustness;
+mod searching;
 mod tls;
 mod validation;
 mod versioning;

@@ -7,8 +7,6 @@ use crate::fhir::{flag, organization, patient};
 struct FlagQuery {
     patient: Option<NhsNumber>,
     filter: FlagFilter,
-    dates: Vec<DateParam>,
-    updated: Vec<InstantParam>,
     include_author: bool,
     include_patient: bool,
     count: usize,
@@ -30,7 +28,7 @@ fn flag_query(p: &Params, state: &AppState) -> Result<FlagQuery, ApiError> {
     for v in p.all("status").iter().flat_map(|v| v.split(',')) {
         let s = FlagStatus::parse(v)
             .ok_or_else(|| invalid("status", format!("status '{v}' is not a Flag status")))?;
-        filter.statuses.push(s.as_str().to_owned());
+        filter.statuses.push(s);
     }
     for v in p.all("code").iter().flat_map(|v| v.split(',')) {
         match token(v) {
@@ -58,16 +56,14 @@ fn flag_query(p: &Params, state: &AppState) -> Result<FlagQuery, ApiError> {
         .flat_map(|v| v.split(','))
         .map(str::to_owned)
         .collect();
-    let dates = p
-        .all("date")
-        .into_iter()
-        .map(|v| date_param("date", v))
-        .collect::<Result<_, _>>()?;
-    let updated = p
-        .all("_lastUpdated")
-        .into_iter()
-        .map(|v| instant_param("_lastUpdated", v))
-        .collect::<Result<_, _>>()?;
+    for v in p.all("date") {
+        filter.dates.extend(date_param("date", v)?.flag_dates());
+    }
+    for v in p.all("_lastUpdated") {
+        filter
+            .dates
+            .extend(instant_param("_lastUpdated", v)?.flag_dates());
+    }
     let mut include_author = false;
     let mut include_patient = false;
     for v in p.all("_include") {
@@ -93,8 +89,6 @@ fn flag_query(p: &Params, state: &AppState) -> Result<FlagQuery, ApiError> {
     Ok(FlagQuery {
         patient,
         filter,
-        dates,
-        updated,
         include_author,
         include_patient,
         count: p.count(DEFAULT_PAGE, state.settings.max_page_size)?,
@@ -135,18 +129,8 @@ fn run_flag_search(
             }
         }
     }
-    let rows = flags::search(conn, &q.filter)?;
-    let rows: Vec<FlagRow> = rows
-        .into_iter()
-        .filter(|f| {
-            let start = full_date(&f.period_start).unwrap_or_default();
-            let end = f.period_end.as_deref().and_then(full_date);
-            q.dates.iter().all(|d| d.matches_period(start, end))
-                && q.updated.iter().all(|u| u.matches(f.updated_at))
-        })
-        .collect();
-    let total = rows.len();
-    let (flags, next) = page(rows, |f| f.id.as_str(), q.cursor.as_deref(), q.count);
+    let found = flags::search(conn, &q.filter, q.cursor.as_deref(), q.count)?;
+    let (flags, total, next) = (found.rows, found.total, found.next);
     let mut ods: Vec<String> = flags.iter().map(|f| f.la_ods.clone()).collect();
     ods.sort();
     ods.dedup();

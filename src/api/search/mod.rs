@@ -16,11 +16,10 @@ use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
 use crate::auth::Caller;
 use crate::domain::{FlagStatus, PlanType, ODS_ORG_SYSTEM, SNOMED_SYSTEM};
 use crate::error::ApiError;
-use crate::fhir::bundle::{page, Entry, SearchSet};
-use crate::fhir::full_date;
+use crate::fhir::bundle::{Entry, SearchSet};
 use crate::fhir::search::{
     date_param, instant_param, invalid, lenient, nhs_identifier, nhs_reference, pairs, token,
-    DateParam, InstantParam, Params,
+    Params,
 };
 use crate::nhs_number::NhsNumber;
 use crate::records::policy::{decide, Action, Scope};
@@ -28,8 +27,8 @@ use crate::state::AppState;
 use crate::store::audit::{self as audit_store, AuditRow};
 use crate::store::councils::{self, CouncilRow};
 use crate::store::flags::{self, FlagFilter, FlagRow};
-use crate::store::patients::{self, PatientRow};
-use crate::store::DbConn;
+use crate::store::patients::{self, PatientFilter, PatientRow};
+use crate::store::{DbConn, Page};
 
 pub mod audit_event;
 pub mod flag;
@@ -88,27 +87,26 @@ fn patient_hint(raw: &Result<Vec<(String, String)>, ApiError>, names: &[&str]) -
         })
 }
 
-/// A searchset of `rows` (in a stable order, keyed by `key`): the page of `count` after the
-/// cursor, with `total` and paging links. `links` is (query used, cursor, count).
+/// A searchset of one page of `rows` (keyed by `key`), with `total` and paging links. `links`
+/// is (query used, cursor).
 fn paged_bundle<T>(
     base: &str,
     resource_type: &'static str,
-    links: (String, Option<String>, usize),
-    rows: Vec<T>,
+    links: (String, Option<String>),
+    found: Page<T>,
     key: impl Fn(&T) -> &str,
     render: impl Fn(&T) -> serde_json::Value,
 ) -> serde_json::Value {
-    let (query, cursor, count) = links;
-    let total = rows.len();
-    let (rows, next) = page(rows, &key, cursor.as_deref(), count);
+    let (query, cursor) = links;
     SearchSet {
         base,
         path: resource_type,
         query,
         cursor,
-        next_cursor: next,
-        total: Some(total),
-        entries: rows
+        next_cursor: found.next,
+        total: Some(found.total),
+        entries: found
+            .rows
             .iter()
             .map(|r| Entry {
                 resource_type,
@@ -125,7 +123,6 @@ fn paged_bundle<T>(
 struct Ran<T> {
     rows: T,
     used: String,
-    count: usize,
     cursor: Option<String>,
 }
 
@@ -159,9 +156,8 @@ where
     let prepared = raw.and_then(|raw| {
         let params = Params::new(raw, params::accepted(resource_type), lenient)?;
         let used = params.query_string(true);
-        let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
         let cursor = params.cursor()?;
-        Ok((prepare(params, state)?, used, count, cursor))
+        Ok((prepare(params, state)?, used, cursor))
     });
     let since = visible_since(state);
     let st = state.clone();
@@ -172,17 +168,9 @@ where
         listable: resource_type != "AuditEvent",
     };
     disclose(state.trail(), ctx, what, hint, move |conn, ctx| {
-        let (query, used, count, cursor) = prepared?;
+        let (query, used, cursor) = prepared?;
         let (rows, d) = run(conn, &ctx.caller, query, &st, since)?;
-        Ok((
-            Ran {
-                rows,
-                used,
-                count,
-                cursor,
-            },
-            d,
-        ))
+        Ok((Ran { rows, used, cursor }, d))
     })
     .await
 }

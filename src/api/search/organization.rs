@@ -57,8 +57,8 @@ pub async fn search_organizations(
     let bundle = paged_bundle(
         &state.settings.base_url,
         "Organization",
-        (params.query_string(true), cursor, count),
-        rows,
+        (params.query_string(true), cursor.clone()),
+        Page::of(rows, |c| c.ods_code.as_str(), cursor.as_deref(), count),
         |c| c.ods_code.as_str(),
         organization::render,
     );

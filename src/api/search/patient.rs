@@ -6,13 +6,31 @@ use crate::fhir::patient;
 
 const NAME_PARAMS: &[&str] = &["family", "given", "name", "birthdate"];
 
+fn patient_filter(p: &Params) -> Result<PatientFilter, ApiError> {
+    let owned = |name: &str| p.all(name).into_iter().map(str::to_owned).collect();
+    let mut f = PatientFilter {
+        family: owned("family"),
+        given: owned("given"),
+        name: owned("name"),
+        ..PatientFilter::default()
+    };
+    for v in p.all("birthdate") {
+        let (from, to) = date_param("birthdate", v)?.days();
+        f.born_from
+            .extend(from.map(|d| d.format("%Y-%m-%d").to_string()));
+        f.born_to
+            .extend(to.map(|d| d.format("%Y-%m-%d").to_string()));
+    }
+    Ok(f)
+}
+
 fn run_patient_search(
     conn: &mut DbConn,
     caller: &Caller,
     p: &Params,
     state: &AppState,
     visible_since: String,
-) -> Result<(Vec<PatientRow>, Disclosure), ApiError> {
+) -> Result<(Page<PatientRow>, Disclosure), ApiError> {
     let allow_test = state.settings.allow_test_nhs_numbers;
     let nhs = one_patient(p, &["identifier"], &["_id"], allow_test)?;
     let by_name = p.has_any(NAME_PARAMS);
@@ -21,65 +39,48 @@ fn run_patient_search(
     } else {
         decide(caller, Action::SearchRecords)?
     };
-    let candidates: Vec<PatientRow> =
+    let filter = patient_filter(p)?;
+    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+    let cursor = p.cursor()?;
+    let one = |row: Option<PatientRow>| {
+        let rows = row.into_iter().filter(|r| filter.matches(r)).collect();
+        Page::of(rows, |r| r.nhs_number.as_str(), cursor.as_deref(), count)
+    };
+    let found =
         match (&nhs, &scope) {
-            (Some(n), Scope::OwnCouncil(own)) => match patients::get(conn, n.as_str())? {
+            (Some(n), Scope::OwnCouncil(own)) => one(match patients::get(conn, n.as_str())? {
                 Some(row)
                     if row.created_by == own.as_str()
                         || patients::council_holds_flag(conn, n.as_str(), own.as_str())? =>
                 {
-                    vec![row]
+                    Some(row)
                 }
-                _ => Vec::new(),
-            },
-            (None, Scope::OwnCouncil(own)) if by_name => patients::of_council(conn, own.as_str())?,
+                _ => None,
+            }),
+            (None, Scope::OwnCouncil(own)) if by_name => {
+                patients::search_of_council(conn, own.as_str(), &filter, cursor.as_deref(), count)?
+            }
             (None, _) => return Err(ApiError::Forbidden(
                 "search Patients by NHS number (identifier=https://fhir.nhs.uk/Id/nhs-number|…)"
                     .into(),
             )),
             (Some(n), Scope::ClinicianVisible) => {
                 if flags::has_visible(conn, n.as_str(), &visible_since)? {
-                    patients::get(conn, n.as_str())?.into_iter().collect()
+                    one(patients::get(conn, n.as_str())?)
                 } else {
-                    Vec::new()
+                    one(None)
                 }
             }
-            (Some(n), _) => patients::get(conn, n.as_str())?.into_iter().collect(),
+            (Some(n), _) => one(patients::get(conn, n.as_str())?),
         };
-    let lower = |s: &str| s.to_lowercase();
-    let family = p.all("family");
-    let given = p.all("given");
-    let name = p.all("name");
-    let births = p
-        .all("birthdate")
-        .into_iter()
-        .map(|v| date_param("birthdate", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows: Vec<PatientRow> = candidates
-        .into_iter()
-        .filter(|r| {
-            let givens: Vec<String> = r.given.iter().map(|g| lower(g)).collect();
-            let fam = lower(&r.family);
-            let birth = full_date(&r.birth_date).unwrap_or_default();
-            family.iter().all(|f| fam.starts_with(&lower(f)))
-                && given
-                    .iter()
-                    .all(|g| givens.iter().any(|x| x.starts_with(&lower(g))))
-                && name.iter().all(|n| {
-                    let n = lower(n);
-                    fam.starts_with(&n) || givens.iter().any(|x| x.starts_with(&n))
-                })
-                && births.iter().all(|b| b.matches_period(birth, Some(birth)))
-        })
-        .collect();
     let mut disclosure = Disclosure::about(nhs.map(|n| n.as_str().to_owned()));
-    for r in &rows {
+    for r in &found.rows {
         disclosure.reference(format!("Patient/{}/_history/{}", r.nhs_number, r.version));
     }
-    if disclosure.patient.is_none() && rows.len() == 1 {
-        disclosure.patient = rows.first().map(|r| r.nhs_number.clone());
+    if disclosure.patient.is_none() && found.rows.len() == 1 {
+        disclosure.patient = found.rows.first().map(|r| r.nhs_number.clone());
     }
-    Ok((rows, disclosure))
+    Ok((found, disclosure))
 }
 
 /// GET and `POST …/_search`.
@@ -103,7 +104,7 @@ pub async fn search_patients(
     let bundle = paged_bundle(
         &state.settings.base_url,
         "Patient",
-        (ran.used, ran.cursor, ran.count),
+        (ran.used, ran.cursor),
         ran.rows,
         |r| r.nhs_number.as_str(),
         patient::render,

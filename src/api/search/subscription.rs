@@ -1,6 +1,7 @@
 //! `GET /Subscription?…`: a council's own subscriptions; administrators see all.
 
 use super::*;
+use crate::domain::SubscriptionStatus;
 
 pub async fn search_subscriptions(
     req: HttpRequest,
@@ -14,39 +15,50 @@ pub async fn search_subscriptions(
         params::accepted("Subscription"),
         lenient(&req),
     )?;
-    let statuses: Vec<String> = params
-        .all("status")
+    let split = |name: &str| -> Vec<String> {
+        params
+            .all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::to_owned)
+            .collect()
+    };
+    let statuses = split("status")
         .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::to_owned)
-        .collect();
-    let ids: Vec<String> = params
-        .all("_id")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::to_owned)
-        .collect();
+        .map(|v| {
+            SubscriptionStatus::parse(v).ok_or_else(|| {
+                invalid(
+                    "status",
+                    format!("status '{v}' is not a Subscription status"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = split("_id");
     let count = params.count(DEFAULT_PAGE, state.settings.max_page_size)?;
     let cursor = params.cursor()?;
     let council = decide(&caller, Action::ManageSubscriptions)?
         .council()
         .map(|own| own.as_str().to_owned());
-    let rows = state
+    let after = cursor.clone();
+    let found = state
         .store
         .read(move |conn| {
-            Ok::<_, ApiError>(crate::store::subscriptions::list(conn, council.as_deref())?)
+            Ok::<_, ApiError>(crate::store::subscriptions::search(
+                conn,
+                council.as_deref(),
+                &statuses,
+                &ids,
+                after.as_deref(),
+                count,
+            )?)
         })
         .await?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| statuses.is_empty() || statuses.iter().any(|s| s == r.status.as_str()))
-        .filter(|r| ids.is_empty() || ids.contains(&r.id))
-        .collect();
     let bundle = paged_bundle(
         &state.settings.base_url,
         "Subscription",
-        (params.query_string(true), cursor, count),
-        rows,
+        (params.query_string(true), cursor),
+        found,
         |r| r.id.as_str(),
         crate::fhir::subscription::render,
     );
