@@ -11,7 +11,8 @@ use crate::auth::Caller;
 use crate::domain::SubscriptionStatus;
 use crate::error::ApiError;
 use crate::fhir::codec;
-use crate::fhir::subscription::{self as fhir_sub, EndpointRule, SubscriptionInput};
+use crate::fhir::subscription::{self as fhir_sub, SubscriptionInput};
+use crate::notify::endpoint::{self, EndpointRule};
 use crate::records::policy::{decide, Action, Scope};
 use crate::state::AppState;
 use crate::store::columns::JsonList;
@@ -65,15 +66,11 @@ pub async fn submitted(
         return Err(ApiError::Unprocessable(controls));
     }
     // The CP-IS rules first: they name every element at fault at once.
-    let input = fhir_sub::parse(&value, endpoint_rule(state)).map_err(ApiError::Unprocessable)?;
+    let rule = EndpointRule::of(&state.settings);
+    let input =
+        fhir_sub::parse(&value, &|e| endpoint::check(e, rule)).map_err(ApiError::Unprocessable)?;
     codec::check_json(&value).map_err(|i| ApiError::Invalid(vec![i]))?;
     Ok((value, input))
-}
-
-pub fn endpoint_rule(state: &AppState) -> EndpointRule {
-    EndpointRule {
-        allow_loopback: state.settings.notify_allow_loopback,
-    }
 }
 
 fn headers_json(input: &SubscriptionInput) -> JsonList {

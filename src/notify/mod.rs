@@ -20,6 +20,7 @@
 //! access ([`Wake`]; accesses gather for 20 ms so a busy server posts in batches), otherwise
 //! every `interval` (retries and heartbeats).
 
+pub mod endpoint;
 pub mod signature;
 
 use std::sync::Arc;
@@ -104,6 +105,7 @@ pub struct Notifier {
     clock: Clock,
     base_url: String,
     policy: Policy,
+    endpoints: endpoint::EndpointRule,
     /// This worker's lease owner id: unique per process and start.
     owner: String,
     pub wake: Wake,
@@ -119,6 +121,7 @@ impl Notifier {
             clock,
             base_url: settings.base_url.clone(),
             policy: Policy::of(settings),
+            endpoints: endpoint::EndpointRule::of(settings),
             owner: uuid::Uuid::new_v4().to_string(),
             wake: Wake::default(),
             heartbeat: crate::tasks::Heartbeat::default(),
@@ -266,6 +269,9 @@ impl Notifier {
         row: &subscriptions::SubscriptionRow,
         body: &serde_json::Value,
     ) -> Result<(), String> {
+        // Stored under the rule of its day; posted only where today's allows.
+        endpoint::check(&row.endpoint, self.endpoints)
+            .map_err(|why| format!("the endpoint is not allowed: {why}"))?;
         let bytes = serde_json::to_vec(body).map_err(|e| format!("cannot render: {e}"))?;
         let signature =
             signature::sign(&row.secret, &bytes).map_err(|e| format!("cannot sign: {e}"))?;

@@ -984,3 +984,33 @@ async fn a_subscription_round_trips_in_xml() {
         "AuditEvent?council=LA901"
     );
 }
+
+#[actix_rt::test]
+async fn a_stored_endpoint_that_the_current_rules_forbid_is_never_posted_to_and_the_failure_is_shown(
+) {
+    let (app, hook, id, _) = subscribed().await;
+    // As a subscription stored under a looser configuration (or edited in the database)
+    // looks: plain http to an address that is not this machine's allowed one.
+    let moved = hook.url.replace("127.0.0.1", "127.0.0.2");
+    app.tamper(
+        &format!("UPDATE subscriptions SET endpoint = '{moved}'"),
+        &format!("UPDATE subscriptions SET endpoint = '{moved}'"),
+    );
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    let report = app.deliver().await;
+    assert_eq!((report.failed, report.delivered), (1, 0), "{report:?}");
+    assert!(
+        hook.of_kind("event-notification").is_empty(),
+        "nothing was posted"
+    );
+    let s = subscription(&app, LA_A, &id).await;
+    let error = app
+        .get(&format!("/Subscription/{id}/$status"), &app.council(LA_A))
+        .await
+        .json();
+    assert_eq!(s["status"], "active", "one failure is not yet error");
+    assert!(error.to_string().contains("not allowed"), "{error}");
+}

@@ -1,37 +1,12 @@
-//! Subscription (FHIR R4 §2.46.0 Subscription, in the form of the Subscriptions R5 Backport IG
-//! for R4) and the notification payloads: the `history` Bundle whose first entry is the
-//! backport `SubscriptionStatus` Parameters (handshake, heartbeat, event-notification, and the
-//! `$status` / `$events` answers).
-//!
-//! One topic: every unscheduled access that disclosed one of a council's records (DOMAIN.md
-//! "Notification to the council", the national service's Access to Service Notification). The
-//! payload is `id-only` or `empty`: a notification names the AuditEvent, and the council fetches
-//! it with its own token, so no child data travels in a webhook.
+//! A submitted Subscription read and checked (the backport IG's extensions, the channel,
+//! the council's filter, the headers it may set); every problem is reported together.
 
+use serde_json::Value;
+
+use super::*;
 use crate::domain::SubscriptionStatus;
-use serde_json::{json, Map, Value};
-
 use crate::error::Issue;
-use crate::fhir::{instant, profile::parse_instant};
-use crate::store::subscriptions::{EventRow, SubscriptionRow};
-
-pub const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
-pub const TOPIC: &str =
-    "https://cpis-fhir.example.org/fhir/SubscriptionTopic/cpis-access-notification";
-/// The channel extension through which a council may give its own signing secret.
-pub const SECRET_EXTENSION: &str =
-    "https://cpis-fhir.example.org/fhir/StructureDefinition/subscription-signing-secret";
-/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
-pub const SIGNATURE_HEADER: &str = "X-CPIS-Signature";
-
-const FILTER_EXT: &str = "backport-filter-criteria";
-const HEARTBEAT_EXT: &str = "backport-heartbeat-period";
-const TIMEOUT_EXT: &str = "backport-timeout";
-const MAX_COUNT_EXT: &str = "backport-max-count";
-const CONTENT_EXT: &str = "backport-payload-content";
-
-pub const DEFAULT_TIMEOUT_SECS: i64 = 10;
-pub const DEFAULT_MAX_COUNT: i64 = 20;
+use crate::fhir::profile::parse_instant;
 
 /// What a council asked for, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +24,6 @@ pub struct SubscriptionInput {
     pub timeout_secs: i64,
     pub max_count: i64,
     pub secret: Option<String>,
-}
-
-/// Where an endpoint may point.
-#[derive(Debug, Clone, Copy)]
-pub struct EndpointRule {
-    /// Plain `http` to this machine (development and tests).
-    pub allow_loopback: bool,
 }
 
 fn ext<'a>(holder: &'a Value, name: &str) -> Vec<&'a Value> {
@@ -97,44 +65,6 @@ fn check_header(h: &str) -> Result<(), String> {
         return Err(format!("the value of {name} holds control characters"));
     }
     Ok(())
-}
-
-/// Whether `endpoint` is somewhere a notification may go: `https`, or `http` to a loopback
-/// address when the rule allows it.
-pub fn check_endpoint(endpoint: &str, rule: EndpointRule) -> Result<(), String> {
-    let (scheme, rest) = endpoint
-        .split_once("://")
-        .ok_or_else(|| format!("'{endpoint}' is not an absolute URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.rsplit_once('@') {
-        Some(_) => return Err("the endpoint may not carry credentials; use channel.header".into()),
-        None => authority,
-    };
-    let host = if host.starts_with('[') {
-        host.split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or_default()
-    } else {
-        host.split(':').next().unwrap_or_default().to_owned()
-    };
-    if host.is_empty() || host == "[]" {
-        return Err(format!("'{endpoint}' names no host"));
-    }
-    match scheme.to_ascii_lowercase().as_str() {
-        "https" => Ok(()),
-        "http"
-            if rule.allow_loopback
-                && ["127.0.0.1", "[::1]", "localhost"].contains(&host.as_str()) =>
-        {
-            Ok(())
-        }
-        "http" if rule.allow_loopback => Err(
-            "plain http is allowed only to this machine (127.0.0.1, [::1], localhost); use https"
-                .into(),
-        ),
-        _ => Err("the endpoint must be an https URL".into()),
-    }
 }
 
 /// The elements a Subscription may carry here; anything else is refused, as for every other
@@ -188,8 +118,12 @@ fn unsigned(
     }
 }
 
-/// Parses a submitted Subscription; every problem is reported together.
-pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Issue>> {
+/// Parses a submitted Subscription; every problem is reported together. `endpoint_allowed` is
+/// the notifier's rule for where a notification may go (`notify::endpoint`).
+pub fn parse(
+    v: &Value,
+    endpoint_allowed: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<SubscriptionInput, Vec<Issue>> {
     let mut issues = Vec::new();
     if let Some(obj) = v.as_object() {
         for k in obj.keys().filter(|k| !ELEMENTS.contains(&k.as_str())) {
@@ -336,7 +270,7 @@ pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Iss
     }
     let endpoint = match channel["endpoint"].as_str() {
         Some(e) => {
-            if let Err(why) = check_endpoint(e, rule) {
+            if let Err(why) = endpoint_allowed(e) {
                 issues.push(Issue::new("value", "Subscription.channel.endpoint", why));
             }
             e.to_owned()
@@ -488,162 +422,5 @@ pub fn parse(v: &Value, rule: EndpointRule) -> Result<SubscriptionInput, Vec<Iss
         timeout_secs,
         max_count,
         secret,
-    })
-}
-
-fn backport_ext(name: &str, key: &str, value: Value) -> Value {
-    let mut m = Map::new();
-    m.insert("url".into(), json!(format!("{BACKPORT}/{name}")));
-    m.insert(key.into(), value);
-    Value::Object(m)
-}
-
-/// The Subscription as a council reads it: never the headers' values nor the secret.
-pub fn render(row: &SubscriptionRow) -> Value {
-    let mut channel_ext = Vec::new();
-    if let Some(h) = row.heartbeat_secs {
-        channel_ext.push(backport_ext(HEARTBEAT_EXT, "valueUnsignedInt", json!(h)));
-    }
-    channel_ext.push(backport_ext(
-        TIMEOUT_EXT,
-        "valueUnsignedInt",
-        json!(row.timeout_secs),
-    ));
-    channel_ext.push(backport_ext(
-        MAX_COUNT_EXT,
-        "valuePositiveInt",
-        json!(row.max_count),
-    ));
-    let mut r = json!({
-        "resourceType": "Subscription",
-        "id": row.id,
-        "meta": {
-            "versionId": row.version.to_string(),
-            "lastUpdated": instant(row.updated_at),
-            "profile": [format!("{BACKPORT}/backport-subscription")],
-        },
-        "status": row.status.as_str(),
-        "reason": row.reason,
-        "criteria": TOPIC,
-        "_criteria": { "extension": [backport_ext(FILTER_EXT, "valueString", json!(format!("AuditEvent?council={}", row.council)))] },
-        "channel": {
-            "extension": channel_ext,
-            "type": "rest-hook",
-            "endpoint": row.endpoint,
-            "payload": "application/fhir+json",
-            "_payload": { "extension": [backport_ext(CONTENT_EXT, "valueCode", json!(row.content))] },
-        },
-    });
-    if let Some(e) = row.end_at {
-        r["end"] = json!(instant(e));
-    }
-    if let Some(e) = &row.error {
-        r["error"] = json!(e);
-    }
-    r
-}
-
-/// The create response: the rendered Subscription plus the signing secret, shown this once.
-pub fn render_with_secret(row: &SubscriptionRow) -> Value {
-    let mut r = render(row);
-    if let Some(exts) = r["channel"]["extension"].as_array_mut() {
-        exts.push(json!({ "url": SECRET_EXTENSION, "valueString": row.secret }));
-    }
-    r
-}
-
-/// The kind of a SubscriptionStatus (FHIR `subscription-notification-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Handshake,
-    Heartbeat,
-    EventNotification,
-    QueryStatus,
-    QueryEvent,
-}
-
-impl Kind {
-    pub fn code(self) -> &'static str {
-        match self {
-            Kind::Handshake => "handshake",
-            Kind::Heartbeat => "heartbeat",
-            Kind::EventNotification => "event-notification",
-            Kind::QueryStatus => "query-status",
-            Kind::QueryEvent => "query-event",
-        }
-    }
-}
-
-/// The backport SubscriptionStatus Parameters for `row`, listing `events` with `content`.
-pub fn status(
-    base: &str,
-    row: &SubscriptionRow,
-    kind: Kind,
-    events: &[EventRow],
-    content: &str,
-) -> Value {
-    let mut params = vec![
-        json!({ "name": "subscription", "valueReference": { "reference": format!("{base}/Subscription/{}", row.id) } }),
-        json!({ "name": "topic", "valueCanonical": TOPIC }),
-        json!({ "name": "status", "valueCode": row.status.as_str() }),
-        json!({ "name": "type", "valueCode": kind.code() }),
-        json!({ "name": "events-since-subscription-start", "valueString": row.event_count.to_string() }),
-    ];
-    for e in events {
-        let mut parts = vec![
-            json!({ "name": "event-number", "valueString": e.event_number.to_string() }),
-            json!({ "name": "timestamp", "valueInstant": instant(e.recorded) }),
-        ];
-        if content == "id-only" {
-            parts.push(json!({ "name": "focus", "valueReference": { "reference": format!("{base}/AuditEvent/{}", e.audit_event_id) } }));
-        }
-        params.push(json!({ "name": "notification-event", "part": parts }));
-    }
-    if let Some(err) = &row.error {
-        params.push(json!({ "name": "error", "valueCodeableConcept": { "text": err } }));
-    }
-    json!({
-        "resourceType": "Parameters",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": { "profile": [format!("{BACKPORT}/backport-subscription-status-r4")] },
-        "parameter": params,
-    })
-}
-
-/// A notification (or `$events` answer): a `history` Bundle, the SubscriptionStatus first, then
-/// for `id-only` one entry per AuditEvent with its URL only. `content` is the subscription's,
-/// or what a `$events` caller asked for.
-pub fn notification(
-    base: &str,
-    row: &SubscriptionRow,
-    kind: Kind,
-    events: &[EventRow],
-    content: &str,
-    now: i64,
-) -> Value {
-    let status = status(base, row, kind, events, content);
-    let status_id = status["id"].as_str().unwrap_or_default().to_owned();
-    let mut entries = vec![json!({
-        "fullUrl": format!("urn:uuid:{status_id}"),
-        "resource": status,
-        "request": { "method": "GET", "url": format!("{base}/Subscription/{}/$status", row.id) },
-        "response": { "status": "200" },
-    })];
-    if content == "id-only" {
-        for e in events {
-            entries.push(json!({
-                "fullUrl": format!("{base}/AuditEvent/{}", e.audit_event_id),
-                "request": { "method": "GET", "url": format!("{base}/AuditEvent/{}", e.audit_event_id) },
-                "response": { "status": "200" },
-            }));
-        }
-    }
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": { "profile": [format!("{BACKPORT}/backport-subscription-notification-r4")] },
-        "type": "history",
-        "timestamp": instant(now),
-        "entry": entries,
     })
 }
