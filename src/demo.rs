@@ -6,13 +6,11 @@ pub mod banner;
 
 use chrono::{Duration, NaiveDate};
 
-use crate::domain::{FlagStatus, PlanType};
+use crate::domain::PlanType;
 use crate::error::ApiError;
 use crate::nhs_number::NhsNumber;
-use crate::store::councils::{self, CouncilRow};
-use crate::store::flags::{self, FlagRow};
-use crate::store::patients::{self, PatientRow};
-use crate::store::{micros, DbConn, Store};
+use crate::records::fixture::{plan_system, Council, Fixtures, Person, Plan};
+use crate::store::{councils, flags, micros, DbConn, Store};
 
 /// Councils: ODS code, name, office-hours phone, emergency-duty phone (Ofcom drama numbers).
 pub const COUNCILS: &[(&str, &str, &str, &str)] = &[
@@ -110,66 +108,37 @@ pub fn load(
 }
 
 fn insert_all(conn: &mut DbConn, now: chrono::DateTime<chrono::Utc>) -> Result<(), ApiError> {
-    let at = micros(now);
     let today = now.date_naive();
+    let mut seed = Fixtures::new(conn, micros(now));
     for (ods, name, office, edt) in COUNCILS {
-        councils::insert(
-            conn,
-            &CouncilRow {
-                ods_code: (*ods).into(),
-                name: (*name).into(),
-                office_phone: (*office).into(),
-                emergency_phone: (*edt).into(),
-                active: true,
-                version: 1,
-                updated_at: at,
-            },
-        )?;
+        seed.council(&Council {
+            ods,
+            name,
+            office_phone: office,
+            emergency_phone: edt,
+        })?;
     }
     for p in PEOPLE {
         let nhs = NhsNumber::test_number(p.index);
-        patients::insert(
-            conn,
-            &PatientRow {
-                nhs_number: nhs.as_str().into(),
-                family: p.family.into(),
-                given: crate::store::columns::JsonList(vec![p.given.to_owned()]),
-                birth_date: p.birth.into(),
-                address_lines: None,
-                address_city: None,
-                address_district: None,
-                address_postal_code: None,
-                created_by: p.plans[0].0.into(),
-                version: 1,
-                updated_at: at,
-            },
-        )?;
+        let birth_date = NaiveDate::parse_from_str(p.birth, "%Y-%m-%d")
+            .map_err(|e| ApiError::Internal(format!("demo birth date {}: {e}", p.birth)))?;
+        seed.person(&Person {
+            nhs_number: nhs.as_str(),
+            family: p.family,
+            given: &[p.given],
+            birth_date,
+            council: p.plans[0].0,
+        })?;
         for (i, (ods, plan, since_start, since_end)) in p.plans.iter().enumerate() {
             let day = |d: i64| -> NaiveDate { today - Duration::days(d) };
-            let status = if since_end.is_some() {
-                FlagStatus::Inactive
-            } else {
-                FlagStatus::Active
-            };
-            flags::insert(
-                conn,
-                &FlagRow {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    nhs_number: nhs.as_str().into(),
-                    la_ods: (*ods).into(),
-                    local_ref_system: format!(
-                        "https://{}.example.org/Id/plan",
-                        ods.to_ascii_lowercase()
-                    ),
-                    local_ref_value: format!("PLAN-{}-{}", p.index, i + 1),
-                    plan_type: plan.snomed().into(),
-                    status,
-                    period_start: day(*since_start).to_string(),
-                    period_end: since_end.map(|d| day(d).to_string()),
-                    version: 1,
-                    updated_at: at,
-                },
-            )?;
+            seed.plan(&Plan {
+                nhs_number: nhs.as_str(),
+                council: ods,
+                plan: *plan,
+                start: day(*since_start),
+                end: since_end.map(day),
+                reference: &format!("PLAN-{}-{}", p.index, i + 1),
+            })?;
         }
     }
     Ok(())
@@ -180,7 +149,7 @@ fn records(conn: &mut DbConn) -> Result<Vec<DemoRecord>, ApiError> {
     for p in PEOPLE {
         let nhs = NhsNumber::test_number(p.index);
         for (i, (ods, plan, _, end)) in p.plans.iter().enumerate() {
-            let system = format!("https://{}.example.org/Id/plan", ods.to_ascii_lowercase());
+            let system = plan_system(ods);
             let value = format!("PLAN-{}-{}", p.index, i + 1);
             if let Some(f) = flags::find_by_identifier(conn, ods, &system, &value)? {
                 out.push(DemoRecord {

@@ -7,6 +7,7 @@
 //! nothing of HTTP. Its errors are [`RecordError`], which `api` turns into OperationOutcomes in
 //! one `From`.
 
+pub mod fixture;
 pub mod lifecycle;
 pub mod policy;
 pub mod rules;
