@@ -198,6 +198,11 @@ pub enum ApiError {
     /// The service cannot safely answer now (for example the audit trail cannot be written).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The work lost a conflict with a concurrent transaction (a deadlock or serialisation
+    /// failure on PostgreSQL) and was rolled back: it may be run again as it was. Answered
+    /// like [`ApiError::Unavailable`] when it still loses after the writer's retries.
+    #[error("contended: {0}")]
+    Contended(String),
     /// Too much work is in flight to take this request now; it may be retried (`Retry-After`).
     #[error("busy: {0}")]
     Busy(String),
@@ -289,7 +294,7 @@ impl ApiError {
             ),
             UriTooLong(_) => (StatusCode::URI_TOO_LONG, "too-long", None),
             Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", None),
-            Unavailable(_) => (
+            Unavailable(_) | Contended(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "transient",
                 Some(("SERVICE_UNAVAILABLE", "Service unavailable")),
@@ -313,7 +318,7 @@ impl ApiError {
         match self {
             Invalid(v) | Unprocessable(v) => v.clone(),
             Internal(_) => vec![Issue::general(code, "An internal error occurred; quote the request id to the service desk.")],
-            Unavailable(_) => vec![Issue::general(code, "The service cannot process this request safely just now; nothing was disclosed or stored. Retry shortly, quoting the request id if it persists.")],
+            Unavailable(_) | Contended(_) => vec![Issue::general(code, "The service cannot process this request safely just now; nothing was disclosed or stored. Retry shortly, quoting the request id if it persists.")],
             InvalidSearch(text) | PreconditionHeader(text)
             | Unauthenticated(text) | Forbidden(text) | NotFound(text) | MethodNotAllowed(text)
             | NotAcceptable(text) | Conflict(text) | VersionConflict(text) | PayloadTooLarge(text)
@@ -438,7 +443,10 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthenticated(_)) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"cpis-fhir\""));
         }
-        if matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_)) {
+        if matches!(
+            self,
+            ApiError::Busy(_) | ApiError::Unavailable(_) | ApiError::Contended(_)
+        ) {
             res.insert_header((header::RETRY_AFTER, "5"));
         }
         if let ApiError::Throttled(_, secs) = self {

@@ -27,6 +27,7 @@ pub struct Metrics {
     http_seconds: HistogramVec,
     writer_batch_jobs: Histogram,
     writer_commit_seconds: Histogram,
+    writer_conflicts: IntCounterVec,
     disclosures: IntCounterVec,
     refusals: IntCounterVec,
     notifications: IntCounterVec,
@@ -124,6 +125,12 @@ impl Metrics {
                 "Time the writer's COMMIT took (the durable flush).",
                 SECONDS_BUCKETS,
             )?,
+            writer_conflicts: counter(
+                &r,
+                "writer_conflict_retries_total",
+                "Writes run again after losing a conflict with a concurrent transaction (a PostgreSQL deadlock or serialisation failure).",
+                &[],
+            )?,
             disclosures: counter(
                 &r,
                 "audited_disclosures_total",
@@ -211,6 +218,13 @@ pub fn writer_batch(jobs: usize, commit: Duration) {
     if let Some(m) = get() {
         m.writer_batch_jobs.observe(jobs as f64);
         m.writer_commit_seconds.observe(commit.as_secs_f64());
+    }
+}
+
+/// A write run again after it lost a conflict.
+pub fn writer_conflict() {
+    if let Some(m) = get() {
+        m.writer_conflicts.with_label_values(&[] as &[&str]).inc();
     }
 }
 

@@ -13,39 +13,61 @@ use crate::middleware::envelope;
 use crate::state::{AppState, Clock};
 use crate::store::Store;
 
+/// Why the server cannot start (each says what to fix; `main` prints it and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the FHIR profiles cannot be loaded: {0}")]
+    Profiles(String),
+    /// No usable token verification key (a missing or unreadable key file or JWKS).
+    #[error("{0}")]
+    Keys(String),
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> Self {
+        e.to_string()
+    }
+}
+
 /// Opens the store, loads the profiles and the trusted keys. Refuses to start without keys
 /// unless in dev mode.
-pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, String> {
-    let profiles = Profiles::load()?;
+pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, StartError> {
+    let profiles = Profiles::load().map_err(StartError::Profiles)?;
     let verifier = Verifier::new(
         settings.auth.leeway_secs,
         settings.auth.max_token_lifetime_secs,
     );
     let dev_key = if settings.dev {
         Some((
-            dev::ensure_key(&settings.data_dir)?,
+            dev::ensure_key(&settings.data_dir).map_err(StartError::Keys)?,
             settings.auth.audiences.clone(),
         ))
     } else {
         None
     };
     let trust =
-        crate::auth::jwks::Trust::load(&settings.auth.issuers, dev_key, settings.auth.leeway_secs)?;
-    let keys = trust.key_set()?;
+        crate::auth::jwks::Trust::load(&settings.auth.issuers, dev_key, settings.auth.leeway_secs)
+            .map_err(StartError::Keys)?;
+    let keys = trust.key_set().map_err(StartError::Keys)?;
     if keys.is_empty() && !trust.fetches() {
-        return Err(
+        return Err(StartError::Keys(
             "no token verification key is configured: set auth.public_key_file and auth.issuer \
              (CPIS_AUTH_PUBLIC_KEY_FILE, CPIS_AUTH_ISSUER), or run with --dev for local use"
                 .into(),
-        );
+        ));
     }
     verifier.replace_keys(keys);
     if Store::needs_data_dir(&settings.database_url) {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            format!(
-                "cannot create the data directory {}: {e}",
-                settings.data_dir.display()
-            )
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
         })?;
     }
     let mut background = crate::tasks::Tasks::new();

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::api::http::Reply;
 use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
 use crate::error::ApiError;
+use crate::fhir::bundle::Bundle;
 use crate::fhir::{flag, instant};
 use crate::records::policy::{decide, Action};
 use crate::state::AppState;
@@ -67,13 +68,10 @@ pub async fn flag_history(
             })
         })
         .collect();
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "history",
-        "total": entries.len(),
-        "link": [{ "relation": "self", "url": format!("{base}/Flag/{id}/_history") }],
-        "entry": entries,
-    });
+    let bundle = Bundle::new("history")
+        .total(entries.len())
+        .links([("self", format!("{base}/Flag/{id}/_history"))])
+        .entries(entries)
+        .build();
     Reply::ok(bundle).into_response(&req)
 }

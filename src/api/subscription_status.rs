@@ -9,6 +9,7 @@ use crate::api::http::Reply;
 use crate::api::subscription::owned;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::fhir::bundle::Bundle;
 use crate::fhir::subscription::{status, Kind};
 use crate::state::AppState;
 
@@ -21,17 +22,14 @@ pub async fn subscription_status(
     let row = owned(&state, &caller, path.into_inner()).await?;
     let base = &state.settings.base_url;
     let parameters = status(base, &row, Kind::QueryStatus, &[], &row.content);
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "searchset",
-        "total": 1,
-        "link": [{ "relation": "self", "url": format!("{base}/Subscription/{}/$status", row.id) }],
-        "entry": [{
+    let bundle = Bundle::new("searchset")
+        .total(1)
+        .links([("self", format!("{base}/Subscription/{}/$status", row.id))])
+        .entries(vec![json!({
             "fullUrl": format!("urn:uuid:{}", parameters["id"].as_str().unwrap_or_default()),
             "resource": parameters,
             "search": { "mode": "match" },
-        }],
-    });
+        })])
+        .build();
     Reply::ok(bundle).into_response(&req)
 }

@@ -57,7 +57,7 @@ pub async fn submit(
         let caller = caller.clone();
         state
             .store
-            .write(move |conn| write_all(conn, &caller, kind, ready, today, now))
+            .write_retrying(move |conn| write_all(conn, &caller, kind, &ready, today, now))
             .await?
     };
     for (i, r) in writes {
@@ -96,7 +96,7 @@ fn write_all(
     conn: &mut DbConn,
     caller: &Caller,
     kind: Kind,
-    ready: Vec<(usize, Op)>,
+    ready: &[(usize, Op)],
     today: chrono::NaiveDate,
     now: i64,
 ) -> Result<Written, ApiError> {
@@ -105,7 +105,7 @@ fn write_all(
     if kind == Kind::Transaction {
         let mut known = Known::default();
         let mut out = Vec::with_capacity(ready.len());
-        for (i, op) in &ready {
+        for (i, op) in ready {
             let done = write::execute(conn, caller, scope, op, today, now, &mut known)
                 .map_err(|e| ApiError::from(e).in_entry(*i))?;
             out.push((*i, Ok(done)));
@@ -115,7 +115,7 @@ fn write_all(
     let all_at_once = diesel::Connection::transaction(conn, |c| {
         let mut known = Known::default();
         let mut out = Vec::with_capacity(ready.len());
-        for (i, op) in &ready {
+        for (i, op) in ready {
             out.push((
                 *i,
                 Ok(write::execute(
@@ -125,13 +125,13 @@ fn write_all(
         }
         Ok::<_, ApiError>(out)
     });
-    let conflict = |e: &ApiError| matches!(e, ApiError::Unavailable(why) if crate::store::error::is_conflict(why));
+    let conflict = |e: &ApiError| matches!(e, ApiError::Contended(_));
     match all_at_once {
         Ok(out) => Ok(out),
         // The database itself failed: nothing to gain from trying again — unless the pass
         // lost a deadlock (or a serialisation conflict) to another writer, a replica's say:
         // it was rolled back, and the entries are written again one by one.
-        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) if !conflict(&e) => Err(e),
+        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => Err(e),
         Err(_) => {
             // What the first pass learnt was rolled back with it.
             let mut known = Known::default();

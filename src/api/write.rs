@@ -86,7 +86,7 @@ pub async fn apply(state: &AppState, caller: &Caller, op: Op) -> Result<Done, Ap
     let scope = decide(&caller, Action::WriteRecords)?;
     state
         .store
-        .write(move |conn| {
+        .write_retrying(move |conn| {
             Ok::<_, ApiError>(execute(
                 conn,
                 &caller,

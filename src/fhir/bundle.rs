@@ -1,9 +1,60 @@
-//! Bundles (FHIR R4 §2.36 Bundle): `searchset` with `self`/`next` links, `total` and
-//! `search.mode` match/include (§3.1.1.2 paging), and `history`.
+//! Bundles (FHIR R4 §2.36 Bundle): one builder for every kind this server answers with
+//! (`searchset`, `history`, `batch-response`, `transaction-response`, and the notifications'
+//! `history`), and the searchset with `self`/`next` links, `total` and `search.mode`
+//! match/include (§3.1.1.2 paging).
 
 use serde_json::{json, Map, Value};
 
 use crate::fhir::object;
+
+/// A Bundle being built: a fresh id and its type first, then what its kind carries. An empty
+/// `entry` is left out (FHIR JSON has no empty arrays).
+pub struct Bundle(Map<String, Value>);
+
+impl Bundle {
+    pub fn new(kind: &str) -> Self {
+        let mut b = Map::with_capacity(8);
+        b.insert("resourceType".into(), "Bundle".into());
+        b.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+        b.insert("type".into(), kind.into());
+        Bundle(b)
+    }
+
+    pub fn meta(mut self, meta: Value) -> Self {
+        self.0.insert("meta".into(), meta);
+        self
+    }
+
+    /// When the Bundle was assembled (microseconds).
+    pub fn timestamp(mut self, at: i64) -> Self {
+        self.0
+            .insert("timestamp".into(), crate::fhir::instant(at).into());
+        self
+    }
+
+    pub fn total(mut self, total: usize) -> Self {
+        self.0.insert("total".into(), total.into());
+        self
+    }
+
+    /// The `self` link, and any others as (relation, url).
+    pub fn links(mut self, links: impl IntoIterator<Item = (&'static str, String)>) -> Self {
+        let links: Vec<Value> = links.into_iter().map(|(r, u)| link(r, u)).collect();
+        self.0.insert("link".into(), Value::Array(links));
+        self
+    }
+
+    pub fn entries(mut self, entries: Vec<Value>) -> Self {
+        if !entries.is_empty() {
+            self.0.insert("entry".into(), Value::Array(entries));
+        }
+        self
+    }
+
+    pub fn build(self) -> Value {
+        Value::Object(self.0)
+    }
+}
 
 /// One resource in a searchset.
 pub struct Entry {
@@ -47,15 +98,12 @@ impl SearchSet<'_> {
     /// The Bundle. Built from maps rather than with `json!` around the entries: `json!` copies
     /// every value it is given, and a searchset would copy each resource twice.
     pub fn render(self) -> Value {
-        let mut links = vec![link(
+        let mut links = vec![(
             "self",
             url(self.base, self.path, &self.query, self.cursor.as_deref()),
         )];
         if let Some(next) = &self.next_cursor {
-            links.push(link(
-                "next",
-                url(self.base, self.path, &self.query, Some(next)),
-            ));
+            links.push(("next", url(self.base, self.path, &self.query, Some(next))));
         }
         let entries: Vec<Value> = self
             .entries
@@ -72,22 +120,11 @@ impl SearchSet<'_> {
                 ])
             })
             .collect();
-        let mut b = Map::with_capacity(7);
-        b.insert("resourceType".into(), "Bundle".into());
-        b.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
-        b.insert(
-            "meta".into(),
-            json!({ "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true) }),
-        );
-        b.insert("type".into(), "searchset".into());
+        let mut b = Bundle::new("searchset").meta(json!({ "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true) }));
         if let Some(t) = self.total {
-            b.insert("total".into(), t.into());
+            b = b.total(t);
         }
-        b.insert("link".into(), Value::Array(links));
-        if !entries.is_empty() {
-            b.insert("entry".into(), Value::Array(entries));
-        }
-        Value::Object(b)
+        b.links(links).entries(entries).build()
     }
 }
 

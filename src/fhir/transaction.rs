@@ -6,6 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Issue, SubmissionResult};
+use crate::fhir::bundle::Bundle;
 use crate::fhir::instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,16 +261,10 @@ pub fn response(kind: Kind, entries: Vec<EntryResponse>, now: i64) -> Value {
             entry
         })
         .collect();
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": kind.response_type(),
-        "timestamp": instant(now),
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    bundle
+    Bundle::new(kind.response_type())
+        .timestamp(now)
+        .entries(entries)
+        .build()
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ impl crate::store::JobError for RecordError {
     fn is_transient(&self) -> bool {
         matches!(self, RecordError::Store(e) if e.is_transient())
     }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, RecordError::Store(StoreError::Conflict(_)))
+    }
 }
 
 impl From<diesel::result::Error> for RecordError {

@@ -19,6 +19,12 @@ pub enum StoreError {
     /// or full database, a writer that could not commit.
     #[error("transient: {0}")]
     Transient(String),
+    /// A conflict with a concurrent transaction — PostgreSQL chose this one as a deadlock's
+    /// victim (40P01) or could not serialise it (40001) — which rolled it back: the same work
+    /// run again, in a transaction of its own, succeeds. The writer does that for jobs that
+    /// can be run twice ([`crate::store::Store::write_retrying`]).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A stored value cannot be read back as its type (a corrupt or hand-edited column).
     #[error("a stored value cannot be read: {0}")]
     Corrupt(String),
@@ -31,7 +37,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether repeating the same request later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        matches!(self, StoreError::Transient(_) | StoreError::Conflict(_))
     }
 }
 
@@ -49,12 +55,6 @@ fn sqlite_transient(message: &str) -> bool {
 /// How PostgreSQL says a statement was chosen as a deadlock's victim.
 pub const DEADLOCK: &str = "deadlock detected";
 
-/// Whether a transient failure was a conflict with a concurrent transaction (a deadlock or a
-/// serialisation failure), which trying the same work again resolves.
-pub fn is_conflict(message: &str) -> bool {
-    message.contains(DEADLOCK) || message.contains("could not serialize access")
-}
-
 impl From<DieselError> for StoreError {
     fn from(e: DieselError) -> Self {
         match &e {
@@ -66,14 +66,14 @@ impl From<DieselError> for StoreError {
                 };
                 match kind {
                     DatabaseErrorKind::UniqueViolation => StoreError::Duplicate(text),
-                    DatabaseErrorKind::SerializationFailure
-                    | DatabaseErrorKind::ClosedConnection
+                    DatabaseErrorKind::SerializationFailure => StoreError::Conflict(text),
+                    DatabaseErrorKind::ClosedConnection
                     | DatabaseErrorKind::UnableToSendCommand
                     | DatabaseErrorKind::ReadOnlyTransaction => StoreError::Transient(text),
                     _ if sqlite_transient(info.message()) => StoreError::Transient(text),
                     // PostgreSQL chose this transaction as a deadlock's victim (40P01): it was
                     // rolled back and would succeed if tried again.
-                    _ if info.message().starts_with(DEADLOCK) => StoreError::Transient(text),
+                    _ if info.message().starts_with(DEADLOCK) => StoreError::Conflict(text),
                     _ => StoreError::Other(text),
                 }
             }
@@ -107,6 +107,7 @@ impl From<StoreError> for ApiError {
                 )
             }
             S::Transient(why) => ApiError::Unavailable(format!("database: {why}")),
+            S::Conflict(why) => ApiError::Contended(format!("database: {why}")),
             S::Corrupt(why) => ApiError::Internal(format!("corrupt stored value: {why}")),
             S::Other(why) => ApiError::Internal(format!("database: {why}")),
         }
@@ -173,8 +174,21 @@ mod tests {
         }
         assert!(db(DatabaseErrorKind::Unknown, "database is locked").is_transient());
         assert!(db(DatabaseErrorKind::Unknown, "deadlock detected").is_transient());
-        assert!(is_conflict("database: deadlock detected"));
-        assert!(!is_conflict("database: database or disk is full"));
+        assert!(matches!(
+            db(DatabaseErrorKind::Unknown, "deadlock detected"),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            db(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize access"
+            ),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            db(DatabaseErrorKind::Unknown, "database or disk is full"),
+            StoreError::Transient(_)
+        ));
         assert!(db(DatabaseErrorKind::Unknown, "database or disk is full").is_transient());
         assert!(matches!(
             db(DatabaseErrorKind::ForeignKeyViolation, "fk"),

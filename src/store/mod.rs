@@ -43,6 +43,32 @@ pub enum DbConn {
 
 pub type DbPool = Pool<ConnectionManager<DbConn>>;
 
+/// Why the database could not be opened for service.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("database migrations failed: {0}")]
+    Migrate(String),
+    #[error(
+        "the database schema is older than this version: run `cpis-fhir migrate` first (the \
+         server was started with --no-migrate)"
+    )]
+    SchemaBehind,
+    #[error("{0}")]
+    Checkpointer(String),
+}
+
+/// The command-line tools report any error as text.
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> Self {
+        e.to_string()
+    }
+}
+
+/// How many times [`Store::write_retrying`] runs again work that lost a conflict.
+pub const CONFLICT_RETRIES: u32 = 3;
+
 /// The backend of [`DbConn`], for boxed (dynamically built) queries.
 pub type Db = <DbConn as diesel::Connection>::Backend;
 
@@ -172,7 +198,7 @@ fn driver_url(url: &str) -> String {
 impl Store {
     /// Opens the database and runs pending migrations; the store owns its background work (the
     /// SQLite checkpointer), which stops when the last clone is dropped.
-    pub fn open(url: &str, read_pool_size: u32) -> Result<Self, String> {
+    pub fn open(url: &str, read_pool_size: u32) -> Result<Self, OpenError> {
         let mut tasks = crate::tasks::Tasks::new();
         let mut store = Self::open_in(
             url,
@@ -194,17 +220,17 @@ impl Store {
         writers: u32,
         migrations: Migrations,
         tasks: &mut crate::tasks::Tasks,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         let backend = Backend::of_url(url);
         let target = driver_url(url);
-        let build = |size: u32, writer: bool| -> Result<DbPool, String> {
+        let build = |size: u32, writer: bool| -> Result<DbPool, OpenError> {
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
                 .connection_timeout(Duration::from_secs(15))
                 .connection_customizer(Box::new(SqlitePragmas { writer }))
                 .build(ConnectionManager::<DbConn>::new(target.clone()))
-                .map_err(|e| format!("cannot open the database: {e}"))
+                .map_err(|e| OpenError::Connect(e.to_string()))
         };
         let writers: u32 = match backend {
             Backend::Sqlite => 1,
@@ -212,22 +238,17 @@ impl Store {
         };
         let write = build(writers, true)?;
         {
-            let mut conn = write
-                .get()
-                .map_err(|e| format!("cannot open the database: {e}"))?;
+            let mut conn = write.get().map_err(|e| OpenError::Connect(e.to_string()))?;
             match migrations {
                 Migrations::Run => {
                     run_migrations(&mut conn)?;
-                    patients::fill_name_keys(&mut conn)
-                        .map_err(|e| format!("cannot fill the name search keys: {e}"))?;
+                    patients::fill_name_keys(&mut conn).map_err(|e| {
+                        OpenError::Migrate(format!("filling the name search keys: {e}"))
+                    })?;
                 }
                 Migrations::Check => {
                     if migrations_pending(&mut conn)? {
-                        return Err(
-                            "the database schema is older than this version: run \
-                             `cpis-fhir migrate` first (the server was started with --no-migrate)"
-                                .into(),
-                        );
+                        return Err(OpenError::SchemaBehind);
                     }
                 }
             }
@@ -235,7 +256,8 @@ impl Store {
         let read = build(read_pool_size.max(1), false)?;
         let restart = std::sync::Arc::new(checkpoint::Restart::default());
         if backend == Backend::Sqlite {
-            checkpoint::start(&target, tasks, std::sync::Arc::clone(&restart))?;
+            checkpoint::start(&target, tasks, std::sync::Arc::clone(&restart))
+                .map_err(OpenError::Checkpointer)?;
         }
         Ok(Self {
             read,
@@ -291,6 +313,32 @@ impl Store {
         self.writer.run(f).await
     }
 
+    /// [`Store::write`] for work that may be run more than once: a run that loses a conflict
+    /// with a concurrent transaction (a deadlock or serialisation failure on PostgreSQL; it was
+    /// rolled back to its savepoint and left nothing behind) is run again in a later batch —
+    /// once its own batch has committed and let go of its locks — up to [`CONFLICT_RETRIES`]
+    /// times, before the caller sees 503.
+    pub async fn write_retrying<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: JobError,
+        F: Fn(&mut DbConn) -> Result<T, E> + Send + Sync + 'static,
+    {
+        let f = std::sync::Arc::new(f);
+        let mut retries = 0;
+        loop {
+            let run = std::sync::Arc::clone(&f);
+            match self.writer.run(move |c| run(c)).await {
+                Err(e) if e.is_conflict() && retries < CONFLICT_RETRIES => {
+                    retries += 1;
+                    crate::metrics::writer_conflict();
+                    log::warn!("a write lost a conflict with a concurrent transaction; running it again ({retries} of {CONFLICT_RETRIES})");
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// [`Store::write`] for a job that makes one write statement, without a savepoint: an `Err`
     /// from `f` rolls back its whole batch (see [`writer::Writer::run_unguarded`]).
     pub async fn write_unguarded<T, E, F>(&self, f: F) -> Result<T, E>
@@ -317,7 +365,7 @@ impl Store {
         self.read(|c| {
             diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
                 .get_result::<i32>(c)?;
-            migrations_pending(c).map_err(StoreError::Other)
+            migrations_pending(c).map_err(|e| StoreError::Other(e.to_string()))
         })
         .await
     }
@@ -349,12 +397,12 @@ pub enum Migrations {
 /// one runs them and the others then find nothing pending ("cpis" "migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6370_6973_6d69_6772;
 
-fn run_migrations(conn: &mut DbConn) -> Result<(), String> {
+fn run_migrations(conn: &mut DbConn) -> Result<(), OpenError> {
     let applied = match conn {
         DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
         DbConn::Pg(c) => {
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
-                .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+                .map_err(|e| OpenError::Migrate(format!("cannot take the migration lock: {e}")))?;
             let ran = c
                 .run_pending_migrations(POSTGRES_MIGRATIONS)
                 .map(|v| v.len());
@@ -367,7 +415,7 @@ fn run_migrations(conn: &mut DbConn) -> Result<(), String> {
             ran
         }
     }
-    .map_err(|e| format!("database migrations failed: {e}"))?;
+    .map_err(|e| OpenError::Migrate(e.to_string()))?;
     if applied > 0 {
         log::info!("applied {applied} database migration(s)");
     }
@@ -375,12 +423,12 @@ fn run_migrations(conn: &mut DbConn) -> Result<(), String> {
 }
 
 /// Whether this version's migrations are not all applied to the database.
-pub fn migrations_pending(conn: &mut DbConn) -> Result<bool, String> {
+pub fn migrations_pending(conn: &mut DbConn) -> Result<bool, OpenError> {
     match conn {
         DbConn::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
         DbConn::Pg(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
     }
-    .map_err(|e| format!("cannot read the applied migrations: {e}"))
+    .map_err(|e| OpenError::Migrate(format!("cannot read the applied migrations: {e}")))
 }
 
 /// Microseconds since the Unix epoch: how instants are stored (portable across both backends).

@@ -160,17 +160,36 @@ pub trait JobError: From<StoreError> + From<diesel::result::Error> + Send + 'sta
     /// A failure of the database, not of the request: a lost connection, a serialisation
     /// failure, a busy database (see `StoreError::Transient`).
     fn is_transient(&self) -> bool;
+
+    /// The job lost a conflict with a concurrent transaction and was rolled back: the same
+    /// work run again may succeed (see `StoreError::Conflict`).
+    fn is_conflict(&self) -> bool;
 }
 
 impl JobError for StoreError {
     fn is_transient(&self) -> bool {
         StoreError::is_transient(self)
     }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict(_))
+    }
 }
 
 impl JobError for crate::error::ApiError {
     fn is_transient(&self) -> bool {
-        matches!(self, crate::error::ApiError::Unavailable(_))
+        use crate::error::ApiError;
+        matches!(self, ApiError::Unavailable(_) | ApiError::Contended(_))
+    }
+
+    fn is_conflict(&self) -> bool {
+        use crate::error::ApiError;
+        match self {
+            ApiError::Contended(_) => true,
+            // A transaction Bundle's entry that lost: the whole Bundle was rolled back.
+            ApiError::InBundle(v) => !v.is_empty() && v.iter().all(|(_, e)| e.is_conflict()),
+            _ => false,
+        }
     }
 }
 
@@ -355,5 +374,57 @@ mod tests {
 
         w.run_blocking(write(4)).unwrap();
         assert_eq!(count(&store), 1);
+    }
+
+    #[actix_rt::test]
+    async fn work_that_loses_a_conflict_runs_again_and_only_its_last_run_is_kept() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
+        store
+            .write(|c| Ok::<_, StoreError>(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?))
+            .await
+            .unwrap();
+        let conflicted = |runs: Arc<AtomicU32>, losses: u32| {
+            move |c: &mut DbConn| {
+                let n = runs.fetch_add(1, Ordering::SeqCst);
+                write(i64::from(n))(c)?;
+                if n < losses {
+                    Err(StoreError::Conflict("deadlock detected".into()))
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        let runs = Arc::new(AtomicU32::new(0));
+        let won = store.write_retrying(conflicted(Arc::clone(&runs), 2)).await;
+        assert_eq!(won.unwrap(), 2, "the third run won");
+        assert_eq!(count(&store), 1, "the lost runs left nothing");
+
+        let runs = Arc::new(AtomicU32::new(0));
+        let lost = store
+            .write_retrying(conflicted(Arc::clone(&runs), u32::MAX))
+            .await;
+        assert!(lost.unwrap_err().is_conflict());
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            crate::store::CONFLICT_RETRIES + 1
+        );
+        assert_eq!(count(&store), 1);
+
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&runs);
+        let refused = store
+            .write_retrying(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(StoreError::Duplicate("taken".into()))
+            })
+            .await;
+        assert!(matches!(refused, Err(StoreError::Duplicate(_))));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "only conflicts are run again"
+        );
     }
 }

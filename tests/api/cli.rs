@@ -118,6 +118,31 @@ async fn serve_dev_prints_a_curl_command_that_returns_a_flag() {
 }
 
 #[test]
+fn serve_on_a_data_directory_that_cannot_be_made_or_a_database_that_cannot_be_opened_says_which() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let out = bin()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(file.join("data"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the data directory"), "{err}");
+
+    let out = bin()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CPIS_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the database"), "{err}");
+}
+
+#[test]
 fn serve_without_keys_refuses_to_start_and_says_why() {
     let dir = tempfile::tempdir().expect("dir");
     let out = bin()

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::fhir::bundle::Bundle;
 use crate::fhir::instant;
 use crate::store::subscriptions::{EventRow, SubscriptionRow};
 
@@ -93,12 +94,9 @@ pub fn notification(
             }));
         }
     }
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": { "profile": [format!("{BACKPORT}/backport-subscription-notification-r4")] },
-        "type": "history",
-        "timestamp": instant(now),
-        "entry": entries,
-    })
+    Bundle::new("history")
+        .meta(json!({ "profile": [format!("{BACKPORT}/backport-subscription-notification-r4")] }))
+        .timestamp(now)
+        .entries(entries)
+        .build()
 }
