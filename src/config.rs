@@ -15,6 +15,7 @@ pub const KEYS: &[KeyDoc] = &[
     ("data_dir", "directory for the SQLite database and dev keys (default ./cpis-data)"),
     ("database_url", "sqlite file path or sqlite://path, or postgres://… (default <data_dir>/cpis.db)"),
     ("base_url", "public base URL used in Location headers and Bundle links (default http://<listen>)"),
+    ("base_paths", "path prefixes under which the whole FHIR API is served as well as at the root, so an EPR configured for a national API's base path works unchanged; a list (in the environment, comma-separated) (default /cpis/FHIR/R4, the national CP-IS API's; [] for none)"),
     ("body_limit", "largest accepted request body in bytes (default 10485760 = 10 MiB)"),
     ("allow_test_nhs_numbers", "accept NHS test numbers 999 000 0000–999 999 9999 (default false; true with --dev)"),
     ("workers", "HTTP worker threads (default: one per core)"),
@@ -130,8 +131,40 @@ pub const TABLE_LISTS: &[(&str, &[KeyDoc], &str)] = &[(
 /// More writers commit smaller batches, each paying its own WAL flush.
 pub const DEFAULT_POSTGRES_WRITERS: u32 = 2;
 
+/// The national CP-IS API's base path (Consumer guide's examples: `…/cpis/FHIR/R4/CareTeam`).
+pub const NATIONAL_BASE_PATH: &str = "/cpis/FHIR/R4";
+
+/// `base_paths`: each `/segment[/segment…]` of URL-safe characters, not the root, no trailing
+/// slash (that it names no path the API serves itself is checked at start-up, by `api`).
+fn base_paths(listed: Option<String>) -> Result<Vec<String>, String> {
+    let Some(listed) = listed else {
+        return Ok(vec![NATIONAL_BASE_PATH.to_owned()]);
+    };
+    let mut out = Vec::new();
+    for p in listed.lines().map(str::trim).filter(|p| !p.is_empty()) {
+        let segments_ok = p.strip_prefix('/').is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                })
+        });
+        if !segments_ok {
+            return Err(format!(
+                "'{p}' is not a path like /cpis/FHIR/R4 (segments of letters, digits, - . _ ~)"
+            ));
+        }
+        if !out.iter().any(|o| o == p) {
+            out.push(p.to_owned());
+        }
+    }
+    Ok(out)
+}
+
 /// Settings that may hold a list of strings (TOML arrays; comma-separated in the environment).
-const STRING_LISTS: &[&str] = &["auth.audience"];
+const STRING_LISTS: &[&str] = &["auth.audience", "base_paths"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -243,6 +276,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub base_url: String,
+    /// Where the FHIR API is served besides the root (see `api::configure`).
+    pub base_paths: Vec<String>,
     pub body_limit: usize,
     pub allow_test_nhs_numbers: bool,
     pub workers: usize,
@@ -514,6 +549,7 @@ impl Settings {
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(bad("base_url", "must start with http:// or https://"));
         }
+        let base_paths = base_paths(get("base_paths")).map_err(|why| bad("base_paths", why))?;
         let algorithm = algorithm(get("auth.algorithm").as_deref().unwrap_or("RS512"))
             .map_err(|why| bad("auth.algorithm", why))?;
         let public_key_file = get("auth.public_key_file").map(PathBuf::from);
@@ -640,6 +676,7 @@ impl Settings {
             data_dir,
             database_url,
             base_url,
+            base_paths,
             body_limit: usize::try_from(parse_num("body_limit", 10 * 1024 * 1024, 1024)?)
                 .map_err(|_| bad("body_limit", "too large"))?,
             allow_test_nhs_numbers: parse_bool("allow_test_nhs_numbers", dev)?,

@@ -151,6 +151,17 @@ impl Role {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// The role's display in CodeSystem CPIS-Role (`fhir-profiles/`).
+    pub fn description(self) -> &'static str {
+        match self {
+            Role::Clinician => "Clinician in unscheduled care (B0107)",
+            Role::ClinicianScheduled => "Clinician in scheduled care (B0170, silent reads)",
+            Role::Council => "Council case system",
+            Role::Auditor => "Audit team",
+            Role::Admin => "Service administrator",
+        }
+    }
+
     /// Unscheduled care: its accesses are unscheduled unless the request says otherwise, go into
     /// the person's access history and are notified to the council (DOMAIN.md "Who may do
     /// what").

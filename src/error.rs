@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 
 /// The NHS Spine error code system used in `OperationOutcome.issue.details`.
 pub const SPINE_ERROR_SYSTEM: &str = "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode";
+/// The same codes as the national CP-IS API's error examples name their system; an outcome's
+/// first issue carries both codings, so an EPR built for that API reads it unchanged.
+pub const ENGLAND_SPINE_ERROR_SYSTEM: &str =
+    "https://fhir.nhs.uk/CodeSystem/England-SpineErrorOrWarningCode";
 
 /// The per-record submission results of a Bundle entry, after the national service's
 /// acknowledgement codes (DOMAIN.md "Interactions today"; `fhir-profiles/CodeSystem-CPIS-SubmissionResult.json`).
@@ -344,8 +348,9 @@ impl ApiError {
                     diagnostics: issue["diagnostics"].as_str().unwrap_or_default().to_owned(),
                     expression: issue["expression"][0].as_str().map(str::to_owned),
                 });
+                // Second, where councils' systems have always found it.
                 match issue["details"]["coding"].as_array_mut() {
-                    Some(codings) => codings.push(result.coding()),
+                    Some(codings) => codings.insert(1.min(codings.len()), result.coding()),
                     None => issue["details"] = json!({ "coding": [result.coding()] }),
                 }
             }
@@ -384,12 +389,18 @@ impl Outcome {
         let issues: Vec<Value> = shown
             .iter()
             .chain(summary.iter())
-            .map(|i| {
+            .enumerate()
+            .map(|(n, i)| {
                 let mut v = json!({ "severity": "error", "code": i.code });
                 if let Some((code, display)) = details {
-                    v["details"] = json!({
-                        "coding": [{ "system": SPINE_ERROR_SYSTEM, "code": code, "display": display }]
-                    });
+                    let mut coding =
+                        vec![json!({ "system": SPINE_ERROR_SYSTEM, "code": code, "display": display })];
+                    // Once per outcome is enough for a client looking for the national system;
+                    // an outcome of a hundred issues stays small.
+                    if n == 0 {
+                        coding.push(json!({ "system": ENGLAND_SPINE_ERROR_SYSTEM, "code": code, "display": display }));
+                    }
+                    v["details"] = json!({ "coding": coding });
                 }
                 v["diagnostics"] = json!(i.diagnostics);
                 if let Some(e) = &i.expression {

@@ -28,6 +28,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] crate::store::OpenError),
+    #[error("configuration: {0}")]
+    BasePath(String),
 }
 
 impl From<StartError> for String {
@@ -39,6 +41,13 @@ impl From<StartError> for String {
 /// Opens the store, loads the profiles and the trusted keys. Refuses to start without keys
 /// unless in dev mode.
 pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, StartError> {
+    if let Some(why) = settings
+        .base_paths
+        .iter()
+        .find_map(|b| api::base_path_clash(b))
+    {
+        return Err(StartError::BasePath(why));
+    }
     let profiles = Profiles::load().map_err(StartError::Profiles)?;
     let verifier = Verifier::new(
         settings.auth.leeway_secs,
@@ -207,6 +216,7 @@ impl Application {
         let bindings = web::Data::new(crate::tls::Bindings(
             tls.as_ref().map(|t| t.bindings.clone()).unwrap_or_default(),
         ));
+        let base_paths = state.settings.base_paths.clone();
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -217,7 +227,7 @@ impl Application {
                 // parameters (resource bodies are read by `api::http::receive`).
                 .app_data(web::PayloadConfig::new(SEARCH_FORM_LIMIT))
                 .wrap(from_fn(envelope))
-                .configure(api::configure)
+                .configure(|cfg| api::configure(cfg, &base_paths))
                 .default_service(web::to(api::not_found))
         })
         .workers(workers)

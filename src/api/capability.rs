@@ -27,6 +27,9 @@ fn resource_entry(resource: &str) -> Value {
         }
     }
     match resource {
+        "CareTeam" => {
+            r["profile"] = json!(format!("{PROFILE_BASE}/StructureDefinition/CPIS-CareTeam"));
+        }
         "Patient" | "Flag" | "Organization" => {
             r["profile"] = json!(format!(
                 "{PROFILE_BASE}/StructureDefinition/CPIS-{resource}"
@@ -125,7 +128,8 @@ fn system_operations() -> Vec<Value> {
 pub fn statement(base_url: &str) -> Value {
     let mut types: Vec<&str> = Vec::new();
     for e in ENDPOINTS {
-        if let Some(r) = e.resource {
+        // `/PatientFlag` serves Flags in the Patient Flags API's shape; it is not a type.
+        if let Some(r) = e.resource.filter(|r| *r != "PatientFlag") {
             if !types.contains(&r) {
                 types.push(r);
             }
@@ -146,7 +150,9 @@ pub fn statement(base_url: &str) -> Value {
         "format": ["application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
-            "documentation": "Every endpoint except /metadata and the conformance resources needs Authorization: Bearer <JWT>.",
+            "documentation": "Every endpoint except /metadata and the conformance resources needs Authorization: Bearer <JWT>. \
+                              GET /PatientFlag?patient={NHS number}[&code=child-protection-information-system-flag] answers the look-up in the Patient Flags API's shape \
+                              (Flag with flag-detail, CarePlan, CareTeam; profiles CPIS-PatientFlag, CPIS-CarePlan, CPIS-CouncilCareTeam).",
             "security": {
                 "cors": false,
                 "description": "Bearer JWT (RS/PS/ES algorithms pinned per trusted key; exp, iss, aud, sub required). Roles: clinician, clinician-scheduled, council, auditor, admin.",

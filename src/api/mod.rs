@@ -79,6 +79,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(put, "/Organization/{id}", Some("Organization"), "update", update::update_organization),
     endpoint!(get, "/Organization/{id}/_history/{vid}", Some("Organization"), "vread", read::vread_organization),
     endpoint!(get, "/AuditEvent", Some("AuditEvent"), "search-type", search::search_audit_events),
+    endpoint!(post, "/CareTeam/_search", Some("CareTeam"), "search-type", search::search_care_teams),
+    endpoint!(get, "/CareTeam", Some("CareTeam"), "search-type", search::search_care_teams),
+    endpoint!(post, "/PatientFlag/_search", Some("PatientFlag"), "search-type", search::search_patient_flags),
+    endpoint!(get, "/PatientFlag", Some("PatientFlag"), "search-type", search::search_patient_flags),
     endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
     endpoint!(post, "/Subscription/_search", Some("Subscription"), "search-type", search::search_subscriptions),
     endpoint!(get, "/Subscription", Some("Subscription"), "search-type", search::search_subscriptions),
@@ -109,8 +113,10 @@ const OPERATIONS: &[(&str, MakeRoute)] = &[
 ];
 
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method
-/// answers 405 rather than 404.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// answers 405 rather than 404. The FHIR API is served at the root and again under each of
+/// `base_paths` (for example the national CP-IS API's `/cpis/FHIR/R4`), so an EPR configured
+/// with the national base URL's path works unchanged.
+pub fn configure(cfg: &mut web::ServiceConfig, base_paths: &[String]) {
     for (path, route) in OPERATIONS {
         cfg.service(
             web::resource(*path)
@@ -118,6 +124,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         );
     }
+    for base in base_paths {
+        cfg.service(web::scope(base).configure(fhir_routes));
+    }
+    fhir_routes(cfg);
+}
+
+/// Why a configured base path cannot be used: its first segment is one the server's own routes
+/// begin with, which it would hide.
+pub fn base_path_clash(base: &str) -> Option<String> {
+    let first = base.split('/').nth(1)?;
+    let ours = ENDPOINTS
+        .iter()
+        .map(|e| e.path)
+        .chain(OPERATIONS.iter().map(|(p, _)| *p))
+        .any(|path| path.split('/').nth(1) == Some(first));
+    ours.then(|| format!("base path {base} would hide the server's own /{first}"))
+}
+
+fn fhir_routes(cfg: &mut web::ServiceConfig) {
     let mut seen: Vec<&str> = Vec::new();
     for e in ENDPOINTS {
         if seen.contains(&e.path) {
@@ -134,16 +159,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    let pattern = req.match_pattern();
+    // Under a base path the pattern carries it; the table's paths do not.
+    let full = req.match_pattern();
+    let pattern = full.as_deref().map(|p| {
+        ENDPOINTS
+            .iter()
+            .map(|e| e.path)
+            .filter(|path| p.ends_with(path))
+            .max_by_key(|path| path.len())
+            .unwrap_or(p)
+    });
     let mut allowed: Vec<String> = ENDPOINTS
         .iter()
-        .filter(|e| pattern.as_deref() == Some(e.path))
+        .filter(|e| pattern == Some(e.path))
         .map(|e| e.method.to_ascii_uppercase())
         .collect();
-    if OPERATIONS
-        .iter()
-        .any(|(p, _)| pattern.as_deref() == Some(*p))
-    {
+    if OPERATIONS.iter().any(|(p, _)| pattern == Some(*p)) {
         allowed.push("GET".into());
     }
     Err(ApiError::MethodNotAllowed(format!(

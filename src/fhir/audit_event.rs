@@ -18,6 +18,17 @@ const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-ty
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
 
+/// Whether the row records a person's access (not a lifecycle run, a refused authentication
+/// or a misuse warning).
+pub fn is_access(row: &AuditRow) -> bool {
+    ![
+        crate::domain::SYSTEM_ROLE,
+        crate::domain::AUTH_ROLE,
+        crate::domain::WATCH_ROLE,
+    ]
+    .contains(&row.user_role.as_str())
+}
+
 pub fn render(row: &AuditRow) -> Value {
     if row.user_role == crate::domain::SYSTEM_ROLE {
         return render_lifecycle(row);

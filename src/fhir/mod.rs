@@ -8,6 +8,7 @@ pub mod flag;
 pub mod format;
 pub mod guard;
 pub mod json;
+pub mod national;
 pub mod organization;
 pub mod patient;
 pub mod percent;

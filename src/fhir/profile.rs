@@ -33,6 +33,31 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
     ),
     (
         "StructureDefinition",
+        "CPIS-CareTeam",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-CareTeam.json"),
+    ),
+    (
+        "StructureDefinition",
+        "CPIS-PractitionerRole",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-PractitionerRole.json"),
+    ),
+    (
+        "StructureDefinition",
+        "CPIS-PatientFlag",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-PatientFlag.json"),
+    ),
+    (
+        "StructureDefinition",
+        "CPIS-CarePlan",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-CarePlan.json"),
+    ),
+    (
+        "StructureDefinition",
+        "CPIS-CouncilCareTeam",
+        include_str!("../../fhir-profiles/StructureDefinition-CPIS-CouncilCareTeam.json"),
+    ),
+    (
+        "StructureDefinition",
         "CPIS-AuditEvent",
         include_str!("../../fhir-profiles/StructureDefinition-CPIS-AuditEvent.json"),
     ),
@@ -152,7 +177,7 @@ impl Profiles {
             match *kind {
                 "StructureDefinition" => {
                     let p = Profile::from_json(&v).map_err(|e| format!("{kind}/{id}: {e}"))?;
-                    profiles.insert(p.resource_type.clone(), p);
+                    profiles.insert((*id).to_owned(), p);
                 }
                 "CodeSystem" => {
                     let url = v["url"].as_str().unwrap_or_default().to_owned();
@@ -185,22 +210,30 @@ impl Profiles {
         })
     }
 
+    /// The profile submissions of `resource_type` are checked against (`CPIS-{type}`).
     pub fn get(&self, resource_type: &str) -> Option<&Profile> {
-        self.profiles.get(resource_type)
+        self.profiles.get(&format!("CPIS-{resource_type}"))
     }
 
     /// The violations of the profile for `resource`'s type (at most `MAX_ISSUES`, then a
     /// count of the rest), and every string holding a control character FHIR forbids; empty
     /// means it conforms.
     pub fn validate(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
+        self.validate_as(&format!("CPIS-{resource_type}"), resource)
+    }
+
+    /// [`Profiles::validate`] against the profile with this id (the national views' profiles
+    /// are checked this way: several describe one resource type).
+    pub fn validate_as(&self, profile_id: &str, resource: &Value) -> Vec<Issue> {
         let mut out = Issues::default();
-        let Some(profile) = self.profiles.get(resource_type) else {
+        let Some(profile) = self.profiles.get(profile_id) else {
             out.push(Issue::general(
                 "not-supported",
-                format!("no profile for {resource_type}"),
+                format!("no profile {profile_id}"),
             ));
             return out.finish();
         };
+        let resource_type = profile.resource_type.as_str();
         match resource.as_object() {
             Some(obj) => self.check_object(profile, obj, resource_type, resource_type, &mut out),
             None => out.push(Issue::general("structure", "a resource is a JSON object")),

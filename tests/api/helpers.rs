@@ -442,6 +442,17 @@ impl TestApp {
         .expect("token")
     }
 
+    /// A token from the test issuer (a production app's) with SMART `scope`s.
+    pub fn scoped_token(&self, role: Role, org: &str, scope: &str) -> String {
+        let now = Utc::now().timestamp();
+        let idp = self.idp.as_ref().expect("a production app's issuer");
+        idp.sign(&json!({
+            "iss": idp.issuer, "sub": format!("user-{}", role.as_str()), "aud": "cpis-fhir",
+            "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string(),
+            "name": "Test User", "role": role.as_str(), "org": org, "scope": scope,
+        }))
+    }
+
     pub fn council(&self, ods: &str) -> String {
         self.token(Role::Council, ods)
     }

@@ -99,14 +99,8 @@ async fn replacing_the_trusted_keys_at_run_time_takes_effect_on_the_next_request
     assert_eq!(app.lookup(&new_token, NHS_1, "", &[]).await.status, 200);
 }
 
-/// A token from the test issuer with SMART `scope`s.
 fn scoped(app: &TestApp, role: Role, org: &str, scope: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    app.idp.as_ref().expect("idp").sign(&serde_json::json!({
-        "iss": "https://idp.cpis.test", "sub": format!("user-{}", role.as_str()), "aud": "cpis-fhir",
-        "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string(),
-        "role": role.as_str(), "org": org, "scope": scope,
-    }))
+    app.scoped_token(role, org, scope)
 }
 
 #[actix_rt::test]

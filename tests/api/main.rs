@@ -14,6 +14,7 @@ mod jwks;
 mod lifecycle;
 mod load;
 mod lookup;
+mod national;
 mod notify;
 mod operate;
 mod operations;

@@ -3,7 +3,27 @@
 //! system events (lifecycle runs, refused authentications).
 
 use super::*;
-use crate::fhir::audit_event;
+use crate::fhir::{audit_event, national};
+
+/// Whether the search asks for each access's viewer as an included `PractitionerRole` (the
+/// national CP-IS API's access history, "Design/Data-mapping").
+fn wants_viewers(p: &Params) -> Result<bool, ApiError> {
+    let mut viewers = false;
+    for v in p.all("_include") {
+        if params::of("AuditEvent").is_some_and(|s| s.includes.contains(&v)) {
+            viewers = true;
+        } else {
+            return Err(invalid(
+                "_include",
+                format!(
+                    "_include={v} is not supported ({} or AuditEvent:agent:PractitionerRole)",
+                    params::AUDIT_VIEWER_INCLUDE
+                ),
+            ));
+        }
+    }
+    Ok(viewers)
+}
 
 // unscheduled accesses that disclosed a record) or, for the audit team, every audit row.
 
@@ -151,15 +171,52 @@ pub async fn search_audit_events(
         body,
         "AuditEvent",
         &["patient:identifier", "entity:identifier", "patient"],
-        |params, _| Ok(params),
-        |conn, caller, params, st, since| {
+        |params, _| {
+            let viewers = wants_viewers(&params)?;
+            Ok((params, viewers))
+        },
+        |conn, caller, (params, viewers), st, since| {
             let (rows, next, d) = run_audit_search(conn, caller, &params, st, since)?;
-            Ok(((rows, next), d))
+            Ok(((rows, next, viewers), d))
         },
     )
     .await?;
     let (used, cursor) = (ran.used, ran.cursor);
-    let (rows, next) = ran.rows;
+    let (rows, next, asked) = ran.rows;
+    // An EPR built for the national API asks at its base path without `_include` and expects
+    // the viewers (the guide's example answer has them).
+    let national = state
+        .settings
+        .base_paths
+        .iter()
+        .any(|b| req.path().starts_with(&format!("{b}/")));
+    let viewers = asked || national;
+    let mut entries: Vec<Entry> = Vec::with_capacity(rows.len() * 2);
+    let mut roles: Vec<Entry> = Vec::new();
+    for r in &rows {
+        let mut resource = audit_event::render(r);
+        if viewers && audit_event::is_access(r) {
+            if let Some(agents) = resource["agent"].as_array_mut() {
+                agents.push(national::assigned_agent(r));
+            }
+            let id = national::practitioner_role_id(r);
+            if !roles.iter().any(|e| e.id == id) {
+                roles.push(Entry {
+                    resource_type: "PractitionerRole",
+                    id,
+                    resource: national::practitioner_role(r),
+                    include: true,
+                });
+            }
+        }
+        entries.push(Entry {
+            resource_type: "AuditEvent",
+            id: r.id.clone(),
+            resource,
+            include: false,
+        });
+    }
+    entries.extend(roles);
     let bundle = SearchSet {
         base: &state.settings.base_url,
         path: "AuditEvent",
@@ -167,15 +224,7 @@ pub async fn search_audit_events(
         cursor,
         total: next.is_none().then_some(rows.len()),
         next_cursor: next,
-        entries: rows
-            .iter()
-            .map(|r| Entry {
-                resource_type: "AuditEvent",
-                id: r.id.clone(),
-                resource: audit_event::render(r),
-                include: false,
-            })
-            .collect(),
+        entries,
     };
     Reply::ok(bundle.render()).into_response(&req)
 }

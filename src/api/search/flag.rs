@@ -4,13 +4,30 @@
 use super::*;
 use crate::fhir::{flag, organization, patient};
 
-struct FlagQuery {
+pub(super) struct FlagQuery {
     patient: Option<NhsNumber>,
     filter: FlagFilter,
     include_author: bool,
     include_patient: bool,
     count: usize,
     cursor: Option<String>,
+}
+
+impl FlagQuery {
+    /// Every plan of one person, with their councils: what the national views show.
+    pub(super) fn of_person(patient: NhsNumber, count: usize, cursor: Option<String>) -> Self {
+        FlagQuery {
+            filter: FlagFilter {
+                nhs_number: Some(patient.as_str().to_owned()),
+                ..FlagFilter::default()
+            },
+            patient: Some(patient),
+            include_author: true,
+            include_patient: false,
+            count,
+            cursor,
+        }
+    }
 }
 
 fn flag_query(p: &Params, state: &AppState) -> Result<FlagQuery, ApiError> {
@@ -96,16 +113,22 @@ fn flag_query(p: &Params, state: &AppState) -> Result<FlagQuery, ApiError> {
     })
 }
 
-struct FlagPage {
-    flags: Vec<FlagRow>,
-    total: usize,
-    next: Option<String>,
-    councils: Vec<CouncilRow>,
+pub(super) struct FlagPage {
+    pub(super) flags: Vec<FlagRow>,
+    pub(super) total: usize,
+    pub(super) next: Option<String>,
+    pub(super) councils: Vec<CouncilRow>,
     patients: Vec<PatientRow>,
     include_author: bool,
 }
 
-fn run_flag_search(
+impl FlagPage {
+    pub(super) fn council_of(&self, flag: &FlagRow) -> Option<&CouncilRow> {
+        self.councils.iter().find(|c| c.ods_code == flag.la_ods)
+    }
+}
+
+pub(super) fn run_flag_search(
     conn: &mut DbConn,
     caller: &Caller,
     mut q: FlagQuery,

@@ -31,16 +31,20 @@ use crate::store::patients::{self, PatientFilter, PatientRow};
 use crate::store::{DbConn, Page};
 
 pub mod audit_event;
+pub mod care_team;
 pub mod flag;
 pub mod organization;
 pub mod params;
 pub mod patient;
+pub mod patient_flag;
 pub mod subscription;
 
 pub use audit_event::search_audit_events;
+pub use care_team::search_care_teams;
 pub use flag::search_flags;
 pub use organization::search_organizations;
 pub use patient::search_patients;
+pub use patient_flag::search_patient_flags;
 pub use subscription::search_subscriptions;
 
 /// How many accesses a person's access history shows (DOMAIN.md "access history").

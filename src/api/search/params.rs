@@ -61,6 +61,10 @@ macro_rules! base {
     };
 }
 
+/// The national CP-IS API's way of asking for each access's viewer (a `PractitionerRole`).
+pub const AUDIT_VIEWER_INCLUDE: &str =
+    "AuditEvent:entity-type=http://terminology.hl7.org/CodeSystem/v3-RoleClass|ASSIGNED";
+
 /// Every resource's searches. `_count` and `_format` are accepted everywhere (and `_cursor`,
 /// this server's opaque paging token, in the `next` links it writes).
 pub const SEARCHES: &[ResourceSearch] = &[
@@ -120,6 +124,29 @@ pub const SEARCHES: &[ResourceSearch] = &[
               "destroy: the record lifecycle's runs (audit team)."),
             p("type", "token", &[], base!("AuditEvent-type"),
               "http://dicom.nema.org/resources/ontology/DCM|110114: refused authentications; DCM|110113: the misuse watch's warnings (audit team)."),
+        ],
+        includes: &[
+            AUDIT_VIEWER_INCLUDE,
+            "AuditEvent:agent",
+            "AuditEvent:agent:PractitionerRole",
+        ],
+    },
+    ResourceSearch {
+        resource: "CareTeam",
+        params: &[
+            p("patient", "reference", &["identifier"], base!("clinical-patient"),
+              "The look-up in the national CP-IS API's shape: patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}; one CareTeam per plan. Audited, hits and misses alike; the council is notified."),
+            p("subject", "reference", &["identifier"], base!("CareTeam-subject"), "As patient."),
+        ],
+        includes: &[],
+    },
+    ResourceSearch {
+        resource: "PatientFlag",
+        params: &[
+            p("patient", "reference", &["identifier"], base!("clinical-patient"),
+              "The look-up in the Patient Flags API's shape: patient={NHS number}; per plan a Flag, its CarePlan and the council's CareTeam. Audited; the council is notified."),
+            p("code", "token", &[], None,
+              "The flag type: child-protection-information-system-flag (or CP-IS); any other finds nothing here."),
         ],
         includes: &[],
     },
