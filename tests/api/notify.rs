@@ -1014,3 +1014,39 @@ async fn a_stored_endpoint_that_the_current_rules_forbid_is_never_posted_to_and_
     assert_eq!(s["status"], "active", "one failure is not yet error");
     assert!(error.to_string().contains("not allowed"), "{error}");
 }
+
+#[actix_rt::test]
+async fn a_look_up_through_the_national_views_notifies_the_council_like_the_flag_look_up() {
+    let (app, hook, _, _) = subscribed().await;
+    let c = app.clinician();
+    let care_team = app
+        .get(
+            &format!("/cpis/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+            &c,
+        )
+        .await;
+    assert_eq!(care_team.status, 200);
+    let patient_flag = app
+        .get(&format!("/cpis/FHIR/R4/PatientFlag?patient={NHS_1}"), &c)
+        .await;
+    assert_eq!(patient_flag.status, 200);
+    let report = app.deliver().await;
+    assert_eq!(report.events_delivered, 2, "{report:?}");
+    assert_eq!(
+        hook.of_kind("event-notification").len(),
+        1,
+        "one post, both events"
+    );
+    // A scheduled (silent) read through a national view is audited but not notified.
+    let silent = app
+        .request(
+            awc::http::Method::GET,
+            &format!("/cpis/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+            Some(&c),
+            &[("IsUnscheduledAccessEvent", "false")],
+            None,
+        )
+        .await;
+    assert_eq!(silent.status, 200);
+    assert_eq!(app.deliver().await.events_delivered, 0);
+}
