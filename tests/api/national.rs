@@ -302,6 +302,28 @@ async fn the_flag_care_team_and_patient_flag_views_show_the_same_plans_under_the
         .await
         .json();
     assert_eq!(own["total"], 1);
+    // Without a person, or with two, a national view refuses (and audits) the search.
+    for path in [
+        "/CareTeam".to_owned(),
+        "/PatientFlag?code=CP-IS".to_owned(),
+        format!("/PatientFlag?patient={NHS_1}&patient={NHS_2}"),
+        "/CareTeam?patient:identifier=https://example.org/not-nhs%7C123".to_owned(),
+    ] {
+        app.get(&path, &c).await.assert_outcome(400, "invalid");
+    }
+    // An EPR that asks for XML gets every national view as XML.
+    for path in [
+        format!("/cpis/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+        format!("/cpis/FHIR/R4/PatientFlag?patient={NHS_1}"),
+        format!("/cpis/FHIR/R4/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+    ] {
+        let xml = app
+            .request(Method::GET, &path, Some(&c), &[("Accept", "application/fhir+xml")], None)
+            .await;
+        assert_eq!(xml.status, 200, "{path}: {}", xml.text());
+        assert!(xml.text().contains("<Bundle xmlns=\"http://hl7.org/fhir\">"), "{path}");
+        assert!(!xml.text().contains("OperationOutcome"), "{path}: {}", xml.text());
+    }
     // The national path serves the rest of the API too, and 405s name the methods.
     assert_eq!(
         app.get("/cpis/FHIR/R4/metadata", &c).await.json()["resourceType"],
