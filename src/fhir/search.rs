@@ -344,7 +344,8 @@ impl DateParam {
     }
 
     /// Whether a plan period `[start, end]` (end open when absent) satisfies this parameter
-    /// (FHIR R4 §3.1.1.4.2: ranges compare by overlap and bounds).
+    /// (FHIR R4 §3.1.1.4.2: ranges compare by overlap and bounds): the rule that
+    /// [`DateParam::flag_dates`], which searches run, is tested against.
     pub fn matches_period(&self, start: NaiveDate, end: Option<NaiveDate>) -> bool {
         let last = self.to - Duration::days(1);
         match self.prefix {

@@ -377,21 +377,18 @@ async fn every_national_view_is_listed_in_the_capability_statement_with_its_prof
 #[test]
 fn a_base_path_that_would_hide_the_servers_own_routes_is_refused_at_start_up() {
     let dir = tempfile::tempdir().expect("dir");
-    let out = crate::cli::bin()
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("CPIS_BASE_PATHS", "/Flag/R4")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("would hide"), "{err}");
-    let out = crate::cli::bin()
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("CPIS_BASE_PATHS", "cpis/../x")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("base_paths"));
+    let serve_with = |base_paths: &str| {
+        let out = crate::cli::bin()
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("CPIS_BASE_PATHS", base_paths)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{base_paths} is refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let hides = serve_with("/Flag/R4");
+    assert!(hides.contains("would hide"), "{hides}");
+    let malformed = serve_with("cpis/../x");
+    assert!(malformed.contains("base_paths"), "{malformed}");
 }
