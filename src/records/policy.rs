@@ -27,6 +27,8 @@ pub enum Action {
     ReadAccessHistory,
     /// One AuditEvent by id.
     ReadAuditEvent,
+    /// Search the audit trail by date, user, organisation, outcome, purpose or council.
+    SearchAuditTrail,
     /// The audit trail's system events: lifecycle runs, refused authentications.
     ListSystemEvents,
     /// Create, read, change and remove Subscriptions.
@@ -38,7 +40,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::WriteRecords,
         Action::ManageCouncils,
         Action::ReadRecord,
@@ -47,6 +49,7 @@ impl Action {
         Action::ReadFlagHistory,
         Action::ReadAccessHistory,
         Action::ReadAuditEvent,
+        Action::SearchAuditTrail,
         Action::ListSystemEvents,
         Action::ManageSubscriptions,
         Action::RunLifecycle,
@@ -104,7 +107,7 @@ fn needs(action: Action) -> (&'static [&'static str], &'static str, &'static str
         A::ReadRecord | A::ReadFlagHistory => (&["Patient", "Flag"], "r", "the token's SMART scopes do not allow this: reading records needs a Patient or Flag scope with r"),
         A::SearchRecords => (&["Patient", "Flag"], "s", "the token's SMART scopes do not allow this: the look-up needs a Flag or Patient scope with s"),
         A::SearchPatientsByName => (&["Patient"], "s", "the token's SMART scopes do not allow this: searching people needs a Patient scope with s"),
-        A::ReadAccessHistory | A::ListSystemEvents => (&["AuditEvent"], "s", "the token's SMART scopes do not allow this: searching the audit trail needs an AuditEvent scope with s"),
+        A::ReadAccessHistory | A::ListSystemEvents | A::SearchAuditTrail => (&["AuditEvent"], "s", "the token's SMART scopes do not allow this: searching the audit trail needs an AuditEvent scope with s"),
         A::ReadAuditEvent => (&["AuditEvent"], "r", "the token's SMART scopes do not allow this: reading an AuditEvent needs an AuditEvent scope with r"),
         A::ManageSubscriptions => (&["Subscription"], "cruds", "the token's SMART scopes do not allow this: subscriptions need a Subscription scope"),
         A::RunLifecycle => (&["Flag"], "d", "the token's SMART scopes do not allow this: running the record lifecycle needs a Flag scope with d"),
@@ -180,6 +183,13 @@ fn by_role(caller: &Caller, action: Action) -> Result<Scope, Denied> {
             "this audit record is not about a record you are responsible for",
         )),
 
+        (A::SearchAuditTrail, R::Council) => Ok(own()),
+        (A::SearchAuditTrail, R::Auditor | R::Admin) => Ok(Scope::All),
+        (A::SearchAuditTrail, _) => Err(Denied(
+            "only the audit team (and a council, for its own records) searches the audit trail; \
+             clinicians see a person's access history by NHS number",
+        )),
+
         (A::ListSystemEvents, R::Auditor | R::Admin) => Ok(Scope::All),
         (A::ListSystemEvents, _) => Err(Denied(
             "only the audit team lists the record lifecycle's runs and refused authentications",
@@ -232,6 +242,7 @@ mod tests {
         (Action::ReadFlagHistory, "--caa"),
         (Action::ReadAccessHistory, "vvcaa"),
         (Action::ReadAuditEvent, "--caa"),
+        (Action::SearchAuditTrail, "--caa"),
         (Action::ListSystemEvents, "---aa"),
         (Action::ManageSubscriptions, "--c-a"),
         (Action::RunLifecycle, "----a"),

@@ -194,6 +194,72 @@ fn newest_first(
         .load(conn)
 }
 
+/// What the audit team searches the trail by (FHIR R4 AuditEvent search parameters and this
+/// server's own); every condition must hold, and within one the values are alternatives.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub patient: Option<String>,
+    /// Recorded at or after, and before, these instants (microseconds); each must hold.
+    pub recorded_from: Vec<i64>,
+    pub recorded_before: Vec<i64>,
+    /// User ids (token subjects).
+    pub agents: Vec<String>,
+    pub roles: Vec<String>,
+    /// The accessing organisations (ODS).
+    pub orgs: Vec<String>,
+    /// FHIR audit-event-outcome codes: 0 success, 4 minor failure, 8 serious failure.
+    pub outcomes: Vec<String>,
+    /// Unscheduled (`true`) or scheduled (`false`) accesses only.
+    pub unscheduled: Option<bool>,
+    /// Only rows that disclosed, or were about, a record of this council.
+    pub council: Option<String>,
+}
+
+/// A page of the rows matching `f`, newest first, after the cursor (an id).
+pub fn search(
+    conn: &mut DbConn,
+    f: &AuditFilter,
+    before_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<AuditRow>> {
+    let mut q: Boxed = audit_events::table.into_boxed();
+    if let Some(p) = &f.patient {
+        q = q.filter(audit_events::patient.eq(p.clone()));
+    }
+    for t in &f.recorded_from {
+        q = q.filter(audit_events::recorded.ge(*t));
+    }
+    for t in &f.recorded_before {
+        q = q.filter(audit_events::recorded.lt(*t));
+    }
+    if !f.agents.is_empty() {
+        q = q.filter(audit_events::user_id.eq_any(f.agents.clone()));
+    }
+    if !f.roles.is_empty() {
+        q = q.filter(audit_events::user_role.eq_any(f.roles.clone()));
+    }
+    if !f.orgs.is_empty() {
+        q = q.filter(audit_events::user_org.eq_any(f.orgs.clone()));
+    }
+    if !f.outcomes.is_empty() {
+        q = q.filter(audit_events::outcome.eq_any(f.outcomes.clone()));
+    }
+    if let Some(u) = f.unscheduled {
+        q = q.filter(audit_events::unscheduled.eq(u));
+    }
+    if let Some(c) = &f.council {
+        // `councils` holds ODS codes (letters and digits) separated by single spaces.
+        q = q.filter(
+            audit_events::councils
+                .eq(c.clone())
+                .or(audit_events::councils.like(format!("{c} %")))
+                .or(audit_events::councils.like(format!("% {c}")))
+                .or(audit_events::councils.like(format!("% {c} %"))),
+        );
+    }
+    newest_first(conn, q, before_id, limit)
+}
+
 pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
     audit_events::table.count().get_result(conn)
 }

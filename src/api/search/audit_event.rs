@@ -54,6 +54,127 @@ fn system_events(
     Ok((rows, next, disclosure))
 }
 
+/// The audit team's filters (FHIR R4 AuditEvent `date`, `agent`, `agent-role`, `outcome`, and
+/// this server's `agent-org`, `purpose`, `council`).
+const TRAIL_PARAMS: &[&str] = &[
+    "date",
+    "agent",
+    "agent-role",
+    "agent-org",
+    "outcome",
+    "purpose",
+    "council",
+];
+
+fn split<'a>(p: &'a Params, name: &str) -> Vec<&'a str> {
+    p.all(name)
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|v| token(v).1)
+        .collect()
+}
+
+fn ods_values(p: &Params, name: &str) -> Result<Vec<String>, ApiError> {
+    split(p, name)
+        .into_iter()
+        .map(|v| {
+            crate::domain::OdsCode::parse(v)
+                .map(|o| o.as_str().to_owned())
+                .ok_or_else(|| invalid(name, format!("{name} '{v}' is not an ODS code")))
+        })
+        .collect()
+}
+
+/// Every audit row matching the filters, newest first, paged by keyset: the audit team's search
+/// (a council's is narrowed to rows about its own records).
+fn trail_search(
+    conn: &mut DbConn,
+    p: &Params,
+    state: &AppState,
+    nhs: Option<NhsNumber>,
+    scope: Scope,
+) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+    let mut f = audit_store::AuditFilter {
+        patient: nhs.as_ref().map(|n| n.as_str().to_owned()),
+        agents: split(p, "agent").into_iter().map(str::to_owned).collect(),
+        roles: split(p, "agent-role")
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        orgs: ods_values(p, "agent-org")?,
+        ..Default::default()
+    };
+    for v in p.all("date") {
+        let d = instant_param("date", v)?;
+        use crate::fhir::search::Prefix;
+        match d.prefix {
+            Prefix::Eq => {
+                f.recorded_from.push(d.from);
+                f.recorded_before.push(d.to);
+            }
+            Prefix::Gt => f.recorded_from.push(d.to),
+            Prefix::Ge => f.recorded_from.push(d.from),
+            Prefix::Lt => f.recorded_before.push(d.from),
+            Prefix::Le => f.recorded_before.push(d.to),
+        }
+    }
+    for o in split(p, "outcome") {
+        if !["0", "4", "8", "12"].contains(&o) {
+            return Err(invalid(
+                "outcome",
+                format!("outcome '{o}' is not 0, 4, 8 or 12 (FHIR audit-event-outcome)"),
+            ));
+        }
+        f.outcomes.push(o.to_owned());
+    }
+    for v in split(p, "purpose") {
+        let u = match v {
+            "unscheduled" => true,
+            "scheduled" => false,
+            other => {
+                return Err(invalid(
+                    "purpose",
+                    format!("purpose '{other}' is not unscheduled or scheduled"),
+                ))
+            }
+        };
+        if f.unscheduled.is_some_and(|was| was != u) {
+            return Ok((Vec::new(), None, Disclosure::about(f.patient)));
+        }
+        f.unscheduled = Some(u);
+    }
+    let councils = ods_values(p, "council")?;
+    if councils.len() > 1 {
+        return Err(invalid("council", "give one council".into()));
+    }
+    f.council = councils.into_iter().next();
+    if let Scope::OwnCouncil(own) = &scope {
+        match &f.council {
+            Some(c) if c != own.as_str() => {
+                return Err(ApiError::Forbidden(
+                    "a council searches the audit trail of its own records only".into(),
+                ))
+            }
+            _ => f.council = Some(own.as_str().to_owned()),
+        }
+    }
+    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
+    let cursor = p.cursor()?;
+    let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
+    let mut rows = audit_store::search(conn, &f, cursor.as_deref(), limit)?;
+    let next = if rows.len() > count {
+        rows.truncate(count);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    let mut disclosure = Disclosure::about(f.patient);
+    for r in &rows {
+        disclosure.reference(format!("AuditEvent/{}", r.id));
+    }
+    Ok((rows, next, disclosure))
+}
+
 fn run_audit_search(
     conn: &mut DbConn,
     caller: &Caller,
@@ -105,6 +226,14 @@ fn run_audit_search(
                 "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",
                 crate::records::lifecycle::AUDIT_SUBTYPE
             )))
+        }
+    }
+    let trail = p.has_any(TRAIL_PARAMS);
+    if trail || nhs.is_none() {
+        match decide(caller, Action::SearchAuditTrail) {
+            Ok(scope) => return trail_search(conn, p, state, nhs, scope),
+            Err(denied) if trail => return Err(denied.into()),
+            Err(_) => {}
         }
     }
     let nhs = nhs.ok_or_else(|| {

@@ -1,0 +1,177 @@
+//! The audit team's search of the whole trail: by date, user, role, organisation, outcome,
+//! purpose and council, combinable with the person, newest first with keyset paging; a council
+//! over its own records only; every search itself audited.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+use cpis_fhir::auth::dev::{self, TokenRequest};
+use cpis_fhir::domain::{OdsCode, Role};
+
+fn user(app: &TestApp, user: &str, role: Role, org: &str) -> String {
+    dev::mint(
+        app.dir.path(),
+        &TokenRequest {
+            role,
+            org: OdsCode::parse(org).unwrap(),
+            user: user.to_owned(),
+            name: Some(format!("Name of {user}")),
+            ttl_secs: 600,
+            audience: "cpis-fhir".into(),
+        },
+    )
+    .unwrap()
+}
+
+/// The AuditEvents of every page of `query` (as the auditor), following `next` links.
+async fn trail(app: &TestApp, query: &str, token: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = Some(format!("/AuditEvent?{query}"));
+    while let Some(path) = next {
+        let r = app.get(&path, token).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let b = r.json();
+        out.extend(entries(&b, "match"));
+        next = app.next_page(&b);
+        assert!(out.len() < 500);
+    }
+    out
+}
+
+fn users(events: &[Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .flat_map(|e| e["agent"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["requestor"] == true)
+        .filter_map(|a| a["who"]["identifier"]["value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn the_audit_team_finds_accesses_by_user_organisation_role_purpose_council_and_date() {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    app.given_flag(LA_B, NHS_2, "PLAN-B").await;
+    let ann = user(&app, "ann", Role::Clinician, "RDE01");
+    let bob = user(&app, "bob", Role::ClinicianScheduled, "RBB02");
+    for (token, nhs) in [(&ann, NHS_1), (&ann, NHS_2), (&bob, NHS_2), (&ann, NHS_3)] {
+        assert_eq!(app.lookup(token, nhs, "", &[]).await.status, 200);
+    }
+    let auditor = app.token(Role::Auditor, "X26");
+    let of = |q: &'static str| {
+        let (app, auditor) = (&app, auditor.clone());
+        async move { trail(app, q, &auditor).await }
+    };
+    let ann_rows = of("agent=ann").await;
+    assert_eq!(ann_rows.len(), 3);
+    assert_eq!(users(&ann_rows), BTreeSet::from(["ann".to_owned()]));
+    assert_eq!(
+        users(&of("agent-org=RBB02").await),
+        BTreeSet::from(["bob".to_owned()])
+    );
+    assert_eq!(of("agent-role=clinician-scheduled").await.len(), 1);
+    assert_eq!(of("purpose=scheduled&agent=bob,ann").await.len(), 1);
+    assert_eq!(of("purpose=unscheduled&agent=ann").await.len(), 3);
+    // By the responsible council: LA902's record was looked at twice (ann, bob).
+    assert_eq!(users(&of("council=LA902").await).len(), 2);
+    assert_eq!(of("council=LA902&agent=bob").await.len(), 1);
+    // With the person: ann's look-up of NHS_2 only.
+    let one = trail(
+        &app,
+        &format!("patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_2}&agent=ann"),
+        &auditor,
+    )
+    .await;
+    assert_eq!(one.len(), 1);
+    // By date: everything today (the test server's clock), nothing before 2000, nothing after
+    // tomorrow.
+    let today = chrono::NaiveDate::parse_from_str(&TODAY[..10], "%Y-%m-%d").unwrap();
+    let all_today = trail(&app, &format!("date={today}&agent=ann,bob"), &auditor).await;
+    assert_eq!(all_today.len(), 4);
+    assert!(of("date=lt2000-01-01").await.is_empty());
+    let tomorrow = today + chrono::Duration::days(1);
+    assert!(trail(&app, &format!("date=ge{tomorrow}"), &auditor)
+        .await
+        .is_empty());
+    assert_eq!(of("outcome=0&agent=ann").await.len(), 3);
+    // Newest first.
+    let recorded: Vec<&str> = ann_rows
+        .iter()
+        .map(|e| e["recorded"].as_str().unwrap())
+        .collect();
+    let mut sorted = recorded.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(recorded, sorted);
+    // Bad values are refused, naming the parameter.
+    for q in [
+        "outcome=3",
+        "purpose=sometimes",
+        "agent-org=not%20an%20ods",
+        "council=A,B",
+    ] {
+        let r = app.get(&format!("/AuditEvent?{q}"), &auditor).await;
+        r.assert_outcome(400, "invalid");
+    }
+}
+
+#[actix_rt::test]
+async fn paging_the_trail_stays_correct_while_accesses_arrive_and_each_search_is_audited() {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let c = app.clinician();
+    for _ in 0..5 {
+        assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    }
+    let auditor = app.token(Role::Auditor, "X26");
+    let first = app
+        .get("/AuditEvent?agent-role=clinician&_count=2", &auditor)
+        .await
+        .json();
+    let mut seen: Vec<String> = entries(&first, "match")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Two more accesses arrive while the auditor pages: they are newer than the cursor, so
+    // the pages that follow neither repeat nor skip anything.
+    for _ in 0..2 {
+        assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    }
+    let before = app.audit_count();
+    let rest = trail(
+        &app,
+        &app.next_page(&first).unwrap()["/AuditEvent?".len()..],
+        &auditor,
+    )
+    .await;
+    let pages = app.audit_count() - before;
+    seen.extend(rest.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+    assert_eq!(
+        seen.len(),
+        5,
+        "the five accesses before the first page, once each"
+    );
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 5);
+    assert_eq!(pages, 2, "each page of the search is itself audited");
+}
+
+#[actix_rt::test]
+async fn a_council_searches_only_the_trail_of_its_own_records_and_clinicians_not_at_all() {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    app.given_flag(LA_B, NHS_2, "PLAN-B").await;
+    let c = app.clinician();
+    assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    assert_eq!(app.lookup(&c, NHS_2, "", &[]).await.status, 200);
+    let own = trail(&app, "agent-role=clinician", &app.council(LA_A)).await;
+    assert_eq!(own.len(), 1);
+    assert!(own[0].to_string().contains(NHS_1));
+    assert!(!own[0].to_string().contains(NHS_2));
+    app.get("/AuditEvent?council=LA902", &app.council(LA_A))
+        .await
+        .assert_outcome(403, "forbidden");
+    app.get("/AuditEvent?agent=user-clinician", &c)
+        .await
+        .assert_outcome(403, "forbidden");
+}
