@@ -138,6 +138,10 @@ async fn paging_the_trail_stays_correct_while_accesses_arrive_and_each_search_is
     for _ in 0..2 {
         assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
     }
+    assert!(
+        first.get("total").is_none(),
+        "one page of several does not count the rest"
+    );
     let before = app.audit_count();
     let rest = trail(
         &app,
@@ -154,6 +158,22 @@ async fn paging_the_trail_stays_correct_while_accesses_arrive_and_each_search_is
     );
     assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 5);
     assert_eq!(pages, 2, "each page of the search is itself audited");
+    let last = app
+        .get(&app.next_page(&first).unwrap(), &auditor)
+        .await
+        .json();
+    assert!(
+        last.get("total").is_none(),
+        "a later page gives no partial total"
+    );
+    let whole = app
+        .get("/AuditEvent?agent-role=clinician", &auditor)
+        .await
+        .json();
+    assert_eq!(
+        whole["total"], 7,
+        "a search answered in one page is counted"
+    );
 }
 
 #[actix_rt::test]

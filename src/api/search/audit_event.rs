@@ -346,12 +346,14 @@ pub async fn search_audit_events(
         });
     }
     entries.extend(roles);
+    // Counted only when this one page is everything: a later page does not know what came before.
+    let total = (next.is_none() && cursor.is_none()).then_some(rows.len());
     let bundle = SearchSet {
         base: &state.settings.base_url,
         path: "AuditEvent",
         query: used,
         cursor,
-        total: next.is_none().then_some(rows.len()),
+        total,
         next_cursor: next,
         entries,
     };
