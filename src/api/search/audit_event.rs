@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::fhir::{audit_event, national};
+use crate::store::page_limit;
 
 /// Whether the search asks for each access's viewer as an included `PractitionerRole` (the
 /// national CP-IS API's access history, "Design/Data-mapping").
@@ -37,21 +38,31 @@ fn system_events(
     role: &str,
 ) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
     decide(caller, Action::ListSystemEvents)?;
-    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
-    let cursor = p.cursor()?;
-    let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
-    let mut rows = audit_store::events_of_role(conn, role, cursor.as_deref(), limit)?;
-    let next = if rows.len() > count {
-        rows.truncate(count);
-        rows.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
+    let (count, cursor) = paging(p, state)?;
+    let (rows, next) = newest_page(
+        audit_store::events_of_role(conn, role, cursor.as_deref(), page_limit(count))?,
+        count,
+    );
     let mut disclosure = Disclosure::about(None);
     for r in &rows {
         disclosure.reference(format!("AuditEvent/{}", r.id));
     }
     Ok((rows, next, disclosure))
+}
+
+/// A search's page size and cursor.
+fn paging(p: &Params, state: &AppState) -> Result<(usize, Option<String>), ApiError> {
+    Ok((
+        p.count(DEFAULT_PAGE, state.settings.max_page_size)?,
+        p.cursor()?,
+    ))
+}
+
+/// A page from rows fetched with [`page_limit`]: the first `count`, and the next page's
+/// cursor when there was one row more. No total: counting a trail is not worth it.
+fn newest_page(rows: Vec<AuditRow>, count: usize) -> (Vec<AuditRow>, Option<String>) {
+    let page = Page::keyset(rows, 0, count, |r| r.id.as_str());
+    (page.rows, page.next)
 }
 
 /// The audit team's filters (FHIR R4 AuditEvent `date`, `agent`, `agent-role`, `outcome`, and
@@ -158,16 +169,11 @@ fn trail_search(
             _ => f.council = Some(own.as_str().to_owned()),
         }
     }
-    let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
-    let cursor = p.cursor()?;
-    let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
-    let mut rows = audit_store::search(conn, &f, cursor.as_deref(), limit)?;
-    let next = if rows.len() > count {
-        rows.truncate(count);
-        rows.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
+    let (count, cursor) = paging(p, state)?;
+    let (rows, next) = newest_page(
+        audit_store::search(conn, &f, cursor.as_deref(), page_limit(count))?,
+        count,
+    );
     let mut disclosure = Disclosure::about(f.patient);
     for r in &rows {
         disclosure.reference(format!("AuditEvent/{}", r.id));
@@ -265,17 +271,16 @@ fn run_audit_search(
             )
         }
         Scope::All => {
-            let count = p.count(DEFAULT_PAGE, state.settings.max_page_size)?;
-            let cursor = p.cursor()?;
-            let limit = i64::try_from(count).unwrap_or(i64::MAX).saturating_add(1);
-            let mut rows =
-                audit_store::all_for_patient(conn, nhs.as_str(), cursor.as_deref(), limit)?;
-            let next = if rows.len() > count {
-                rows.truncate(count);
-                rows.last().map(|r| r.id.clone())
-            } else {
-                None
-            };
+            let (count, cursor) = paging(p, state)?;
+            let (rows, next) = newest_page(
+                audit_store::all_for_patient(
+                    conn,
+                    nhs.as_str(),
+                    cursor.as_deref(),
+                    page_limit(count),
+                )?,
+                count,
+            );
             (rows, next)
         }
     };
