@@ -52,6 +52,14 @@ pub const KEYS: &[KeyDoc] = &[
     ("limits.lookups_per_org_per_minute", "audited look-ups all users of one organisation (ODS) may make in a minute (default 6000; 0 for no limit; per replica)"),
     ("limits.fishing_distinct_people", "a warning AuditEvent (type 110113) when one user looks up more distinct people than this within limits.fishing_window_secs (default 50; 0 turns it off)"),
     ("limits.fishing_window_secs", "the window of limits.fishing_distinct_people (default 28800 = 8 h, a shift)"),
+    ("audit.export_dir", "directory for bulk exports' NDJSON files; replicas behind one load balancer must share it (default <data_dir>/exports)"),
+    ("audit.export_expiry_secs", "seconds an export's files may be downloaded after it completes; then they are deleted (default 86400)"),
+    ("audit.exports_at_once", "bulk exports running at once across the service; more are answered 429 with Retry-After (default 2)"),
+    ("audit.working_hours", "the working day in UK time, HH:MM-HH:MM, Monday to Friday; the access report counts accesses outside it (default 08:00-18:00)"),
+    ("audit.report_distinct_people_per_day", "the access report flags a user who looked up more distinct people than this in one day (default 30)"),
+    ("audit.report_silent_reads", "the access report flags a user who read one person silently (scheduled) more often than this in the period (default 5)"),
+    ("audit.report_probe_misses", "the access report flags a user whose look-ups found nothing for more distinct NHS numbers than this in the period (default 20)"),
+    ("audit.report_refusals", "the access report flags a client address with more refused authentications than this in the period (default 20)"),
     ("limits.max_connections", "most open connections per HTTP worker; more wait to be accepted (default 1024)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "accepted `aud` of bearer tokens: one, or a list (in the environment, comma-separated) (default cpis-fhir)"),
@@ -315,6 +323,34 @@ pub struct Settings {
     pub refresh_keys: bool,
     /// Development mode: trust the data directory's dev key and load demo data.
     pub dev: bool,
+    /// The audit team's exports and report.
+    pub audit: AuditSettings,
+}
+
+/// The audit team's bulk exports and access report (see `audit::export`, `audit::report`).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub export_dir: PathBuf,
+    pub export_expiry: std::time::Duration,
+    pub exports_at_once: i64,
+    /// Minutes after midnight (UK time) the working day starts and ends.
+    pub working_hours: (u32, u32),
+    pub distinct_people_per_day: u64,
+    pub silent_reads: u64,
+    pub probe_misses: u64,
+    pub refusals: u64,
+}
+
+/// `HH:MM-HH:MM` as minutes after midnight.
+fn working_hours(v: &str) -> Option<(u32, u32)> {
+    let minutes = |t: &str| {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && m.to_string().len() <= 2).then_some(h * 60 + m)
+    };
+    let (a, b) = v.split_once('-')?;
+    let (a, b) = (minutes(a)?, minutes(b)?);
+    (a < b).then_some((a, b))
 }
 
 /// Values given on the command line; they win over file and environment.
@@ -671,6 +707,9 @@ impl Settings {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let export_dir = get("audit.export_dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("exports"));
         Ok(Settings {
             listen,
             data_dir,
@@ -755,6 +794,29 @@ impl Settings {
             refresh_keys: true,
             tls,
             dev,
+            audit: AuditSettings {
+                export_dir,
+                export_expiry: std::time::Duration::from_secs(parse_num(
+                    "audit.export_expiry_secs",
+                    86_400,
+                    1,
+                )?),
+                exports_at_once: i64::try_from(parse_num("audit.exports_at_once", 2, 1)?)
+                    .map_err(|_| bad("audit.exports_at_once", "too large"))?,
+                working_hours: match get("audit.working_hours") {
+                    None => (8 * 60, 18 * 60),
+                    Some(v) => working_hours(&v).ok_or_else(|| {
+                        bad(
+                            "audit.working_hours",
+                            "must be HH:MM-HH:MM, the start before the end (for example 08:00-18:00)",
+                        )
+                    })?,
+                },
+                distinct_people_per_day: parse_num("audit.report_distinct_people_per_day", 30, 1)?,
+                silent_reads: parse_num("audit.report_silent_reads", 5, 1)?,
+                probe_misses: parse_num("audit.report_probe_misses", 20, 1)?,
+                refusals: parse_num("audit.report_refusals", 20, 1)?,
+            },
         })
     }
 

@@ -6,6 +6,30 @@ use serde_json::{json, Value};
 use super::ENDPOINTS;
 use crate::domain::PROFILE_BASE;
 
+/// The Bulk Data Access export operation (HL7 FHIR Bulk Data Access v2).
+const BULK_EXPORT: &str = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export";
+
+/// The AuditEvent operations: the bulk export and the access report.
+fn audit_operations() -> Vec<Value> {
+    ENDPOINTS
+        .iter()
+        .filter(|e| e.resource == Some("AuditEvent") && e.interaction == "operation")
+        .filter_map(|e| e.path.rsplit_once("/$").map(|(_, name)| name))
+        .map(|name| match name {
+            "export" => json!({
+                "name": name,
+                "definition": BULK_EXPORT,
+                "documentation": "Bulk export of the audit trail (Prefer: respond-async; _since, _until and the search's filters) as NDJSON files; \
+                                  poll the Content-Location, download the files with the same token (only the requester may).",
+            }),
+            _ => json!({
+                "name": name,
+                "definition": format!("{PROFILE_BASE}/OperationDefinition/{name}"),
+            }),
+        })
+        .collect()
+}
+
 fn resource_entry(resource: &str) -> Value {
     let mut codes: Vec<&str> = Vec::new();
     for e in ENDPOINTS.iter().filter(|e| e.resource == Some(resource)) {
@@ -55,8 +79,10 @@ fn resource_entry(resource: &str) -> Value {
         r["documentation"] = json!(
             "Written by the server for every read or search of Patient, Flag or AuditEvent data. \
              Clinicians and the responsible council: patient:identifier gives the latest 25 unscheduled accesses. \
-             Auditors: every record about the person, newest first, paged."
+             The audit team (and a council over its own records): every access, searched by date, user, organisation, \
+             outcome, type, subtype, purpose, council, entity and source, either order, paged; the bulk export; the access report."
         );
+        r["operation"] = json!(audit_operations());
     }
     if resource == "Subscription" {
         r["supportedProfile"] = json!(["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"]);
@@ -114,13 +140,18 @@ fn system_operations() -> Vec<Value> {
         .iter()
         .filter(|e| e.resource.is_none() && e.interaction == "operation")
         .filter_map(|e| e.path.strip_prefix("/$"))
-        .map(|name| {
-            json!({
+        .map(|name| match name {
+            "export" => json!({
+                "name": name,
+                "definition": BULK_EXPORT,
+                "documentation": "The audit team: GET /$export?_type=AuditEvent with Prefer: respond-async, as GET /AuditEvent/$export.",
+            }),
+            _ => json!({
                 "name": name,
                 "definition": format!("{PROFILE_BASE}/OperationDefinition/{name}"),
                 "documentation": "Administrators: apply the record lifecycle now (plans ended at 18, ended plans made inactive, \
                                   records past retention removed, old AuditEvents removed). Returns the counts as Parameters.",
-            })
+            }),
         })
         .collect()
 }

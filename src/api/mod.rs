@@ -5,6 +5,7 @@ pub mod capability;
 pub mod conformance;
 pub mod create;
 pub mod delete;
+pub mod export;
 pub mod history;
 pub mod http;
 pub mod metadata;
@@ -53,6 +54,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/metadata", None, "capabilities", metadata::metadata),
     endpoint!(post, "/", None, "transaction", transaction::submit),
     endpoint!(post, "/$purge", None, "operation", purge::purge),
+    endpoint!(get, "/$export", None, "operation", export::export_system),
+    // The export's status and files: URLs the kick-off hands out, not operations of their own.
+    endpoint!(get, "/$export-status/{id}", None, "bulk-data", export::export_status),
+    endpoint!(delete, "/$export-status/{id}", None, "bulk-data", export::cancel_export),
+    endpoint!(get, "/$export-file/{id}/{name}", None, "bulk-data", export::export_file),
     // `_search` paths come before `{id}` paths, which would otherwise match them.
     endpoint!(post, "/Patient/_search", Some("Patient"), "search-type", search::search_patients),
     endpoint!(post, "/Flag/_search", Some("Flag"), "search-type", search::search_flags),
@@ -83,6 +89,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(get, "/CareTeam", Some("CareTeam"), "search-type", search::search_care_teams),
     endpoint!(post, "/PatientFlag/_search", Some("PatientFlag"), "search-type", search::search_patient_flags),
     endpoint!(get, "/PatientFlag", Some("PatientFlag"), "search-type", search::search_patient_flags),
+    endpoint!(get, "/AuditEvent/$export", Some("AuditEvent"), "operation", export::export_audit_events),
     endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
     endpoint!(post, "/Subscription/_search", Some("Subscription"), "search-type", search::search_subscriptions),
     endpoint!(get, "/Subscription", Some("Subscription"), "search-type", search::search_subscriptions),

@@ -4,6 +4,7 @@
 //! as the read; the response is sent only after that transaction commits. If the row cannot be
 //! written the caller gets 503 and nothing is disclosed (fail closed).
 
+pub mod export;
 pub mod refusals;
 pub mod watch;
 
@@ -213,6 +214,23 @@ fn row_for<T>(
         listed,
         query: ctx.query.clone(),
     }
+}
+
+/// The audit row of something a caller set going that ends after their request (a bulk export's
+/// completion): dated `now`, with its own outcome and description.
+pub fn later_row(
+    ctx: &AccessContext,
+    what: Interaction,
+    patient: Option<String>,
+    now: i64,
+    outcome: &str,
+    desc: String,
+) -> AuditRow {
+    let mut row = row_for(ctx, what, None, now, &Ok(((), Disclosure::about(patient))));
+    row.outcome = outcome.to_owned();
+    row.outcome_desc = Some(desc);
+    row.listed = false;
+    row
 }
 
 /// The request's id (set by the request middleware), available to handlers through request

@@ -146,53 +146,7 @@ pub fn listed_for_patient(conn: &mut DbConn, nhs: &str, limit: i64) -> QueryResu
         .load(conn)
 }
 
-/// The record lifecycle's own audit rows (by the system, about no one), newest first, after the
-/// cursor (an id), for the audit team. `patient IS NULL` keeps the scan on the patient index.
-/// The rows of one kind of system event (the lifecycle's runs, refused authentications): rows
-/// about no person, made under `role`, newest first after the cursor.
-pub fn events_of_role(
-    conn: &mut DbConn,
-    role: &str,
-    before_id: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<AuditRow>> {
-    let q = audit_events::table
-        .filter(audit_events::patient.is_null())
-        .filter(audit_events::user_role.eq(role.to_owned()))
-        .into_boxed();
-    newest_first(conn, q, before_id, limit)
-}
-
-/// Every audit row about the person, newest first, after the cursor (an id), for the audit team.
-pub fn all_for_patient(
-    conn: &mut DbConn,
-    nhs: &str,
-    before_id: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<AuditRow>> {
-    let q = audit_events::table
-        .filter(audit_events::patient.eq(nhs.to_owned()))
-        .into_boxed();
-    newest_first(conn, q, before_id, limit)
-}
-
 type Boxed = audit_events::BoxedQuery<'static, <DbConn as diesel::Connection>::Backend>;
-
-/// A page of `q`, newest first (ids are time-ordered), after the cursor.
-fn newest_first(
-    conn: &mut DbConn,
-    mut q: Boxed,
-    before_id: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<AuditRow>> {
-    if let Some(b) = before_id {
-        q = q.filter(audit_events::id.lt(b.to_owned()));
-    }
-    q.order(audit_events::id.desc())
-        .limit(limit)
-        .select(AuditRow::as_select())
-        .load(conn)
-}
 
 /// What the audit team searches the trail by (FHIR R4 AuditEvent search parameters and this
 /// server's own); every condition must hold, and within one the values are alternatives.
@@ -204,6 +158,8 @@ pub struct AuditFilter {
     pub recorded_before: Vec<i64>,
     /// User ids (token subjects).
     pub agents: Vec<String>,
+    /// Starts of the user's name, as typed (matched without regard to ASCII case).
+    pub names: Vec<String>,
     pub roles: Vec<String>,
     /// The accessing organisations (ODS).
     pub orgs: Vec<String>,
@@ -213,51 +169,179 @@ pub struct AuditFilter {
     pub unscheduled: Option<bool>,
     /// Only rows that disclosed, or were about, a record of this council.
     pub council: Option<String>,
+    /// Only rows that disclosed one of these resources (`Flag/{id}`, any version).
+    pub entities: Vec<String>,
+    /// The row's subtype column (restful interaction, refusal reason, lifecycle or warning code).
+    pub subtypes: Vec<String>,
+    /// The kind of event: made under one of these roles ...
+    pub kind_roles: Vec<String>,
+    /// ... or, when set, an access (any role but the system's own).
+    pub kind_access: bool,
+    /// The calling systems (token issuers, or a refused client's address).
+    pub sources: Vec<String>,
 }
 
-/// A page of the rows matching `f`, newest first, after the cursor (an id).
+/// The smallest id a row recorded at `micros` or later can have: ids are UUIDv7 of the recorded
+/// instant, so a time range is also a primary-key range and a date search never scans the trail.
+pub fn first_id_at(micros: i64) -> String {
+    let ms = u64::try_from(micros.div_euclid(1_000)).unwrap_or(0);
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        (ms >> 16) & 0xffff_ffff,
+        ms & 0xffff
+    )
+}
+
+diesel::define_sql_function! {
+    /// SQL `lower()`: ASCII on SQLite, Unicode on PostgreSQL.
+    fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_literal(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+impl AuditFilter {
+    fn query(&self) -> Boxed {
+        use audit_events::dsl as a;
+        let mut q: Boxed = audit_events::table.into_boxed();
+        if let Some(p) = &self.patient {
+            q = q.filter(a::patient.eq(p.clone()));
+        }
+        for t in &self.recorded_from {
+            q = q
+                .filter(a::id.ge(first_id_at(*t)))
+                .filter(a::recorded.ge(*t));
+        }
+        for t in &self.recorded_before {
+            // Rows of the same millisecond share the id prefix: the bound is the next one's.
+            q = q
+                .filter(a::id.lt(first_id_at(t.saturating_add(999))))
+                .filter(a::recorded.lt(*t));
+        }
+        if !self.agents.is_empty() {
+            q = q.filter(a::user_id.eq_any(self.agents.clone()));
+        }
+        if let Some((first, rest)) = self.names.split_first() {
+            let like = |n: &String| format!("{}%", like_literal(&n.to_lowercase()));
+            let mut cond: Box<
+                dyn BoxableExpression<
+                    audit_events::table,
+                    super::Db,
+                    SqlType = diesel::sql_types::Nullable<diesel::sql_types::Bool>,
+                >,
+            > = Box::new(
+                lower(a::user_name.nullable())
+                    .like(like(first))
+                    .escape('\\'),
+            );
+            for n in rest {
+                cond = Box::new(cond.or(lower(a::user_name.nullable()).like(like(n)).escape('\\')));
+            }
+            q = q.filter(cond);
+        }
+        if !self.roles.is_empty() {
+            q = q.filter(a::user_role.eq_any(self.roles.clone()));
+        }
+        if !self.orgs.is_empty() {
+            q = q.filter(a::user_org.eq_any(self.orgs.clone()));
+        }
+        if !self.outcomes.is_empty() {
+            q = q.filter(a::outcome.eq_any(self.outcomes.clone()));
+        }
+        if let Some(u) = self.unscheduled {
+            q = q.filter(a::unscheduled.eq(u));
+        }
+        if let Some(c) = &self.council {
+            // `councils` holds ODS codes (letters and digits) separated by single spaces.
+            q = q.filter(
+                a::councils
+                    .eq(c.clone())
+                    .or(a::councils.like(format!("{c} %")))
+                    .or(a::councils.like(format!("% {c}")))
+                    .or(a::councils.like(format!("% {c} %"))),
+            );
+        }
+        if let Some((first, rest)) = self.entities.split_first() {
+            // `disclosed` is a JSON array of version-specific references.
+            let like = |e: &String| format!("%\"{}/\\_history/%", like_literal(e));
+            let mut cond: Box<
+                dyn BoxableExpression<
+                    audit_events::table,
+                    super::Db,
+                    SqlType = diesel::sql_types::Bool,
+                >,
+            > = Box::new(a::disclosed.like(like(first)).escape('\\'));
+            for e in rest {
+                cond = Box::new(cond.or(a::disclosed.like(like(e)).escape('\\')));
+            }
+            q = q.filter(cond);
+        }
+        if !self.subtypes.is_empty() {
+            q = q.filter(a::subtype.eq_any(self.subtypes.clone()));
+        }
+        if self.kind_access {
+            let others: Vec<String> = [
+                crate::domain::SYSTEM_ROLE,
+                crate::domain::AUTH_ROLE,
+                crate::domain::WATCH_ROLE,
+            ]
+            .into_iter()
+            .filter(|r| !self.kind_roles.iter().any(|k| k == r))
+            .map(str::to_owned)
+            .collect();
+            q = q.filter(a::user_role.ne_all(others));
+        } else if !self.kind_roles.is_empty() {
+            q = q.filter(a::user_role.eq_any(self.kind_roles.clone()));
+        }
+        if !self.sources.is_empty() {
+            q = q.filter(a::client.eq_any(self.sources.clone()));
+        }
+        q
+    }
+}
+
+/// The order of an audit search: FHIR `_sort=-date` (newest first, the default) or `date`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+/// A page of the rows matching `f` in `order`, after the cursor (an id); with `total`, how many
+/// match in all (a count of the whole filter, which on a large trail costs a scan).
 pub fn search(
     conn: &mut DbConn,
     f: &AuditFilter,
-    before_id: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<AuditRow>> {
-    let mut q: Boxed = audit_events::table.into_boxed();
-    if let Some(p) = &f.patient {
-        q = q.filter(audit_events::patient.eq(p.clone()));
-    }
-    for t in &f.recorded_from {
-        q = q.filter(audit_events::recorded.ge(*t));
-    }
-    for t in &f.recorded_before {
-        q = q.filter(audit_events::recorded.lt(*t));
-    }
-    if !f.agents.is_empty() {
-        q = q.filter(audit_events::user_id.eq_any(f.agents.clone()));
-    }
-    if !f.roles.is_empty() {
-        q = q.filter(audit_events::user_role.eq_any(f.roles.clone()));
-    }
-    if !f.orgs.is_empty() {
-        q = q.filter(audit_events::user_org.eq_any(f.orgs.clone()));
-    }
-    if !f.outcomes.is_empty() {
-        q = q.filter(audit_events::outcome.eq_any(f.outcomes.clone()));
-    }
-    if let Some(u) = f.unscheduled {
-        q = q.filter(audit_events::unscheduled.eq(u));
-    }
-    if let Some(c) = &f.council {
-        // `councils` holds ODS codes (letters and digits) separated by single spaces.
-        q = q.filter(
-            audit_events::councils
-                .eq(c.clone())
-                .or(audit_events::councils.like(format!("{c} %")))
-                .or(audit_events::councils.like(format!("% {c}")))
-                .or(audit_events::councils.like(format!("% {c} %"))),
-        );
-    }
-    newest_first(conn, q, before_id, limit)
+    order: Order,
+    after_id: Option<&str>,
+    count: usize,
+    total: bool,
+) -> QueryResult<super::Page<AuditRow>> {
+    let matched = if total {
+        f.query().count().get_result(conn)?
+    } else {
+        0
+    };
+    let mut q = f.query();
+    q = match (order, after_id) {
+        (Order::NewestFirst, Some(b)) => q.filter(audit_events::id.lt(b.to_owned())),
+        (Order::OldestFirst, Some(b)) => q.filter(audit_events::id.gt(b.to_owned())),
+        (_, None) => q,
+    };
+    q = match order {
+        Order::NewestFirst => q.order(audit_events::id.desc()),
+        Order::OldestFirst => q.order(audit_events::id.asc()),
+    };
+    let rows = q
+        .limit(super::page_limit(count))
+        .select(AuditRow::as_select())
+        .load(conn)?;
+    Ok(super::Page::keyset(rows, matched, count, |r| r.id.as_str()))
 }
 
 pub fn count(conn: &mut DbConn) -> QueryResult<i64> {
@@ -314,20 +398,14 @@ mod tests {
         );
         let sparse = row("0190d3c0-0000-7000-8000-000000000002", None, None);
         let (a, b) = (full.clone(), sparse.clone());
-        let (got_full, got_sparse, about_no_one) = store
+        let (got_full, got_sparse) = store
             .write_blocking(move |c| {
                 insert(c, &a)?;
                 insert(c, &b)?;
-                Ok::<_, crate::store::StoreError>((
-                    get(c, &a.id)?,
-                    get(c, &b.id)?,
-                    // Finds rows by `patient IS NULL`: an empty string would not match.
-                    events_of_role(c, "system", None, 10)?,
-                ))
+                Ok::<_, crate::store::StoreError>((get(c, &a.id)?, get(c, &b.id)?))
             })
             .unwrap();
         assert_eq!(got_full, Some(full));
-        assert_eq!(got_sparse, Some(sparse.clone()));
-        assert_eq!(about_no_one, vec![sparse]);
+        assert_eq!(got_sparse, Some(sparse));
     }
 }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod columns;
 pub mod councils;
 pub mod error;
+pub mod exports;
 pub mod flags;
 pub mod lifecycle;
 pub mod patients;

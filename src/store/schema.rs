@@ -73,8 +73,26 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     subscriptions,
     notifications,
-    notification_outbox
+    notification_outbox,
+    exports
 );
+
+diesel::table! {
+    exports (id) {
+        id -> Text,
+        user_id -> Text,
+        client -> Text,
+        request -> Text,
+        filter -> Text,
+        status -> Text,
+        created -> BigInt,
+        updated -> BigInt,
+        written -> BigInt,
+        files -> Text,
+        error -> Nullable<Text>,
+        expires -> Nullable<BigInt>,
+    }
+}
 
 diesel::table! {
     audit_events (id) {

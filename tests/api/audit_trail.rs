@@ -195,3 +195,146 @@ async fn a_council_searches_only_the_trail_of_its_own_records_and_clinicians_not
         .await
         .assert_outcome(403, "forbidden");
 }
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn the_audit_team_also_searches_by_name_entity_type_subtype_and_source_in_either_order_with_accurate_totals(
+) {
+    let app = TestApp::spawn().await;
+    let flag = app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let flag_id = flag["id"].as_str().unwrap().to_owned();
+    app.given_flag(LA_B, NHS_2, "PLAN-B").await;
+    let ann = user(&app, "ann", Role::Clinician, "RDE01");
+    let bob = user(&app, "bob", Role::Clinician, "RBB02");
+    for (token, nhs) in [(&ann, NHS_1), (&bob, NHS_2), (&ann, NHS_2)] {
+        assert_eq!(app.lookup(token, nhs, "", &[]).await.status, 200);
+        app.advance(1);
+    }
+    assert_eq!(app.get(&format!("/Flag/{flag_id}"), &bob).await.status, 200);
+    // A refused token, for type and source.
+    let refused = app
+        .request(
+            actix_web::http::Method::GET,
+            "/Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C9449306753",
+            Some("not-a-jwt"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    let auditor = app.token(Role::Auditor, "X26");
+    let of = |q: String| {
+        let (app, auditor) = (&app, auditor.clone());
+        async move { trail(app, &q, &auditor).await }
+    };
+    // agent-name: the start of the name, any ASCII case.
+    assert_eq!(
+        users(&of("agent-name=name%20of%20A".into()).await),
+        BTreeSet::from(["ann".to_owned()])
+    );
+    assert!(
+        of("agent-name=of%20ann".into()).await.is_empty(),
+        "a prefix, not a substring"
+    );
+    assert_eq!(of("agent-name=N%25".into()).await.len(), 0, "% is literal");
+    // entity: every access that disclosed any version of the Flag (ann's look-up, bob's read).
+    let by_flag = of(format!("entity=Flag/{flag_id}")).await;
+    assert_eq!(
+        users(&by_flag),
+        BTreeSet::from(["ann".to_owned(), "bob".to_owned()])
+    );
+    assert_eq!(by_flag.len(), 2);
+    assert_eq!(of(format!("entity={flag_id}&agent=bob")).await.len(), 1);
+    // subtype: the interaction.
+    let reads = of("subtype=read&agent=ann,bob".into()).await;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["subtype"][0]["code"], "read");
+    assert_eq!(
+        of("subtype=search-type&agent=ann,bob".into()).await.len(),
+        3
+    );
+    // type: accesses through the API, or refused authentications, combinable with the rest.
+    let rest = of("type=rest&agent=ann,bob".into()).await;
+    assert_eq!(rest.len(), 4);
+    let refusals = of("type=http://dicom.nema.org/resources/ontology/DCM%7C110114".into()).await;
+    assert!(!refusals.is_empty());
+    assert!(refusals.iter().all(|e| e["type"]["code"] == "110114"));
+    assert!(of("type=rest&agent-org=RDE01&outcome=4".into())
+        .await
+        .is_empty());
+    // source: the calling system (the token's issuer).
+    let issuer = app
+        .get("/AuditEvent?agent=ann&_count=1", &auditor)
+        .await
+        .json();
+    let who = entries(&issuer, "match")[0]["agent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"]["coding"][0]["code"] == "110150")
+        .map(|a| a["who"]["display"].as_str().unwrap().to_owned())
+        .unwrap();
+    let from_issuer = of(format!("source={}&agent=ann,bob", pct(&who))).await;
+    assert_eq!(from_issuer.len(), 4);
+    assert!(of("source=https://elsewhere.example&agent=ann".into())
+        .await
+        .is_empty());
+    // _sort: oldest first is the newest-first order reversed, and pages by keyset the same way.
+    let newest = ids(&of("agent=ann,bob&_count=2".into()).await);
+    let mut oldest = ids(&of("agent=ann,bob&_sort=date&_count=2".into()).await);
+    oldest.reverse();
+    assert_eq!(newest.len(), 4);
+    assert_eq!(newest, oldest);
+    // _total=accurate counts every match on every page; none never counts.
+    let page = app
+        .get(
+            "/AuditEvent?agent=ann,bob&_count=1&_total=accurate",
+            &auditor,
+        )
+        .await
+        .json();
+    assert_eq!(page["total"], 4);
+    let second = app
+        .get(&app.next_page(&page).unwrap(), &auditor)
+        .await
+        .json();
+    assert_eq!(second["total"], 4, "the total is the same on a later page");
+    let none = app
+        .get("/AuditEvent?agent=ann,bob&_total=none", &auditor)
+        .await
+        .json();
+    assert!(none.get("total").is_none());
+    // Dates by instant pick rows out of the one second they share.
+    let first_second = of(format!("date=eq{TODAY}&agent=ann,bob")).await;
+    assert_eq!(users(&first_second), BTreeSet::from(["ann".to_owned()]));
+    assert_eq!(first_second.len(), 1);
+    assert_eq!(of(format!("date=gt{TODAY}&agent=ann,bob")).await.len(), 3);
+    for q in [
+        "_sort=outcome",
+        "_total=maybe",
+        "type=99999",
+        "entity=Patient/x%25",
+        "_sort=date&_sort=-date",
+    ] {
+        app.get(&format!("/AuditEvent?{q}"), &auditor)
+            .await
+            .assert_outcome(400, "invalid");
+    }
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

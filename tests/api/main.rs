@@ -7,6 +7,7 @@ mod access;
 mod audit_trail;
 mod bundles;
 mod cli;
+mod export;
 mod fuzz;
 mod helpers;
 mod hostile;

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::fhir::{audit_event, national};
-use crate::store::page_limit;
 
 /// Whether the search asks for each access's viewer as an included `PractitionerRole` (the
 /// national CP-IS API's access history, "Design/Data-mapping").
@@ -26,28 +25,43 @@ fn wants_viewers(p: &Params) -> Result<bool, ApiError> {
     Ok(viewers)
 }
 
-// unscheduled accesses that disclosed a record) or, for the audit team, every audit row.
+/// What an audit search found: a page, the next page's cursor, and the total where given.
+pub(crate) struct Found {
+    rows: Vec<AuditRow>,
+    next: Option<String>,
+    total: Option<usize>,
+}
 
-/// `GET /AuditEvent?subtype=destroy`: the audit team lists the record lifecycle's runs;
-/// `GET /AuditEvent?type=110114`, the refused authentications. Newest first.
-fn system_events(
-    conn: &mut DbConn,
-    caller: &Caller,
-    p: &Params,
-    state: &AppState,
-    role: &str,
-) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
-    decide(caller, Action::ListSystemEvents)?;
-    let (count, cursor) = paging(p, state)?;
-    let (rows, next) = newest_page(
-        audit_store::events_of_role(conn, role, cursor.as_deref(), page_limit(count))?,
-        count,
-    );
-    let mut disclosure = Disclosure::about(None);
-    for r in &rows {
-        disclosure.reference(format!("AuditEvent/{}", r.id));
+/// `_total` (FHIR R4 §3.1.1.6): `accurate` counts every match (a scan of what the filters
+/// select); `none` never counts; by default the total is given only when one page is everything.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Totals {
+    Accurate,
+    None,
+    IfComplete,
+}
+
+fn totals(p: &Params) -> Result<Totals, ApiError> {
+    match p.one("_total")? {
+        None | Some("estimate") => Ok(Totals::IfComplete),
+        Some("accurate") => Ok(Totals::Accurate),
+        Some("none") => Ok(Totals::None),
+        Some(other) => Err(invalid(
+            "_total",
+            format!("_total '{other}' is not none, estimate or accurate"),
+        )),
     }
-    Ok((rows, next, disclosure))
+}
+
+fn order(p: &Params) -> Result<audit_store::Order, ApiError> {
+    match p.one("_sort")? {
+        None | Some("-date") => Ok(audit_store::Order::NewestFirst),
+        Some("date") => Ok(audit_store::Order::OldestFirst),
+        Some(other) => Err(invalid(
+            "_sort",
+            format!("_sort '{other}' is not supported (date or -date)"),
+        )),
+    }
 }
 
 /// A search's page size and cursor.
@@ -58,23 +72,38 @@ fn paging(p: &Params, state: &AppState) -> Result<(usize, Option<String>), ApiEr
     ))
 }
 
-/// A page from rows fetched with [`page_limit`]: the first `count`, and the next page's
-/// cursor when there was one row more. No total: counting a trail is not worth it.
-fn newest_page(rows: Vec<AuditRow>, count: usize) -> (Vec<AuditRow>, Option<String>) {
-    let page = Page::keyset(rows, 0, count, |r| r.id.as_str());
-    (page.rows, page.next)
+impl Found {
+    fn of(page: Page<AuditRow>, counted: Totals, first_page: bool) -> Self {
+        let total = match counted {
+            Totals::Accurate => Some(page.total),
+            Totals::None => None,
+            Totals::IfComplete => (page.next.is_none() && first_page).then_some(page.rows.len()),
+        };
+        Found {
+            rows: page.rows,
+            next: page.next,
+            total,
+        }
+    }
 }
 
-/// The audit team's filters (FHIR R4 AuditEvent `date`, `agent`, `agent-role`, `outcome`, and
-/// this server's `agent-org`, `purpose`, `council`).
-const TRAIL_PARAMS: &[&str] = &[
+/// The audit team's filters (FHIR R4 AuditEvent search parameters, and this server's
+/// `agent-org`, `purpose`, `council`, `source`).
+pub(crate) const TRAIL_PARAMS: &[&str] = &[
     "date",
     "agent",
+    "agent-name",
     "agent-role",
     "agent-org",
+    "entity",
     "outcome",
     "purpose",
     "council",
+    "type",
+    "subtype",
+    "source",
+    "_sort",
+    "_total",
 ];
 
 fn split<'a>(p: &'a Params, name: &str) -> Vec<&'a str> {
@@ -82,6 +111,19 @@ fn split<'a>(p: &'a Params, name: &str) -> Vec<&'a str> {
         .into_iter()
         .flat_map(|v| v.split(','))
         .map(|v| token(v).1)
+        .collect()
+}
+
+fn owned(p: &Params, name: &str) -> Vec<String> {
+    split(p, name).into_iter().map(str::to_owned).collect()
+}
+
+/// Comma-separated alternatives taken whole (a `|` is part of the value).
+fn whole(p: &Params, name: &str) -> Vec<String> {
+    p.all(name)
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -96,25 +138,81 @@ fn ods_values(p: &Params, name: &str) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-/// Every audit row matching the filters, newest first, paged by keyset: the audit team's search
-/// (a council's is narrowed to rows about its own records).
-fn trail_search(
-    conn: &mut DbConn,
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const EVENT_TYPES: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+
+/// `type`: `rest` (an access through the API), DCM `110114` (a refused authentication),
+/// `110113` (a misuse warning), `110100` (a run of the record lifecycle).
+fn event_kinds(p: &Params, f: &mut audit_store::AuditFilter) -> Result<(), ApiError> {
+    for v in p.all("type").into_iter().flat_map(|v| v.split(',')) {
+        let (system, code) = token(v);
+        let role = match (system, code) {
+            (None | Some(EVENT_TYPES), "rest") => {
+                f.kind_access = true;
+                continue;
+            }
+            (None | Some(DCM), audit_event::AUTHENTICATION_CODE) => crate::domain::AUTH_ROLE,
+            (None | Some(DCM), audit_event::SECURITY_ALERT_CODE) => crate::domain::WATCH_ROLE,
+            (None | Some(DCM), "110100") => crate::domain::SYSTEM_ROLE,
+            _ => {
+                return Err(invalid(
+                    "type",
+                    format!(
+                        "type '{v}' is not rest, {DCM}|{} (refused authentication), |{} (misuse warning) or |110100 (record lifecycle)",
+                        audit_event::AUTHENTICATION_CODE,
+                        audit_event::SECURITY_ALERT_CODE
+                    ),
+                ))
+            }
+        };
+        f.kind_roles.push(role.to_owned());
+    }
+    Ok(())
+}
+
+/// `entity=Flag/{id}` (or a bare id): accesses that disclosed any version of that Flag.
+fn entities(p: &Params) -> Result<Vec<String>, ApiError> {
+    whole(p, "entity")
+        .into_iter()
+        .map(|v| {
+            let id = v.strip_prefix("Flag/").unwrap_or(&v);
+            let id = id.split("/_history/").next().unwrap_or(id);
+            let valid = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if valid {
+                Ok(format!("Flag/{id}"))
+            } else {
+                Err(invalid(
+                    "entity",
+                    format!("entity '{v}' is not a Flag reference (Flag/{{id}})"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The audit team's criteria as a filter (a council's narrowed to its own records); `None` when
+/// they cannot match anything (`purpose=scheduled&purpose=unscheduled`). Shared by the search
+/// and the bulk export.
+pub(crate) fn trail_filter(
     p: &Params,
-    state: &AppState,
     nhs: Option<NhsNumber>,
-    scope: Scope,
-) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+    scope: &Scope,
+) -> Result<Option<audit_store::AuditFilter>, ApiError> {
     let mut f = audit_store::AuditFilter {
         patient: nhs.as_ref().map(|n| n.as_str().to_owned()),
-        agents: split(p, "agent").into_iter().map(str::to_owned).collect(),
-        roles: split(p, "agent-role")
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
+        agents: owned(p, "agent"),
+        names: whole(p, "agent-name"),
+        roles: owned(p, "agent-role"),
         orgs: ods_values(p, "agent-org")?,
+        entities: entities(p)?,
+        subtypes: owned(p, "subtype"),
+        sources: whole(p, "source"),
         ..Default::default()
     };
+    event_kinds(p, &mut f)?;
     for v in p.all("date") {
         let d = instant_param("date", v)?;
         use crate::fhir::search::Prefix;
@@ -138,6 +236,21 @@ fn trail_search(
         }
         f.outcomes.push(o.to_owned());
     }
+    let councils = ods_values(p, "council")?;
+    if councils.len() > 1 {
+        return Err(invalid("council", "give one council".into()));
+    }
+    f.council = councils.into_iter().next();
+    if let Scope::OwnCouncil(own) = scope {
+        match &f.council {
+            Some(c) if c != own.as_str() => {
+                return Err(ApiError::Forbidden(
+                    "a council searches the audit trail of its own records only".into(),
+                ))
+            }
+            _ => f.council = Some(own.as_str().to_owned()),
+        }
+    }
     for v in split(p, "purpose") {
         let u = match v {
             "unscheduled" => true,
@@ -150,35 +263,48 @@ fn trail_search(
             }
         };
         if f.unscheduled.is_some_and(|was| was != u) {
-            return Ok((Vec::new(), None, Disclosure::about(f.patient)));
+            return Ok(None);
         }
         f.unscheduled = Some(u);
     }
-    let councils = ods_values(p, "council")?;
-    if councils.len() > 1 {
-        return Err(invalid("council", "give one council".into()));
-    }
-    f.council = councils.into_iter().next();
-    if let Scope::OwnCouncil(own) = &scope {
-        match &f.council {
-            Some(c) if c != own.as_str() => {
-                return Err(ApiError::Forbidden(
-                    "a council searches the audit trail of its own records only".into(),
-                ))
-            }
-            _ => f.council = Some(own.as_str().to_owned()),
-        }
-    }
+    Ok(Some(f))
+}
+
+/// Every audit row matching the filters, newest (or oldest) first, paged by keyset: the audit
+/// team's search (a council's is narrowed to rows about its own records).
+fn trail_search(
+    conn: &mut DbConn,
+    p: &Params,
+    state: &AppState,
+    nhs: Option<NhsNumber>,
+    scope: Scope,
+) -> Result<(Found, Disclosure), ApiError> {
+    let patient = nhs.as_ref().map(|n| n.as_str().to_owned());
+    let filter = trail_filter(p, nhs, &scope)?;
+    let (order, counted) = (order(p)?, totals(p)?);
     let (count, cursor) = paging(p, state)?;
-    let (rows, next) = newest_page(
-        audit_store::search(conn, &f, cursor.as_deref(), page_limit(count))?,
+    let Some(f) = filter else {
+        let none = Found {
+            rows: Vec::new(),
+            next: None,
+            total: (counted != Totals::None).then_some(0),
+        };
+        return Ok((none, Disclosure::about(patient)));
+    };
+    let page = audit_store::search(
+        conn,
+        &f,
+        order,
+        cursor.as_deref(),
         count,
-    );
+        counted == Totals::Accurate,
+    )?;
+    let found = Found::of(page, counted, cursor.is_none());
     let mut disclosure = Disclosure::about(f.patient);
-    for r in &rows {
+    for r in &found.rows {
         disclosure.reference(format!("AuditEvent/{}", r.id));
     }
-    Ok((rows, next, disclosure))
+    Ok((found, disclosure))
 }
 
 fn run_audit_search(
@@ -187,7 +313,7 @@ fn run_audit_search(
     p: &Params,
     state: &AppState,
     visible_since: String,
-) -> Result<(Vec<AuditRow>, Option<String>, Disclosure), ApiError> {
+) -> Result<(Found, Disclosure), ApiError> {
     let allow_test = state.settings.allow_test_nhs_numbers;
     let nhs = one_patient(
         p,
@@ -195,45 +321,6 @@ fn run_audit_search(
         &["patient"],
         allow_test,
     )?;
-    let subtypes = p.all("subtype");
-    let types = p.all("type");
-    let authentication = |t: &&str| {
-        let code = t.rsplit('|').next().unwrap_or_default();
-        let system = t.split_once('|').map(|(s, _)| s);
-        code == audit_event::AUTHENTICATION_CODE
-            && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
-    };
-    let alert = |t: &&str| {
-        let code = t.rsplit('|').next().unwrap_or_default();
-        let system = t.split_once('|').map(|(s, _)| s);
-        code == audit_event::SECURITY_ALERT_CODE
-            && system.is_none_or(|s| s == "http://dicom.nema.org/resources/ontology/DCM")
-    };
-    match (&nhs, subtypes.as_slice(), types.as_slice()) {
-        (None, [], [t]) if authentication(t) => {
-            return system_events(conn, caller, p, state, crate::audit::refusals::AUTH_ROLE)
-        }
-        (None, [], [t]) if alert(t) => {
-            return system_events(conn, caller, p, state, crate::domain::WATCH_ROLE)
-        }
-        (_, _, [_, ..]) => {
-            return Err(ApiError::InvalidSearch(format!(
-                "type is supported only as type={} (refused authentications) or type={} (misuse warnings), without other filters",
-                audit_event::AUTHENTICATION_CODE,
-                audit_event::SECURITY_ALERT_CODE
-            )))
-        }
-        (None, [crate::records::lifecycle::AUDIT_SUBTYPE], []) => {
-            return system_events(conn, caller, p, state, crate::records::lifecycle::SYSTEM_ROLE)
-        }
-        (_, [], []) => {}
-        _ => {
-            return Err(ApiError::InvalidSearch(format!(
-                "subtype is supported only as subtype={} without a patient (the record lifecycle's runs)",
-                crate::records::lifecycle::AUDIT_SUBTYPE
-            )))
-        }
-    }
     let trail = p.has_any(TRAIL_PARAMS);
     if trail || nhs.is_none() {
         match decide(caller, Action::SearchAuditTrail) {
@@ -247,15 +334,24 @@ fn run_audit_search(
                 "access history is searched by NHS number (patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…)".into(),
             )
         })?;
-    let (rows, next) = match decide(caller, Action::ReadAccessHistory)? {
+    let listed = |conn: &mut DbConn| -> Result<Found, ApiError> {
+        let rows = audit_store::listed_for_patient(conn, nhs.as_str(), ACCESS_HISTORY_LENGTH)?;
+        Ok(Found {
+            total: Some(rows.len()),
+            rows,
+            next: None,
+        })
+    };
+    let found = match decide(caller, Action::ReadAccessHistory)? {
         Scope::ClinicianVisible => {
             if !flags::has_visible(conn, nhs.as_str(), &visible_since)? {
-                (Vec::new(), None)
+                Found {
+                    rows: Vec::new(),
+                    next: None,
+                    total: Some(0),
+                }
             } else {
-                (
-                    audit_store::listed_for_patient(conn, nhs.as_str(), ACCESS_HISTORY_LENGTH)?,
-                    None,
-                )
+                listed(conn)?
             }
         }
         Scope::OwnCouncil(own) => {
@@ -265,30 +361,15 @@ fn run_audit_search(
                         .into(),
                 ));
             }
-            (
-                audit_store::listed_for_patient(conn, nhs.as_str(), ACCESS_HISTORY_LENGTH)?,
-                None,
-            )
+            listed(conn)?
         }
-        Scope::All => {
-            let (count, cursor) = paging(p, state)?;
-            let (rows, next) = newest_page(
-                audit_store::all_for_patient(
-                    conn,
-                    nhs.as_str(),
-                    cursor.as_deref(),
-                    page_limit(count),
-                )?,
-                count,
-            );
-            (rows, next)
-        }
+        Scope::All => return trail_search(conn, p, state, Some(nhs), Scope::All),
     };
     let mut disclosure = Disclosure::about(Some(nhs.as_str().to_owned()));
-    for r in &rows {
+    for r in &found.rows {
         disclosure.reference(format!("AuditEvent/{}", r.id));
     }
-    Ok((rows, next, disclosure))
+    Ok((found, disclosure))
 }
 
 /// GET and `POST …/_search`.
@@ -310,13 +391,13 @@ pub async fn search_audit_events(
             Ok((params, viewers))
         },
         |conn, caller, (params, viewers), st, since| {
-            let (rows, next, d) = run_audit_search(conn, caller, &params, st, since)?;
-            Ok(((rows, next, viewers), d))
+            let (found, d) = run_audit_search(conn, caller, &params, st, since)?;
+            Ok(((found, viewers), d))
         },
     )
     .await?;
     let (used, cursor) = (ran.used, ran.cursor);
-    let (rows, next, asked) = ran.rows;
+    let (Found { rows, next, total }, asked) = ran.rows;
     // An EPR built for the national API asks at its base path without `_include` and expects
     // the viewers (the guide's example answer has them).
     let national = state
@@ -351,8 +432,6 @@ pub async fn search_audit_events(
         });
     }
     entries.extend(roles);
-    // Counted only when this one page is everything: a later page does not know what came before.
-    let total = (next.is_none() && cursor.is_none()).then_some(rows.len());
     let bundle = SearchSet {
         base: &state.settings.base_url,
         path: "AuditEvent",

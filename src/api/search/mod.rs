@@ -179,7 +179,7 @@ where
     .await
 }
 
-fn one_patient(
+pub(crate) fn one_patient(
     params: &Params,
     by_identifier: &[&str],
     by_reference: &[&str],

@@ -44,14 +44,6 @@ const fn p(
     }
 }
 
-/// A parameter accepted only with one of its modifiers.
-const fn only_modified(param: SearchParam) -> SearchParam {
-    SearchParam {
-        bare: false,
-        ..param
-    }
-}
-
 #[cfg(test)]
 const R4: &str = "http://hl7.org/fhir/SearchParameter/";
 
@@ -118,16 +110,18 @@ pub const SEARCHES: &[ResourceSearch] = &[
         params: &[
             p("patient", "reference", &["identifier"], base!("AuditEvent-patient"),
               "A person's access history: patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}. Clinicians and the responsible council: the latest 25 unscheduled accesses; the audit team: every record, paged."),
-            only_modified(p("entity", "reference", &["identifier"], base!("AuditEvent-entity"),
-              "entity:identifier, as patient:identifier.")),
+            p("entity", "reference", &["identifier"], base!("AuditEvent-entity"),
+              "Flag/{id}: accesses that disclosed any version of that Flag (audit team); entity:identifier is as patient:identifier."),
             p("subtype", "token", &[], base!("AuditEvent-subtype"),
-              "destroy: the record lifecycle's runs (audit team)."),
+              "The interaction (read, vread, search-type, history-instance), destroy (the record lifecycle's runs), a refusal's reason code or a warning's code."),
             p("type", "token", &[], base!("AuditEvent-type"),
-              "http://dicom.nema.org/resources/ontology/DCM|110114: refused authentications; DCM|110113: the misuse watch's warnings (audit team)."),
+              "rest (an access through the API); http://dicom.nema.org/resources/ontology/DCM|110114 refused authentications; DCM|110113 the misuse watch's warnings; DCM|110100 the record lifecycle's runs."),
             p("date", "date", &[], base!("AuditEvent-date"),
-              "When the access was recorded (eq, gt, ge, lt, le; days or instants). Audit team, and a council over its own records; combinable with every filter below and with patient; newest first, paged."),
+              "When the access was recorded (eq, gt, ge, lt, le; days or instants). Audit team, and a council over its own records; every parameter below combines with every other and with patient; paged by keyset."),
             p("agent", "token", &[], base!("AuditEvent-agent"),
               "The user (token subject, e.g. an SDS user id), comma-separated."),
+            p("agent-name", "string", &[], base!("AuditEvent-agent-name"),
+              "The start of the user's name (ASCII letters matched in any case)."),
             p("agent-role", "token", &[], base!("AuditEvent-agent-role"),
               "The user's role: clinician, clinician-scheduled, council, auditor, admin."),
             p("agent-org", "token", &[], None,
@@ -138,6 +132,12 @@ pub const SEARCHES: &[ResourceSearch] = &[
               "unscheduled (listed and notified) or scheduled (silent) accesses."),
             p("council", "token", &[], None,
               "The responsible council (ODS) of what was disclosed; a council's own searches are always narrowed to itself."),
+            p("source", "token", &[], base!("AuditEvent-source"),
+              "The calling system: the token's issuer (a refused authentication's: the client address)."),
+            p("_sort", "special", &[], None,
+              "-date (newest first, the default) or date (oldest first)."),
+            p("_total", "special", &[], None,
+              "accurate (count every match), none, or estimate (the default: a total only when one page holds every match)."),
         ],
         includes: &[
             AUDIT_VIEWER_INCLUDE,

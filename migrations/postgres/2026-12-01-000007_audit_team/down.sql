@@ -1,0 +1,3 @@
+DROP TABLE exports;
+DROP INDEX audit_events_by_org;
+DROP INDEX audit_events_by_user;
