@@ -1,6 +1,7 @@
 //! The FHIR REST surface: one file per interaction, and every route registered here, in one
 //! table that the CapabilityStatement is generated from (FHIR R4 §3.1.0 "RESTful API").
 
+pub mod access_report;
 pub mod capability;
 pub mod conformance;
 pub mod create;
@@ -90,6 +91,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint!(post, "/PatientFlag/_search", Some("PatientFlag"), "search-type", search::search_patient_flags),
     endpoint!(get, "/PatientFlag", Some("PatientFlag"), "search-type", search::search_patient_flags),
     endpoint!(get, "/AuditEvent/$export", Some("AuditEvent"), "operation", export::export_audit_events),
+    endpoint!(get, "/AuditEvent/$access-report", Some("AuditEvent"), "operation", access_report::access_report),
     endpoint!(get, "/AuditEvent/{id}", Some("AuditEvent"), "read", read::read_audit_event),
     endpoint!(post, "/Subscription/_search", Some("Subscription"), "search-type", search::search_subscriptions),
     endpoint!(get, "/Subscription", Some("Subscription"), "search-type", search::search_subscriptions),

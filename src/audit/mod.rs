@@ -6,6 +6,7 @@
 
 pub mod export;
 pub mod refusals;
+pub mod report;
 pub mod watch;
 
 use std::future::{ready, Ready};

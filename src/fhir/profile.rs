@@ -106,6 +106,11 @@ pub const CONFORMANCE_FILES: &[(&str, &str, &str)] = &[
         "purge",
         include_str!("../../fhir-profiles/OperationDefinition-purge.json"),
     ),
+    (
+        "OperationDefinition",
+        "access-report",
+        include_str!("../../fhir-profiles/OperationDefinition-access-report.json"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -242,6 +242,16 @@ pub(crate) fn trail_filter(
     }
     f.council = councils.into_iter().next();
     if let Scope::OwnCouncil(own) = scope {
+        // The service's own events are about no council's records: the audit team's only.
+        let own_events = !f.kind_roles.is_empty()
+            || f.subtypes
+                .iter()
+                .any(|s| s == crate::records::lifecycle::AUDIT_SUBTYPE);
+        if own_events {
+            return Err(ApiError::Forbidden(
+                "refused authentications, misuse warnings and lifecycle runs are for the audit team (auditors, admins)".into(),
+            ));
+        }
         match &f.council {
             Some(c) if c != own.as_str() => {
                 return Err(ApiError::Forbidden(

@@ -255,7 +255,7 @@ mod tests {
             );
             for p in s.params {
                 assert!(
-                    ["token", "reference", "date", "string"].contains(&p.kind),
+                    ["token", "reference", "date", "string", "special"].contains(&p.kind),
                     "{}",
                     p.name
                 );

@@ -15,6 +15,9 @@
 //!   delivered per second and their end-to-end lag (look-up committed → notification received),
 //!   and checks every notifiable look-up reached its councils.
 //!
+//! - `cpis-bench trail`: the audit team's searches (first page) and bulk export on a trail of
+//!   10 million AuditEvents.
+//!
 //! Run them from a release build: `cargo build --release --bins`, then `target/release/cpis-bench`.
 
 use std::io::{Read, Write};
@@ -49,6 +52,7 @@ mod lookup;
 mod notify_bench;
 mod register;
 mod servers;
+mod trail;
 
 use load::run_load;
 use lookup::{read_response, run};
@@ -63,6 +67,8 @@ enum Bench {
     Hostile(hostile::HostileArgs),
     /// The fuzzer: mutated example resources and Bundles, JSON and XML.
     Fuzz(hostile::FuzzArgs),
+    /// The audit team's searches and bulk export on a grown trail (default 10 million rows).
+    Trail(trail::TrailArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +146,7 @@ fn main() {
         Some(Bench::Load(a)) => run_load(a),
         Some(Bench::Hostile(a)) => hostile::run_hostile(a),
         Some(Bench::Fuzz(a)) => hostile::run_fuzz(a),
+        Some(Bench::Trail(a)) => trail::run_trail(a),
     };
     if let Err(e) = result {
         eprintln!("cpis-bench: {e}");
