@@ -184,6 +184,18 @@ async fn load(state: &AppState, id: &str) -> Result<Option<ExportRow>, ApiError>
         .await?)
 }
 
+/// Deletes an export's files; whether they are gone.
+fn delete_files(state: &AppState, id: &str) -> bool {
+    match std::fs::remove_dir_all(job::files_dir(&state.settings.audit.export_dir, id)) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            log::warn!("export {id}: its files could not be deleted: {e}");
+            false
+        }
+    }
+}
+
 /// Deletes the files of exports past their expiry and fails exports whose server went away.
 async fn sweep(state: &AppState) {
     let now = micros(state.now());
@@ -200,12 +212,8 @@ async fn sweep(state: &AppState) {
         }
     };
     for row in stale {
-        let dir = job::files_dir(&state.settings.audit.export_dir, &row.id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("export {}: its files could not be deleted: {e}", row.id);
-                continue;
-            }
+        if !delete_files(state, &row.id) {
+            continue;
         }
         let running = row.status == exports::RUNNING;
         let closed = state
@@ -315,12 +323,7 @@ pub async fn cancel_export(
         .await?;
     // A running job deletes its own files when it sees the cancellation; these are a finished
     // export's (or what a running one wrote so far).
-    let dir = job::files_dir(&state.settings.audit.export_dir, &id);
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("export {id}: its files could not be deleted: {e}");
-        }
-    }
+    delete_files(&state, &id);
     Ok(HttpResponse::Accepted().finish())
 }
 

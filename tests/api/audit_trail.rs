@@ -7,22 +7,10 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::helpers::*;
-use cpis_fhir::auth::dev::{self, TokenRequest};
-use cpis_fhir::domain::{OdsCode, Role};
+use cpis_fhir::domain::Role;
 
 fn user(app: &TestApp, user: &str, role: Role, org: &str) -> String {
-    dev::mint(
-        app.dir.path(),
-        &TokenRequest {
-            role,
-            org: OdsCode::parse(org).unwrap(),
-            user: user.to_owned(),
-            name: Some(format!("Name of {user}")),
-            ttl_secs: 600,
-            audience: "cpis-fhir".into(),
-        },
-    )
-    .unwrap()
+    app.named_user(user, role, org)
 }
 
 /// The AuditEvents of every page of `query` (as the auditor), following `next` links.

@@ -453,6 +453,22 @@ impl TestApp {
         }))
     }
 
+    /// A token for user `user` named "Name of {user}".
+    pub fn named_user(&self, user: &str, role: Role, org: &str) -> String {
+        cpis_fhir::auth::dev::mint(
+            self.dir.path(),
+            &cpis_fhir::auth::dev::TokenRequest {
+                role,
+                org: cpis_fhir::domain::OdsCode::parse(org).expect("ODS"),
+                user: user.to_owned(),
+                name: Some(format!("Name of {user}")),
+                ttl_secs: 600,
+                audience: "cpis-fhir".into(),
+            },
+        )
+        .expect("token")
+    }
+
     pub fn council(&self, ods: &str) -> String {
         self.token(Role::Council, ods)
     }
