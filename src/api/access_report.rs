@@ -49,10 +49,12 @@ pub async fn build(
 ) -> Result<Report, ApiError> {
     let store = state.store.clone();
     let thresholds = state.settings.audit.clone();
+    let now = crate::store::micros(state.now());
     let built = web::block(move || {
         store.read_blocking(|c| {
             let mut read = |f: &_, after: Option<&str>| report::batch(c, f, after);
-            report::build(&mut read, start, end, council, &thresholds)
+            let built = report::build(&mut read, start, end, council, &thresholds)?;
+            report::with_notifications(built, c, now)
         })
     })
     .await

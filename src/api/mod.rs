@@ -2,6 +2,7 @@
 //! table that the CapabilityStatement is generated from (FHIR R4 §3.1.0 "RESTful API").
 
 pub mod access_report;
+pub mod audit_page;
 pub mod capability;
 pub mod conformance;
 pub mod create;
@@ -119,6 +120,10 @@ const OPERATIONS: &[(&str, MakeRoute)] = &[
     ("/health/ready", || web::get().to(ops::ready)),
     ("/metrics", || web::get().to(ops::metrics)),
     ("/.well-known/smart-configuration", || web::get().to(ops::smart_configuration)),
+    ("/audit", || web::get().to(audit_page::to_page)),
+    ("/audit/", || web::get().to(audit_page::page)),
+    ("/audit/app.js", || web::get().to(audit_page::script)),
+    ("/audit/style.css", || web::get().to(audit_page::style)),
 ];
 
 /// Registers every endpoint: one resource per path, so a known path with an unsupported method

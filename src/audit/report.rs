@@ -57,6 +57,49 @@ pub struct Report {
     pub users: Vec<UserLine>,
     pub refusals: Vec<RefusalLine>,
     pub thresholds: AuditSettings,
+    /// Accesses per UK day and responsible council (the page's chart).
+    pub daily_councils: BTreeMap<(NaiveDate, String), u64>,
+    /// Accesses per UK day and accessing organisation.
+    pub daily_orgs: BTreeMap<(NaiveDate, String), u64>,
+    /// Each council's notification backlog as of `now` (see [`with_notifications`]).
+    pub notifications: Vec<NotificationLine>,
+}
+
+/// One council's notifications not yet delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationLine {
+    pub council: String,
+    pub subscriptions: i64,
+    /// Events waiting to be acknowledged.
+    pub backlog: i64,
+    /// How long the oldest of them has waited, in seconds (0 when none waits).
+    pub lag_secs: i64,
+    /// Subscriptions whose deliveries keep failing.
+    pub failing: i64,
+}
+
+/// Adds each council's notification backlog (a council's report: its own) as of `now`.
+pub fn with_notifications(
+    mut report: Report,
+    conn: &mut DbConn,
+    now: i64,
+) -> Result<Report, StoreError> {
+    let rows = crate::store::subscriptions::backlog_per_council(conn)?;
+    report.notifications = rows
+        .into_iter()
+        .filter(|b| report.council.as_ref().is_none_or(|c| *c == b.council))
+        .map(|b| NotificationLine {
+            lag_secs: b
+                .oldest
+                .filter(|_| b.events > 0)
+                .map_or(0, |o| (now - o).max(0) / 1_000_000),
+            council: b.council,
+            subscriptions: b.subscriptions,
+            backlog: b.events,
+            failing: b.failing,
+        })
+        .collect();
+    Ok(report)
 }
 
 /// The UK's civil time: GMT, or BST (UTC+1) from 01:00 UTC on the last Sunday of March to
@@ -111,6 +154,8 @@ pub fn build(
     };
     let mut users: BTreeMap<(String, String, String), Tally> = BTreeMap::new();
     let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+    let mut daily_councils: BTreeMap<(NaiveDate, String), u64> = BTreeMap::new();
+    let mut daily_orgs: BTreeMap<(NaiveDate, String), u64> = BTreeMap::new();
     let (open, close) = thresholds.working_hours;
     let mut after: Option<String> = None;
     loop {
@@ -136,6 +181,14 @@ pub fn build(
             let weekend = matches!(local.weekday(), Weekday::Sat | Weekday::Sun);
             if weekend || minute < open || minute >= close {
                 t.line.out_of_hours += 1;
+            }
+            if r.resource_type != "AuditEvent" {
+                *daily_orgs
+                    .entry((local.date(), r.user_org.clone()))
+                    .or_default() += 1;
+                for c in &r.councils.0 {
+                    *daily_councils.entry((local.date(), c.clone())).or_default() += 1;
+                }
             }
             // People counts are about look-ups of records, not auditors reading the trail.
             let Some(nhs) = r
@@ -221,6 +274,9 @@ pub fn build(
         users: lines,
         refusals,
         thresholds: thresholds.clone(),
+        daily_councils,
+        daily_orgs,
+        notifications: Vec::new(),
     })
 }
 
@@ -310,6 +366,29 @@ impl Report {
                     "{base_url}/AuditEvent?{period}&type=http://dicom.nema.org/resources/ontology/DCM%7C110114&source={}",
                     encode(&r.source)
                 )},
+            ]}));
+        }
+        for ((day, council), n) in &self.daily_councils {
+            parameter.push(json!({ "name": "daily", "part": [
+                { "name": "day", "valueDate": day.to_string() },
+                { "name": "council", "valueString": council },
+                int("accesses", *n),
+            ]}));
+        }
+        for ((day, org), n) in &self.daily_orgs {
+            parameter.push(json!({ "name": "daily", "part": [
+                { "name": "day", "valueDate": day.to_string() },
+                { "name": "organization", "valueString": org },
+                int("accesses", *n),
+            ]}));
+        }
+        for b in &self.notifications {
+            parameter.push(json!({ "name": "notifications", "part": [
+                { "name": "council", "valueString": b.council },
+                int("subscriptions", u64::try_from(b.subscriptions).unwrap_or(0)),
+                int("backlog", u64::try_from(b.backlog).unwrap_or(0)),
+                int("lagSeconds", u64::try_from(b.lag_secs).unwrap_or(0)),
+                int("failing", u64::try_from(b.failing).unwrap_or(0)),
             ]}));
         }
         json!({ "resourceType": "Parameters", "parameter": parameter })

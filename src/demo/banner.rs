@@ -144,6 +144,9 @@ pub fn banner(settings: &Settings, records: &[DemoRecord]) -> Result<String, Str
         out.push_str(&format!(
             "\nCapabilityStatement (no token):\n  {curl} {base}/metadata\n"
         ));
+        out.push_str(&format!(
+            "\nThe audit team's page (sign in with TOKEN_AUDITOR):\n  {base}/audit/\n"
+        ));
     }
     Ok(out)
 }

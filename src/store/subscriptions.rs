@@ -243,6 +243,38 @@ pub fn backlog(conn: &mut DbConn) -> QueryResult<Vec<Backlog>> {
     .load(conn)
 }
 
+/// One council's notification backlog (the audit team's page and report).
+#[derive(QueryableByName, Debug, Clone, PartialEq, Eq)]
+pub struct CouncilBacklog {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub council: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub subscriptions: i64,
+    /// Events numbered but not yet acknowledged.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub events: i64,
+    /// When the oldest of them was recorded (µs).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub oldest: Option<i64>,
+    /// Subscriptions whose deliveries keep failing (status `error`).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub failing: i64,
+}
+
+/// The backlog of each council with a subscription.
+pub fn backlog_per_council(conn: &mut DbConn) -> QueryResult<Vec<CouncilBacklog>> {
+    diesel::sql_query(
+        "SELECT s.council AS council, CAST(count(*) AS BIGINT) AS subscriptions, \
+                CAST(COALESCE(SUM(s.event_count - s.delivered_through), 0) AS BIGINT) AS events, \
+                MIN(n.recorded) AS oldest, \
+                CAST(SUM(CASE WHEN s.status = 'error' THEN 1 ELSE 0 END) AS BIGINT) AS failing \
+         FROM subscriptions s LEFT JOIN notifications n \
+           ON n.subscription_id = s.id AND n.event_number = s.delivered_through + 1 \
+         GROUP BY s.council ORDER BY s.council",
+    )
+    .load(conn)
+}
+
 pub fn outbox_waiting(conn: &mut DbConn) -> QueryResult<bool> {
     let found: Vec<i64> = notification_outbox::table
         .select(notification_outbox::id)

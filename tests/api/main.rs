@@ -5,6 +5,7 @@
 
 mod access;
 mod access_report;
+mod audit_page;
 mod audit_trail;
 mod bundles;
 mod cli;
