@@ -165,6 +165,11 @@ async fn kick_off(
         .finish())
 }
 
+/// A finished export's files and their line counts.
+fn files_of(row: &ExportRow) -> Vec<(String, u64)> {
+    serde_json::from_str(&row.files).unwrap_or_default()
+}
+
 /// The export, if it is the caller's.
 fn owned_by(row: Option<ExportRow>, caller: &Caller, id: &str) -> Result<ExportRow, ApiError> {
     let row = row.ok_or_else(|| ApiError::NotFound(format!("no export {id}")))?;
@@ -258,7 +263,7 @@ pub async fn export_status(
             .insert_header((header::RETRY_AFTER, "2"))
             .finish()),
         exports::COMPLETE => {
-            let files: Vec<(String, u64)> = serde_json::from_str(&row.files).unwrap_or_default();
+            let files = files_of(&row);
             let output: Vec<_> = files
                 .iter()
                 .map(|(name, count)| {
@@ -350,7 +355,7 @@ pub async fn export_file(
                 if gone { "expired" } else { row.status.as_str() }
             )));
         }
-        let files: Vec<(String, u64)> = serde_json::from_str(&row.files).unwrap_or_default();
+        let files = files_of(&row);
         if !files.iter().any(|(n, _)| *n == name) {
             return Err(ApiError::NotFound(format!(
                 "export {id} has no file {name}"

@@ -353,7 +353,7 @@ impl Report {
             );
             part.push(json!({ "name": "events", "valueUri": format!(
                 "{base_url}/AuditEvent?{period}&agent={}&agent-org={}",
-                encode(&u.user), u.org
+                crate::fhir::percent::encode_strict(&u.user), u.org
             )}));
             parameter.push(json!({ "name": "user", "part": part }));
         }
@@ -364,7 +364,7 @@ impl Report {
                 { "name": "flagged", "valueBoolean": r.flagged },
                 { "name": "events", "valueUri": format!(
                     "{base_url}/AuditEvent?{period}&type=http://dicom.nema.org/resources/ontology/DCM%7C110114&source={}",
-                    encode(&r.source)
+                    crate::fhir::percent::encode_strict(&r.source)
                 )},
             ]}));
         }
@@ -465,17 +465,6 @@ impl Report {
 
 fn working_hours((a, b): (u32, u32)) -> String {
     format!("{:02}:{:02}-{:02}:{:02}", a / 60, a % 60, b / 60, b % 60)
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

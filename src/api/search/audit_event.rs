@@ -73,6 +73,15 @@ fn paging(p: &Params, state: &AppState) -> Result<(usize, Option<String>), ApiEr
 }
 
 impl Found {
+    /// What showing these rows discloses: each AuditEvent, about the person searched for.
+    fn disclosure(&self, patient: Option<String>) -> Disclosure {
+        let mut d = Disclosure::about(patient);
+        for r in &self.rows {
+            d.reference(format!("AuditEvent/{}", r.id));
+        }
+        d
+    }
+
     fn of(page: Page<AuditRow>, counted: Totals, first_page: bool) -> Self {
         let total = match counted {
             Totals::Accurate => Some(page.total),
@@ -310,10 +319,7 @@ fn trail_search(
         counted == Totals::Accurate,
     )?;
     let found = Found::of(page, counted, cursor.is_none());
-    let mut disclosure = Disclosure::about(f.patient);
-    for r in &found.rows {
-        disclosure.reference(format!("AuditEvent/{}", r.id));
-    }
+    let disclosure = found.disclosure(f.patient);
     Ok((found, disclosure))
 }
 
@@ -375,10 +381,7 @@ fn run_audit_search(
         }
         Scope::All => return trail_search(conn, p, state, Some(nhs), Scope::All),
     };
-    let mut disclosure = Disclosure::about(Some(nhs.as_str().to_owned()));
-    for r in &found.rows {
-        disclosure.reference(format!("AuditEvent/{}", r.id));
-    }
+    let disclosure = found.disclosure(Some(nhs.as_str().to_owned()));
     Ok((found, disclosure))
 }
 
