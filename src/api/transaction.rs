@@ -29,7 +29,7 @@ use crate::records::policy::{decide, Action};
 use crate::records::rules::Known;
 use crate::records::RecordError;
 use crate::state::AppState;
-use crate::store::{self, DbConn};
+use crate::store::{self, DbConn, JobError};
 
 pub async fn submit(
     req: HttpRequest,
@@ -41,7 +41,9 @@ pub async fn submit(
     let answer_in = format::negotiate(&req)?;
     let limit = state.settings.bundle_body_limit;
     let limits = crate::api::http::bundle_limits(&state);
+    let began = std::time::Instant::now();
     let body = receive(&req, payload, &state, limit, "Bundle", limits).await?;
+    let received = began.elapsed();
     let representation = crate::fhir::format::prefers(&req, "return=representation");
     let now = state.now();
     let (today, now) = (now.date_naive(), store::micros(now));
@@ -51,77 +53,199 @@ pub async fn submit(
         let (state, caller) = (state.clone(), caller.clone());
         web::block(move || prepare(&state, &caller, &body)).await??
     };
+    let checked = began.elapsed();
     let Prepared { kind, ops } = prepared;
     let (ready, mut results) = split(kind, ops)?;
-    let writes = {
-        let caller = caller.clone();
-        state
-            .store
-            .write_retrying(move |conn| write_all(conn, &caller, kind, &ready, today, now))
-            .await?
+    let entries = results.len();
+    let writes = match kind {
+        Kind::Transaction => {
+            let caller = caller.clone();
+            state
+                .store
+                .write_retrying(move |conn| write_transaction(conn, &caller, &ready, today, now))
+                .await?
+        }
+        Kind::Batch => write_batch(&state, &caller, ready, today, now).await?,
     };
+    let written = began.elapsed();
     for (i, r) in writes {
         results[i] = Some(r);
     }
-    let mut room = BUNDLE_MAX_ISSUES;
-    let entries = results
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| match r {
-            Some(Ok(done)) => accepted(&state, done, representation),
-            Some(Err(e)) => refused(e, &mut room),
-            None => refused(
-                ApiError::Internal(format!("entry {i} has no result")).in_entry(i),
-                &mut room,
-            ),
-        })
-        .collect();
-    let body = format::render(&bundle::response(kind, entries, now), answer_in)?;
+    // Ten thousand entries' answers are CPU work too: off the HTTP worker, like the reading.
+    let (body, content_type) = web::block(move || {
+        let mut room = BUNDLE_MAX_ISSUES;
+        let entries = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(Ok(done)) => accepted(&state, done, representation),
+                Some(Err(e)) => refused(e, &mut room),
+                None => refused(
+                    ApiError::Internal(format!("entry {i} has no result")).in_entry(i),
+                    &mut room,
+                ),
+            })
+            .collect();
+        format::render(&bundle::response(kind, entries, now), answer_in)
+            .map(|body| (body, answer_in.content_type()))
+    })
+    .await??;
+    // Where a Bundle's time goes, for an operator tuning bulk loads (never who or what).
+    log::debug!(
+        "{kind:?} Bundle of {entries} entries: received {:?}, checked {:?}, written {:?}, answered {:?}",
+        received,
+        checked - received,
+        written - checked,
+        began.elapsed() - written
+    );
     Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, answer_in.content_type()))
+        .insert_header((header::CONTENT_TYPE, content_type))
         .body(body))
 }
 
 type Written = Vec<(usize, Result<Done, ApiError>)>;
 
-/// Writes the entries in order, inside the writer's transaction.
-///
-/// A transaction stops at the first refusal, which rolls everything back. A batch gives each
-/// entry its own outcome; rather than a savepoint per entry — which costs SQLite a statement
-/// journal for every page touched, and most of a bulk load's time — it first writes every entry
-/// under one savepoint and, only if some entry is refused, undoes that and writes them again,
-/// each under its own savepoint. Entries are deterministic (ids were assigned beforehand), so
-/// the second pass does exactly what the first would have.
-fn write_all(
+/// A transaction's entries, in order, inside one writer job: the first refusal rolls
+/// everything back.
+fn write_transaction(
     conn: &mut DbConn,
     caller: &Caller,
-    kind: Kind,
     ready: &[(usize, Op)],
     today: chrono::NaiveDate,
     now: i64,
 ) -> Result<Written, ApiError> {
     let scope = decide(caller, Action::WriteRecords)?;
-    let scope = &scope;
-    if kind == Kind::Transaction {
-        let mut known = Known::default();
-        let mut out = Vec::with_capacity(ready.len());
-        for (i, op) in ready {
-            let done = write::execute(conn, caller, scope, op, today, now, &mut known)
-                .map_err(|e| ApiError::from(e).in_entry(*i))?;
-            out.push((*i, Ok(done)));
-        }
-        return Ok(out);
+    let mut known = Known::default();
+    let mut out = Vec::with_capacity(ready.len());
+    for (i, op) in ready {
+        let done = write::execute(conn, caller, &scope, op, today, now, &mut known)
+            .map_err(|e| ApiError::from(e).in_entry(*i))?;
+        out.push((*i, Ok(done)));
     }
+    Ok(out)
+}
+
+/// A batch's entries, in order, as slices that are writer jobs of their own.
+///
+/// Each entry of a batch stands alone (FHIR R4 §3.1.0.11.1), so a council's ten-thousand-entry
+/// extract need not hold the one writer for its whole length: a slice ends once it has run for
+/// `bulk_slice_ms` and another job — an emergency department's audited look-up, say — is
+/// waiting, and the rest follows in a later batch; the writer commits and answers the waiting
+/// requests before it runs a slice taken with them. While nothing waits, the Bundle runs as one
+/// job. Each slice commits (with whatever shares its batch) before the next starts; if one
+/// cannot be written, the entries of the slices before it stay written, and it and those after
+/// it answer 503 in their own entries.
+async fn write_batch(
+    state: &AppState,
+    caller: &Caller,
+    ready: Vec<(usize, Op)>,
+    today: chrono::NaiveDate,
+    now: i64,
+) -> Result<Written, ApiError> {
+    let ready = std::sync::Arc::new(ready);
+    let slicing = Slicing {
+        queue: state.store.writer_queue(),
+        at_least: state.settings.bulk_slice,
+    };
+    let mut out: Written = Vec::with_capacity(ready.len());
+    while out.len() < ready.len() {
+        let start = out.len();
+        let mut tries = 0;
+        let slice = loop {
+            let (rest, caller, slicing) = (ready.clone(), caller.clone(), slicing.clone());
+            let ran = state
+                .store
+                .write_bulk_retrying(move |conn| {
+                    write_slice(conn, &caller, &rest[start..], &slicing, today, now)
+                })
+                .await;
+            // A slice that could not be committed left nothing behind, and its entries do
+            // the same again: worth a few more tries before its entries answer 503.
+            match ran {
+                Err(e) if e.is_transient() && tries < SLICE_TRIES => {
+                    tries += 1;
+                    log::warn!("a batch slice was not written ({e}); trying again ({tries} of {SLICE_TRIES})");
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(20 << tries)).await;
+                }
+                other => break other,
+            }
+        };
+        match slice {
+            Ok(written) if !written.is_empty() => out.extend(written),
+            Ok(_) => return Err(ApiError::Internal("a batch slice wrote no entry".into())),
+            // Nothing written yet: the Bundle's answer is the failure, as for one write.
+            Err(e) if start == 0 => return Err(e),
+            Err(e) => {
+                let why = e.to_string();
+                log::error!(
+                    "a batch Bundle stopped after {start} of {} entries: {why}",
+                    ready.len()
+                );
+                out.extend(ready[start..].iter().map(|(i, _)| {
+                    (
+                        *i,
+                        Err(ApiError::Unavailable(format!(
+                            "this entry was not written ({why}); the entries before it were"
+                        ))
+                        .in_entry(*i)),
+                    )
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many more times a batch's slice that could not be committed is tried.
+const SLICE_TRIES: u32 = 3;
+
+/// When a batch's slice makes way (see [`write_batch`]).
+#[derive(Clone)]
+struct Slicing {
+    queue: crate::store::writer::Queue,
+    at_least: std::time::Duration,
+}
+
+impl Slicing {
+    fn ends(&self, began: std::time::Instant) -> bool {
+        self.queue.anyone_waiting() && began.elapsed() >= self.at_least
+    }
+}
+
+/// Writes entries from the start of `ready` until the slice ends; returns what each did.
+///
+/// Rather than a savepoint per entry — which costs SQLite a statement journal for every page
+/// touched, and most of a bulk load's time — it first writes the slice under one savepoint
+/// and, only if some entry is refused, undoes that and writes the same entries again, each
+/// under its own savepoint. Entries are deterministic (ids were assigned beforehand), so the
+/// second pass does exactly what the first would have.
+fn write_slice(
+    conn: &mut DbConn,
+    caller: &Caller,
+    ready: &[(usize, Op)],
+    slicing: &Slicing,
+    today: chrono::NaiveDate,
+    now: i64,
+) -> Result<Written, ApiError> {
+    let scope = decide(caller, Action::WriteRecords)?;
+    let scope = &scope;
+    let began = std::time::Instant::now();
+    // How many entries the one-savepoint pass tried, the refused one included.
+    let mut tried = 0;
     let all_at_once = diesel::Connection::transaction(conn, |c| {
         let mut known = Known::default();
-        let mut out = Vec::with_capacity(ready.len());
+        let mut out = Vec::new();
         for (i, op) in ready {
+            tried += 1;
             out.push((
                 *i,
                 Ok(write::execute(
                     c, caller, scope, op, today, now, &mut known,
                 )?),
             ));
+            if slicing.ends(began) {
+                break;
+            }
         }
         Ok::<_, ApiError>(out)
     });
@@ -135,7 +259,7 @@ fn write_all(
         Err(_) => {
             // What the first pass learnt was rolled back with it.
             let mut known = Known::default();
-            Ok(ready
+            Ok(ready[..tried]
                 .iter()
                 .map(|(i, op)| {
                     let mut attempt = || {

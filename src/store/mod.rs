@@ -303,6 +303,12 @@ impl Store {
         .map_err(|e| E::from(StoreError::Other(format!("blocking task failed: {e}"))))?
     }
 
+    /// Whether jobs wait for the writer: a long job ends its slice when they do (see
+    /// [`writer::Queue`]).
+    pub fn writer_queue(&self) -> writer::Queue {
+        self.writer.queue()
+    }
+
     /// Runs `f` on the writer: all of `f` commits or none of it does, and the result is
     /// returned only once it is durable.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
@@ -325,11 +331,35 @@ impl Store {
         E: JobError,
         F: Fn(&mut DbConn) -> Result<T, E> + Send + Sync + 'static,
     {
+        self.retrying(writer::Lane::Interactive, f).await
+    }
+
+    /// [`Store::write_retrying`] for a slice of a bulk load: committed after the interactive
+    /// jobs taken with it (see [`writer::Lane`]).
+    pub async fn write_bulk_retrying<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: JobError,
+        F: Fn(&mut DbConn) -> Result<T, E> + Send + Sync + 'static,
+    {
+        self.retrying(writer::Lane::Bulk, f).await
+    }
+
+    async fn retrying<T, E, F>(&self, lane: writer::Lane, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: JobError,
+        F: Fn(&mut DbConn) -> Result<T, E> + Send + Sync + 'static,
+    {
         let f = std::sync::Arc::new(f);
         let mut retries = 0;
         loop {
             let run = std::sync::Arc::clone(&f);
-            match self.writer.run(move |c| run(c)).await {
+            let ran = match lane {
+                writer::Lane::Interactive => self.writer.run(move |c| run(c)).await,
+                writer::Lane::Bulk => self.writer.run_bulk(move |c| run(c)).await,
+            };
+            match ran {
                 Err(e) if e.is_conflict() && retries < CONFLICT_RETRIES => {
                     retries += 1;
                     crate::metrics::writer_conflict();

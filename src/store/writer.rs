@@ -13,6 +13,7 @@
 //! (and SQLite may already have rolled the whole transaction back on an I/O error), so the
 //! whole batch is rolled back and every caller in it gets 503: nothing is disclosed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +29,20 @@ use crate::store::{DbConn, DbPool};
 type Finish = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&mut DbConn) -> Ran + Send>;
 
+/// Which work a job is: a request someone waits on (a look-up, a single write), or a slice of
+/// a bulk load, which is committed after the interactive jobs taken with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+/// A job as queued for the writer threads.
+struct Queued {
+    job: Job,
+    lane: Lane,
+}
+
 /// A job that has run: how to answer its caller, and whether it ran without a savepoint and
 /// failed, so that whatever it wrote cannot be undone on its own (the batch must then be rolled
 /// back).
@@ -41,32 +56,87 @@ const MAX_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
+    queue: Queue,
+}
+
+/// How many jobs are waiting for a writer thread. A long job (a council's batch Bundle) reads it
+/// between its entries and ends its slice when someone is waiting, so an emergency department's
+/// look-up waits for a slice of a bulk load, never for all of it (issue: "a clinician's look-up
+/// never waits behind a council's upload").
+#[derive(Clone, Default)]
+pub struct Queue(Arc<AtomicUsize>);
+
+impl Queue {
+    /// Whether any job is queued behind the one running now.
+    pub fn anyone_waiting(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
+    fn joined(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn taken(&self) {
+        self.left(1);
+    }
+
+    fn left(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Jobs of a batch not yet started: they still count as waiting (a job later in the same batch
+/// waits for the ones before it), and whichever are never started leave the count when the
+/// batch ends, however it ends.
+struct Unstarted<'a> {
+    queue: &'a Queue,
+    n: usize,
+}
+
+impl Unstarted<'_> {
+    fn start_one(&mut self) {
+        self.n = self.n.saturating_sub(1);
+        self.queue.taken();
+    }
+}
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        self.queue.left(self.n);
+    }
 }
 
 impl Writer {
     /// Starts `threads` writer threads, each holding one connection of `pool` for its life;
     /// between batches they start the SQLite WAL over when `restart` asks.
     pub fn start(pool: DbPool, threads: usize, restart: Arc<Restart>) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let rx = Arc::new(Mutex::new(rx));
         let ids = crate::store::audit::IdContext::default();
+        let queue = Queue::default();
         for n in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
             let pool = pool.clone();
             let ids = Arc::clone(&ids);
             let restart = Arc::clone(&restart);
+            let queue = queue.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("cpis-writer-{n}"))
                 .spawn(move || {
                     crate::store::audit::use_id_context(ids);
-                    writer_loop(&pool, &rx, &restart)
+                    writer_loop(&pool, &rx, &restart, &queue)
                 });
             if let Err(e) = spawned {
                 log::error!("cannot start writer thread: {e}");
             }
         }
-        Self { tx }
+        Self { tx, queue }
+    }
+
+    /// The writer's queue, for jobs that yield to whoever waits (see [`Queue`]).
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     /// Runs `f` in its own savepoint inside the next batch and returns its result once the
@@ -77,7 +147,17 @@ impl Writer {
         E: JobError,
         F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
-        answer(self.submit(f, true)?.await)
+        answer(self.submit(f, true, Lane::Interactive)?.await)
+    }
+
+    /// [`Writer::run`] for a slice of a bulk load (see [`Lane`]).
+    pub async fn run_bulk<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: JobError,
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
+    {
+        answer(self.submit(f, true, Lane::Bulk)?.await)
     }
 
     /// Like [`Writer::run`] but without a savepoint around `f`, which saves the savepoint's
@@ -91,7 +171,7 @@ impl Writer {
         E: JobError,
         F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
-        answer(self.submit(f, false)?.await)
+        answer(self.submit(f, false, Lane::Interactive)?.await)
     }
 
     /// [`Writer::run`] for callers outside the async runtime.
@@ -101,10 +181,15 @@ impl Writer {
         E: JobError,
         F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
     {
-        answer(self.submit(f, true)?.blocking_recv())
+        answer(self.submit(f, true, Lane::Interactive)?.blocking_recv())
     }
 
-    fn submit<T, E, F>(&self, f: F, savepoint: bool) -> Result<oneshot::Receiver<Result<T, E>>, E>
+    fn submit<T, E, F>(
+        &self,
+        f: F,
+        savepoint: bool,
+        lane: Lane,
+    ) -> Result<oneshot::Receiver<Result<T, E>>, E>
     where
         T: Send + 'static,
         E: JobError,
@@ -134,7 +219,9 @@ impl Writer {
                 spoils_batch,
             }
         });
-        self.tx.send(job).map_err(|_| {
+        self.queue.joined();
+        self.tx.send(Queued { job, lane }).map_err(|_| {
+            self.queue.taken();
             E::from(StoreError::Transient(
                 "the database writer has stopped".into(),
             ))
@@ -193,56 +280,90 @@ impl JobError for crate::error::ApiError {
     }
 }
 
-fn writer_loop(pool: &DbPool, rx: &Mutex<mpsc::Receiver<Job>>, restart: &Restart) {
+fn writer_loop(
+    pool: &DbPool,
+    rx: &Mutex<mpsc::Receiver<Queued>>,
+    restart: &Restart,
+    queue: &Queue,
+) {
     let mut conn = None;
-    let (mut batches, mut jobs_done, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
+    let mut stats = Stats::default();
     loop {
-        let jobs = {
+        let taken = {
             let Ok(guard) = rx.lock() else { return };
             let Ok(first) = guard.recv() else { return };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
+            let mut taken = vec![first];
+            while taken.len() < MAX_BATCH {
                 match guard.try_recv() {
-                    Ok(j) => jobs.push(j),
+                    Ok(j) => taken.push(j),
                     Err(_) => break,
                 }
             }
-            jobs
+            taken
         };
-        if conn.is_none() {
-            match pool.get() {
-                Ok(c) => conn = Some(c),
-                Err(e) => log::error!("writer cannot get a database connection: {e}"),
+        let mut unstarted = Unstarted {
+            queue,
+            n: taken.len(),
+        };
+        // Interactive work first, committed and answered on its own: a look-up taken with a
+        // bulk slice does not wait for the slice, nor for the larger commit it makes.
+        let (bulk, interactive): (Vec<Queued>, Vec<Queued>) =
+            taken.into_iter().partition(|q| q.lane == Lane::Bulk);
+        for group in [interactive, bulk] {
+            if group.is_empty() {
+                continue;
+            }
+            if conn.is_none() {
+                match pool.get() {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => log::error!("writer cannot get a database connection: {e}"),
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                // No connection: nothing can be made durable. Dropping a job drops its reply
+                // channel, and its caller answers 503.
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let n = group.len() as u64;
+            let jobs = group.into_iter().map(|q| q.job).collect();
+            let (finishes, committed) = run_batch(c, jobs, &mut unstarted);
+            stats.add(n, started.elapsed());
+            let broken = !committed && is_broken(c);
+            for f in finishes {
+                f(committed);
+            }
+            // After answering, so no caller waits for it.
+            if broken {
+                conn = None;
+            } else {
+                checkpoint::restart_if_asked(c, restart);
             }
         }
-        let Some(c) = conn.as_mut() else {
-            // No connection: nothing can be made durable. Dropping a job drops its reply
-            // channel, and its caller answers 503.
-            drop(jobs);
-            continue;
-        };
-        let started = std::time::Instant::now();
-        let n = jobs.len() as u64;
-        let (finishes, committed) = run_batch(c, jobs);
-        busy += started.elapsed();
-        batches += 1;
-        jobs_done += n;
-        if batches % 5_000 == 0 {
+    }
+}
+
+/// The writer's own figures, logged at debug now and then.
+#[derive(Default)]
+struct Stats {
+    batches: u64,
+    jobs: u64,
+    busy: std::time::Duration,
+}
+
+impl Stats {
+    fn add(&mut self, jobs: u64, busy: std::time::Duration) {
+        self.batches += 1;
+        self.jobs += jobs;
+        self.busy += busy;
+        if self.batches % 5_000 == 0 {
             log::debug!(
-                "writer: {jobs_done} jobs in {batches} batches ({:.1} per batch), {:.1} µs busy per job",
-                jobs_done as f64 / batches as f64,
-                busy.as_secs_f64() * 1e6 / jobs_done as f64
+                "writer: {} jobs in {} batches ({:.1} per batch), {:.1} µs busy per job",
+                self.jobs,
+                self.batches,
+                self.jobs as f64 / self.batches as f64,
+                self.busy.as_secs_f64() * 1e6 / self.jobs as f64
             );
-        }
-        let broken = !committed && is_broken(c);
-        for f in finishes {
-            f(committed);
-        }
-        // After answering, so no caller waits for it.
-        if broken {
-            conn = None;
-        } else {
-            checkpoint::restart_if_asked(c, restart);
         }
     }
 }
@@ -256,7 +377,11 @@ fn begin(conn: &mut DbConn) -> diesel::QueryResult<()> {
     }
 }
 
-fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
+fn run_batch(
+    conn: &mut DbConn,
+    jobs: Vec<Job>,
+    unstarted: &mut Unstarted<'_>,
+) -> (Vec<Finish>, bool) {
     if let Err(e) = begin(conn) {
         log::error!("writer cannot begin a transaction: {e}");
         // Dropped jobs answer 503 through their closed reply channels.
@@ -265,6 +390,7 @@ fn run_batch(conn: &mut DbConn, jobs: Vec<Job>) -> (Vec<Finish>, bool) {
     }
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
     for job in jobs {
+        unstarted.start_one();
         let ran = job(conn);
         finishes.push(ran.finish);
         if ran.spoils_batch {
@@ -341,10 +467,11 @@ mod tests {
                     Ok::<_, StoreError>(())
                 },
                 true,
+                Lane::Interactive,
             )
             .unwrap();
         wait_started.recv().unwrap();
-        let good = w.submit(write(1), false).unwrap();
+        let good = w.submit(write(1), false, Lane::Interactive).unwrap();
         let failing = w
             .submit(
                 |c| {
@@ -352,9 +479,10 @@ mod tests {
                     Err::<(), _>(StoreError::Transient("the audit trail is full".into()))
                 },
                 false,
+                Lane::Interactive,
             )
             .unwrap();
-        let behind = w.submit(write(3), true).unwrap();
+        let behind = w.submit(write(3), true, Lane::Interactive).unwrap();
         release.send(()).unwrap();
 
         assert!(answer(holding.blocking_recv()).is_ok());
@@ -374,6 +502,101 @@ mod tests {
 
         w.run_blocking(write(4)).unwrap();
         assert_eq!(count(&store), 1);
+    }
+
+    #[test]
+    fn a_running_job_sees_the_jobs_waiting_behind_it_even_in_its_own_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
+        let w = store.writer.clone();
+        let queue = w.queue();
+        assert!(!queue.anyone_waiting());
+
+        // Hold the writer so the next jobs are queued together and taken as one batch.
+        let (started, wait_started) = std::sync::mpsc::channel::<()>();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holding = w
+            .submit(
+                move |_| {
+                    started.send(()).ok();
+                    wait_release.recv().ok();
+                    Ok::<_, StoreError>(())
+                },
+                true,
+                Lane::Interactive,
+            )
+            .unwrap();
+        wait_started.recv().unwrap();
+        assert!(!queue.anyone_waiting(), "the running job is not waiting");
+        let seen = |q: Queue| move |_: &mut DbConn| Ok::<_, StoreError>(q.anyone_waiting());
+        let first = w
+            .submit(seen(queue.clone()), true, Lane::Interactive)
+            .unwrap();
+        let last = w
+            .submit(seen(queue.clone()), true, Lane::Interactive)
+            .unwrap();
+        assert!(queue.anyone_waiting());
+        release.send(()).unwrap();
+
+        assert!(answer(holding.blocking_recv()).is_ok());
+        assert!(
+            answer(first.blocking_recv()).unwrap(),
+            "the job after it in the same batch still waits for it"
+        );
+        assert!(
+            !answer(last.blocking_recv()).unwrap(),
+            "nothing waits behind the last"
+        );
+        assert!(!queue.anyone_waiting(), "the count returns to nought");
+    }
+
+    #[test]
+    fn an_interactive_job_taken_with_a_bulk_slice_is_answered_before_the_slice_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
+        let w = store.writer.clone();
+        let (started, wait_started) = std::sync::mpsc::channel::<()>();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holding = w
+            .submit(
+                move |_| {
+                    started.send(()).ok();
+                    wait_release.recv().ok();
+                    Ok::<_, StoreError>(())
+                },
+                true,
+                Lane::Interactive,
+            )
+            .unwrap();
+        wait_started.recv().unwrap();
+        // Queued first, the slice waits (at most 5 s) for the test to see the look-up answered.
+        let (go, wait_go) = std::sync::mpsc::channel::<()>();
+        let slice = w
+            .submit(
+                move |_| {
+                    wait_go
+                        .recv_timeout(std::time::Duration::from_secs(5))
+                        .map_err(|_| StoreError::Transient("the look-up was not answered".into()))
+                },
+                true,
+                Lane::Bulk,
+            )
+            .unwrap();
+        let look_up = w
+            .submit(
+                |_| Ok::<_, StoreError>("disclosed"),
+                true,
+                Lane::Interactive,
+            )
+            .unwrap();
+        release.send(()).unwrap();
+        assert!(answer(holding.blocking_recv()).is_ok());
+        assert_eq!(answer(look_up.blocking_recv()).unwrap(), "disclosed");
+        go.send(()).unwrap();
+        assert!(
+            answer(slice.blocking_recv()).is_ok(),
+            "the slice ran after the look-up was answered"
+        );
     }
 
     #[actix_rt::test]

@@ -397,3 +397,62 @@ async fn the_response_carries_the_resources_when_asked_for_them() {
         "Northmoor Borough Council"
     );
 }
+
+/// How many plans the council holds, by its own Flag search: an audited read, so a job on the
+/// writer like a clinician's look-up, which sees what the writer has committed before it.
+async fn plans_held(app: &TestApp, council: &str) -> u64 {
+    let r = app.get("/Flag?_count=1", &app.council(council)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["total"].as_u64().expect("total")
+}
+
+#[actix_rt::test]
+async fn a_read_made_while_a_large_batch_is_written_waits_for_a_slice_of_it_not_all_of_it() {
+    let app = TestApp::spawn().await;
+    let people: Vec<String> = cpis_fhir::nhs_number::NhsNumber::test_numbers()
+        .skip(100)
+        .take(1_500)
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    let mut entries = Vec::new();
+    for (i, nhs) in people.iter().enumerate() {
+        entries.push(put_patient_entry(nhs));
+        entries.push(put_flag_entry(nhs, LA_A, &format!("BULK-{i}")));
+    }
+    let done = std::cell::Cell::new(false);
+    let bundle = async {
+        let r = app.bundle(LA_A, "batch", entries).await;
+        done.set(true);
+        r
+    };
+    // Audited reads keep arriving while the Bundle is written, as look-ups would. Written as
+    // one job, the Bundle would make its 1,500 plans appear at one commit, and a read queued
+    // behind it would wait for all of it: every read would see none or all. Written in slices,
+    // a read waits for the slice under way, and sees the plans written so far.
+    // Three readers, so that one is nearly always waiting whatever the scheduler does.
+    let partial = std::cell::Cell::new(false);
+    let probe = || async {
+        let mut seen = Vec::new();
+        while !done.get() && !partial.get() {
+            let n = plans_held(&app, LA_A).await;
+            seen.push(n);
+            partial.set(partial.get() || (n > 0 && n < 1_500));
+        }
+        seen
+    };
+    let (r, (a, b, c)) = futures_util::future::join(
+        bundle,
+        futures_util::future::join3(probe(), probe(), probe()),
+    )
+    .await;
+    let seen: Vec<u64> = [a, b, c].concat();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = statuses(&r.json());
+    assert_eq!(s.len(), 3_000);
+    assert!(s.iter().all(|s| s == "201 Created"), "every entry written");
+    assert!(
+        seen.iter().any(|n| *n > 0 && *n < 1_500),
+        "a read between two slices saw part of the Bundle: {seen:?}"
+    );
+    assert_eq!(plans_held(&app, LA_A).await, 1_500);
+}

@@ -317,6 +317,11 @@ async fn three_replicas_over_one_postgresql_lose_nothing_and_duplicate_nothing_e
         "every look-up answered 200"
     );
 
+    // A client of its own for the checks: the first one's idle keep-alive connections may be
+    // closed by a server (its keep-alive ran out during the load) just as it reuses them.
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
     // One Flag per plan reference, whichever replica wrote it.
     for i in 0..PEOPLE {
         for ods in councils_of(i) {

@@ -23,62 +23,13 @@ pub(crate) fn submissions(
         let plans = if i % 50 == 0 { 2 } else { 1 };
         for p in 0..plans {
             let (la, plan, end) = plan_of(i, p, councils);
-            let start = chrono::Utc::now().date_naive() - chrono::Duration::days(400);
-            let mut period = serde_json::json!({ "start": start.to_string() });
-            if let Some(e) = end {
-                period["end"] = serde_json::json!(e.to_string());
-            }
-            let system = format!("https://{}.example.org/Id/plan", la.to_ascii_lowercase());
             let k = councils.iter().position(|c| *c == la).unwrap_or(0);
-            per_council[k].push(serde_json::json!({
-                "resource": {
-                    "resourceType": "Patient",
-                    "id": nhs,
-                    "identifier": [{
-                        "extension": [{
-                            "url": cpis_fhir::domain::VERIFICATION_EXTENSION,
-                            "valueCodeableConcept": { "coding": [{ "system": cpis_fhir::domain::VERIFICATION_SYSTEM, "code": "01" }] },
-                        }],
-                        "system": cpis_fhir::domain::NHS_NUMBER_SYSTEM,
-                        "value": nhs,
-                    }],
-                    "name": [{ "family": format!("Family{i}"), "given": ["Alex"] }],
-                    "birthDate": "2015-06-01",
-                    "address": [{ "line": [format!("{i} High Street")], "city": "Northmoor", "postalCode": "NM1 1AA" }],
-                },
-                "request": { "method": "PUT", "url": format!("Patient/{nhs}") },
-            }));
-            per_council[k].push(serde_json::json!({
-                "resource": {
-                    "resourceType": "Flag",
-                    "identifier": [{ "system": system, "value": format!("P{i}-{p}") }],
-                    "status": "active",
-                    "category": [{ "coding": [{ "system": cpis_fhir::domain::FLAG_CATEGORY_SYSTEM, "code": cpis_fhir::domain::FLAG_CATEGORY_CODE }] }],
-                    "code": { "coding": [{ "system": cpis_fhir::domain::SNOMED_SYSTEM, "code": plan.snomed() }] },
-                    "subject": { "reference": format!("Patient/{nhs}") },
-                    "period": period,
-                    "author": { "reference": format!("Organization/{la}") },
-                },
-                "request": {
-                    "method": "PUT",
-                    "url": format!("Flag?identifier={}%7CP{i}-{p}", system.replace(':', "%3A").replace('/', "%2F")),
-                },
-            }));
+            per_council[k].extend(plan_entries(i, p, nhs, &la, plan, end));
         }
     }
     let mut out = Vec::new();
     for (k, entries) in per_council.into_iter().enumerate() {
-        let token = dev::mint(
-            dir,
-            &TokenRequest {
-                role: Role::Council,
-                org: OdsCode::parse(&councils[k]).ok_or("ods")?,
-                user: format!("{}-case-system", councils[k]),
-                name: None,
-                ttl_secs: 3600,
-                audience: "cpis-fhir".into(),
-            },
-        )?;
+        let token = council_token(dir, &councils[k])?;
         for chunk in entries.chunks(args.entries.max(2)) {
             let b =
                 serde_json::json!({ "resourceType": "Bundle", "type": "batch", "entry": chunk });
@@ -90,6 +41,105 @@ pub(crate) fn submissions(
         }
     }
     Ok(out)
+}
+
+/// A person's `PUT Patient/{nhs}` and the conditional `PUT Flag?identifier=…` of their plan
+/// `p` held by council `la`, as a council's case system sends them.
+pub(crate) fn plan_entries(
+    i: u32,
+    p: usize,
+    nhs: &str,
+    la: &str,
+    plan: PlanType,
+    end: Option<chrono::NaiveDate>,
+) -> [serde_json::Value; 2] {
+    let start = chrono::Utc::now().date_naive() - chrono::Duration::days(400);
+    let mut period = serde_json::json!({ "start": start.to_string() });
+    if let Some(e) = end {
+        period["end"] = serde_json::json!(e.to_string());
+    }
+    let system = format!("https://{}.example.org/Id/plan", la.to_ascii_lowercase());
+    [
+        serde_json::json!({
+            "resource": {
+                "resourceType": "Patient",
+                "id": nhs,
+                "identifier": [{
+                    "extension": [{
+                        "url": cpis_fhir::domain::VERIFICATION_EXTENSION,
+                        "valueCodeableConcept": { "coding": [{ "system": cpis_fhir::domain::VERIFICATION_SYSTEM, "code": "01" }] },
+                    }],
+                    "system": cpis_fhir::domain::NHS_NUMBER_SYSTEM,
+                    "value": nhs,
+                }],
+                "name": [{ "family": format!("Family{i}"), "given": ["Alex"] }],
+                "birthDate": "2015-06-01",
+                "address": [{ "line": [format!("{i} High Street")], "city": "Northmoor", "postalCode": "NM1 1AA" }],
+            },
+            "request": { "method": "PUT", "url": format!("Patient/{nhs}") },
+        }),
+        serde_json::json!({
+            "resource": {
+                "resourceType": "Flag",
+                "identifier": [{ "system": system, "value": format!("P{i}-{p}") }],
+                "status": "active",
+                "category": [{ "coding": [{ "system": cpis_fhir::domain::FLAG_CATEGORY_SYSTEM, "code": cpis_fhir::domain::FLAG_CATEGORY_CODE }] }],
+                "code": { "coding": [{ "system": cpis_fhir::domain::SNOMED_SYSTEM, "code": plan.snomed() }] },
+                "subject": { "reference": format!("Patient/{nhs}") },
+                "period": period,
+                "author": { "reference": format!("Organization/{la}") },
+            },
+            "request": {
+                "method": "PUT",
+                "url": format!("Flag?identifier={}%7CP{i}-{p}", system.replace(':', "%3A").replace('/', "%2F")),
+            },
+        }),
+    ]
+}
+
+/// A council's token for the benchmarks' submissions.
+pub(crate) fn council_token(dir: &Path, ods: &str) -> Result<String, String> {
+    dev::mint(
+        dir,
+        &TokenRequest {
+            role: Role::Council,
+            org: OdsCode::parse(ods).ok_or("ods")?,
+            user: format!("{ods}-case-system"),
+            name: None,
+            ttl_secs: 3600,
+            audience: "cpis-fhir".into(),
+        },
+    )
+}
+
+/// Posts one Bundle on `conn` and reads the answer into `body`; returns the entries accepted
+/// and refused.
+pub(crate) fn post_bundle(
+    conn: &mut TcpStream,
+    token: &str,
+    bundle: &[u8],
+    buf: &mut [u8],
+    body: &mut Vec<u8>,
+) -> Result<(usize, usize), String> {
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nAccept: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+        bundle.len()
+    );
+    conn.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    conn.write_all(bundle).map_err(|e| e.to_string())?;
+    let status = read_response(conn, buf, Some(body))?;
+    if status != 200 {
+        return Err(format!(
+            "a Bundle was refused with {status}: {}",
+            String::from_utf8_lossy(body)
+        ));
+    }
+    // Counted from the text: parsing every answer would load this machine's cores, which the
+    // server is using.
+    let text = String::from_utf8_lossy(body);
+    let entries = text.matches("\"response\":{").count();
+    let ok = text.matches("\"status\":\"20").count();
+    Ok((ok, entries.saturating_sub(ok)))
 }
 
 pub(crate) fn run_load(args: &LoadArgs) -> Result<(), String> {
@@ -129,38 +179,27 @@ pub(crate) fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
     for t in 0..args.connections.max(1) {
         let queue = queue.clone();
         let port = ports[t % ports.len()];
-        handles.push(std::thread::spawn(move || -> Result<(usize, usize, Vec<u32>), String> {
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut body = Vec::new();
-            let (mut accepted, mut refused, mut lat) = (0, 0, Vec::new());
-            loop {
-                let Some(job) = queue.lock().map_err(|_| "queue")?.pop() else {
-                    break;
-                };
-                let head = format!(
-                    "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/fhir+json\r\nAccept: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
-                    job.token,
-                    job.body.len()
-                );
-                let t = Instant::now();
-                conn.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-                conn.write_all(&job.body).map_err(|e| e.to_string())?;
-                let status = read_response(&mut conn, &mut buf, Some(&mut body))?;
-                lat.push(t.elapsed().as_millis().min(u32::MAX as u128) as u32);
-                if status != 200 {
-                    return Err(format!("a Bundle was refused with {status}: {}", String::from_utf8_lossy(&body)));
+        handles.push(std::thread::spawn(
+            move || -> Result<(usize, usize, Vec<u32>), String> {
+                let mut conn =
+                    TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut body = Vec::new();
+                let (mut accepted, mut refused, mut lat) = (0, 0, Vec::new());
+                loop {
+                    let Some(job) = queue.lock().map_err(|_| "queue")?.pop() else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    let (ok, no) =
+                        post_bundle(&mut conn, &job.token, &job.body, &mut buf, &mut body)?;
+                    lat.push(t.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                    accepted += ok;
+                    refused += no;
                 }
-                // Counted from the text: parsing every answer would load this machine's
-                // cores, which the server is using.
-                let text = String::from_utf8_lossy(&body);
-                let entries = text.matches("\"response\":{").count();
-                let ok = text.matches("\"status\":\"20").count();
-                accepted += ok;
-                refused += entries.saturating_sub(ok);
-            }
-            Ok((accepted, refused, lat))
-        }));
+                Ok((accepted, refused, lat))
+            },
+        ));
     }
     let (mut accepted, mut refused, mut lat) = (0, 0, Vec::new());
     let mut failure = None;

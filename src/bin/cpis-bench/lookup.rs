@@ -5,7 +5,9 @@ use super::*;
 /// Requests, 2xx responses, latencies (µs) and the measured time of a run.
 type Outcome = (u64, u64, Vec<u32>, Duration);
 
-pub(crate) fn run(args: &Args) -> Result<(), String> {
+/// The register a look-up benchmark runs on: the data directory (a temporary one unless
+/// given), its database, and whether the directory is the benchmark's to remove.
+pub(crate) fn register_for(args: &Args) -> Result<(PathBuf, String, bool), String> {
     let temp = args.data_dir.is_none();
     let dir = args
         .data_dir
@@ -13,23 +15,37 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("cpis-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let db = database_of(&dir, &args.database, args.replicas)?;
-    let public_key = dev::ensure_key(&dir)?;
-    drop(public_key);
-    {
-        let store = Store::open(&db, 2)?;
-        let existing = store
-            .read_blocking(|c| Ok(store::councils::count(c)?))
-            .map_err(|e: store::StoreError| e.to_string())?;
-        if existing == 0 {
-            let t = Instant::now();
-            generate(&store, args)?;
-            println!(
-                "generated {} people in {:.1} s",
-                args.people,
-                t.elapsed().as_secs_f64()
-            );
-        }
+    dev::ensure_key(&dir)?;
+    let store = Store::open(&db, 2)?;
+    let existing = store
+        .read_blocking(|c| Ok(store::councils::count(c)?))
+        .map_err(|e: store::StoreError| e.to_string())?;
+    if existing == 0 {
+        let t = Instant::now();
+        generate(&store, args)?;
+        println!(
+            "generated {} people in {:.1} s",
+            args.people,
+            t.elapsed().as_secs_f64()
+        );
     }
+    let have = store
+        .read_blocking(|c| Ok(store::audit::count(c)?))
+        .map_err(|e: store::StoreError| e.to_string())?;
+    let have = u64::try_from(have).unwrap_or(0);
+    if args.trail_rows > have {
+        crate::trail::build(
+            &store,
+            args.trail_rows - have,
+            store::micros(chrono::Utc::now()),
+        )?;
+    }
+    println!("audit trail            {} rows", have.max(args.trail_rows));
+    Ok((dir, db, temp))
+}
+
+pub(crate) fn run(args: &Args) -> Result<(), String> {
+    let (dir, db, temp) = register_for(args)?;
     let audits_before = {
         let store = Store::open(&db, 1)?;
         store
@@ -148,7 +164,14 @@ pub(crate) fn drive(
         let ratio = args.hit_ratio;
         let include = include.to_owned();
         let tls = tls.cloned();
+        // Paced: each connection's requests fall due at fixed intervals, staggered.
+        let interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+        let stagger = interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(t as f64 / args.connections.max(1) as f64)
+        });
         handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u32>), String> {
+            let mut due = Instant::now() + stagger;
             let mut conn = connect(port, tls.as_ref())?;
             let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             let mut buf = vec![0u8; 64 * 1024];
@@ -167,7 +190,18 @@ pub(crate) fn drive(
                 let req = format!(
                     "GET /Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{n}{include} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nAccept: application/fhir+json\r\n\r\n"
                 );
-                let started = Instant::now();
+                let started = match interval {
+                    Some(i) => {
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let was_due = due;
+                        due += i;
+                        was_due
+                    }
+                    None => Instant::now(),
+                };
                 conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
                 let status = read_response(&mut *conn, &mut buf, None)?;
                 let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;

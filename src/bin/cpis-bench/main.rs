@@ -15,6 +15,10 @@
 //!   delivered per second and their end-to-end lag (look-up committed → notification received),
 //!   and checks every notifiable look-up reached its councils.
 //!
+//! - `cpis-bench mixed`: the look-up alone, then while councils' 10,000-entry batch Bundles load
+//!   back to back; prints both phases' look-ups/s, p50 and p99, the rate kept, and the bulk
+//!   load's resources/s meanwhile.
+//!
 //! - `cpis-bench trail`: the audit team's searches (first page) and bulk export on a trail of
 //!   10 million AuditEvents.
 //!
@@ -49,6 +53,7 @@ struct Cli {
 mod hostile;
 mod load;
 mod lookup;
+mod mixed;
 mod notify_bench;
 mod register;
 mod servers;
@@ -69,6 +74,8 @@ enum Bench {
     Fuzz(hostile::FuzzArgs),
     /// The audit team's searches and bulk export on a grown trail (default 10 million rows).
     Trail(trail::TrailArgs),
+    /// Look-ups alone, then while councils' batch Bundles load back to back.
+    Mixed(mixed::MixedArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +141,16 @@ struct Args {
     /// certificate (`serve --dev --tls` makes the same), the clients trust its CA.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     tls: bool,
+    /// Look-ups per second in all, spread evenly over the connections (0: each connection as
+    /// fast as answers come). A latency is counted from when its request was due, so a server
+    /// that falls behind shows it.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Before measuring, grow the audit trail to this many rows (direct inserts: a year of
+    /// accesses to the register's people), as eight years of a national service's would be.
+    /// Kept with the register in `--data-dir`.
+    #[arg(long, default_value_t = 0)]
+    trail_rows: u64,
     /// Subscribe every council to a receiver in the bench and measure the notifications.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     notify: bool,
@@ -147,6 +164,7 @@ fn main() {
         Some(Bench::Hostile(a)) => hostile::run_hostile(a),
         Some(Bench::Fuzz(a)) => hostile::run_fuzz(a),
         Some(Bench::Trail(a)) => trail::run_trail(a),
+        Some(Bench::Mixed(a)) => mixed::run_mixed(a),
     };
     if let Err(e) = result {
         eprintln!("cpis-bench: {e}");

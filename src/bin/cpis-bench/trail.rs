@@ -94,7 +94,8 @@ fn row(i: u64, recorded: i64, rng: &mut Lcg, people: &[String]) -> AuditRow {
     }
 }
 
-fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
+/// Adds `rows` AuditEvents spread over the year before `now` (direct inserts).
+pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
     let people = numbers(200_000, 0);
     let mut rng = Lcg(42);
     let start = now - YEAR_MICROS;
