@@ -445,18 +445,14 @@ mod tests {
         move |c| Ok(c.batch_execute(&format!("INSERT INTO scratch VALUES ({n})"))?)
     }
 
-    #[test]
-    fn an_unguarded_job_that_fails_rolls_back_its_whole_batch_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
-        let w = store.writer.clone();
-        w.run_blocking(|c| {
-            Ok::<_, StoreError>(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?)
-        })
-        .unwrap();
-
-        // Hold the writer inside a batch of its own until the next three jobs are queued, so
-        // they run together in the following batch.
+    /// Holds the writer inside a batch of its own until `release` is sent, so jobs submitted
+    /// meanwhile are taken together as the next batch.
+    fn hold(
+        w: &Writer,
+    ) -> (
+        oneshot::Receiver<Result<(), StoreError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (started, wait_started) = std::sync::mpsc::channel::<()>();
         let (release, wait_release) = std::sync::mpsc::channel::<()>();
         let holding = w
@@ -471,6 +467,22 @@ mod tests {
             )
             .unwrap();
         wait_started.recv().unwrap();
+        (holding, release)
+    }
+
+    #[test]
+    fn an_unguarded_job_that_fails_rolls_back_its_whole_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
+        let w = store.writer.clone();
+        w.run_blocking(|c| {
+            Ok::<_, StoreError>(c.batch_execute("CREATE TABLE scratch (x INTEGER)")?)
+        })
+        .unwrap();
+
+        // Hold the writer inside a batch of its own until the next three jobs are queued, so
+        // they run together in the following batch.
+        let (holding, release) = hold(&w);
         let good = w.submit(write(1), false, Lane::Interactive).unwrap();
         let failing = w
             .submit(
@@ -513,20 +525,7 @@ mod tests {
         assert!(!queue.anyone_waiting());
 
         // Hold the writer so the next jobs are queued together and taken as one batch.
-        let (started, wait_started) = std::sync::mpsc::channel::<()>();
-        let (release, wait_release) = std::sync::mpsc::channel::<()>();
-        let holding = w
-            .submit(
-                move |_| {
-                    started.send(()).ok();
-                    wait_release.recv().ok();
-                    Ok::<_, StoreError>(())
-                },
-                true,
-                Lane::Interactive,
-            )
-            .unwrap();
-        wait_started.recv().unwrap();
+        let (holding, release) = hold(&w);
         assert!(!queue.anyone_waiting(), "the running job is not waiting");
         let seen = |q: Queue| move |_: &mut DbConn| Ok::<_, StoreError>(q.anyone_waiting());
         let first = w
@@ -555,20 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("w.db").to_string_lossy(), 1).unwrap();
         let w = store.writer.clone();
-        let (started, wait_started) = std::sync::mpsc::channel::<()>();
-        let (release, wait_release) = std::sync::mpsc::channel::<()>();
-        let holding = w
-            .submit(
-                move |_| {
-                    started.send(()).ok();
-                    wait_release.recv().ok();
-                    Ok::<_, StoreError>(())
-                },
-                true,
-                Lane::Interactive,
-            )
-            .unwrap();
-        wait_started.recv().unwrap();
+        let (holding, release) = hold(&w);
         // Queued first, the slice waits (at most 5 s) for the test to see the look-up answered.
         let (go, wait_go) = std::sync::mpsc::channel::<()>();
         let slice = w
