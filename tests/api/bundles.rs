@@ -406,46 +406,55 @@ async fn plans_held(app: &TestApp, council: &str) -> u64 {
     r.json()["total"].as_u64().expect("total")
 }
 
-#[actix_rt::test]
-async fn a_read_made_while_a_large_batch_is_written_waits_for_a_slice_of_it_not_all_of_it() {
-    let app = TestApp::spawn().await;
-    let people: Vec<String> = cpis_fhir::nhs_number::NhsNumber::test_numbers()
+/// A batch of `n` new people for `council`: `PUT Patient` and a conditional `PUT Flag` (plan
+/// `BULK-{i}`) each.
+fn bulk_entries(council: &str, n: usize) -> Vec<Value> {
+    cpis_fhir::nhs_number::NhsNumber::test_numbers()
         .skip(100)
-        .take(1_500)
-        .map(|n| n.as_str().to_owned())
-        .collect();
-    let mut entries = Vec::new();
-    for (i, nhs) in people.iter().enumerate() {
-        entries.push(put_patient_entry(nhs));
-        entries.push(put_flag_entry(nhs, LA_A, &format!("BULK-{i}")));
-    }
+        .take(n)
+        .enumerate()
+        .flat_map(|(i, nhs)| {
+            [
+                put_patient_entry(nhs.as_str()),
+                put_flag_entry(nhs.as_str(), council, &format!("BULK-{i}")),
+            ]
+        })
+        .collect()
+}
+
+/// Submits `entries` as a batch from `council` while three clients keep making the council's
+/// audited Flag search (a job on the writer, like a clinician's look-up), so that one of them is
+/// nearly always waiting whatever the scheduler does. Returns the Bundle's answer and the plan
+/// counts the readers saw.
+async fn batch_under_reads(app: &TestApp, council: &str, entries: Vec<Value>) -> (Resp, Vec<u64>) {
     let done = std::cell::Cell::new(false);
     let bundle = async {
-        let r = app.bundle(LA_A, "batch", entries).await;
+        let r = app.bundle(council, "batch", entries).await;
         done.set(true);
         r
     };
-    // Audited reads keep arriving while the Bundle is written, as look-ups would. Written as
-    // one job, the Bundle would make its 1,500 plans appear at one commit, and a read queued
-    // behind it would wait for all of it: every read would see none or all. Written in slices,
-    // a read waits for the slice under way, and sees the plans written so far.
-    // Three readers, so that one is nearly always waiting whatever the scheduler does.
-    let partial = std::cell::Cell::new(false);
-    let probe = || async {
+    let reader = || async {
         let mut seen = Vec::new();
-        while !done.get() && !partial.get() {
-            let n = plans_held(&app, LA_A).await;
-            seen.push(n);
-            partial.set(partial.get() || (n > 0 && n < 1_500));
+        while !done.get() {
+            seen.push(plans_held(app, council).await);
         }
         seen
     };
     let (r, (a, b, c)) = futures_util::future::join(
         bundle,
-        futures_util::future::join3(probe(), probe(), probe()),
+        futures_util::future::join3(reader(), reader(), reader()),
     )
     .await;
-    let seen: Vec<u64> = [a, b, c].concat();
+    (r, [a, b, c].concat())
+}
+
+#[actix_rt::test]
+async fn a_read_made_while_a_large_batch_is_written_waits_for_a_slice_of_it_not_all_of_it() {
+    let app = TestApp::spawn().await;
+    // Written as one job, the Bundle would make its 1,500 plans appear at one commit, and a
+    // read queued behind it would wait for all of it: every read would see none or all. Written
+    // in slices, a read waits for the slice under way, and sees the plans written so far.
+    let (r, seen) = batch_under_reads(&app, LA_A, bulk_entries(LA_A, 1_500)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let s = statuses(&r.json());
     assert_eq!(s.len(), 3_000);
@@ -455,4 +464,66 @@ async fn a_read_made_while_a_large_batch_is_written_waits_for_a_slice_of_it_not_
         "a read between two slices saw part of the Bundle: {seen:?}"
     );
     assert_eq!(plans_held(&app, LA_A).await, 1_500);
+}
+
+#[actix_rt::test]
+async fn a_batch_whose_later_slice_cannot_be_written_keeps_the_slices_before_and_says_which_entries_were_not(
+) {
+    let app = TestApp::spawn().await;
+    // The database refuses the last plan's row, as a failing disk would: that slice cannot be
+    // written, however often it is tried.
+    app.tamper(
+        "CREATE TRIGGER last_plan_unwritable BEFORE INSERT ON flags \
+         WHEN NEW.local_ref_value = 'BULK-1499' \
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END;",
+        "CREATE FUNCTION last_plan_unwritable() RETURNS trigger AS $$ \
+         BEGIN IF NEW.local_ref_value = 'BULK-1499' THEN RAISE EXCEPTION 'disk I/O error'; END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER last_plan_unwritable BEFORE INSERT ON flags \
+         FOR EACH ROW EXECUTE FUNCTION last_plan_unwritable();",
+    );
+    let (r, _) = batch_under_reads(&app, LA_A, bulk_entries(LA_A, 1_500)).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the earlier slices were written: {}",
+        r.text()
+    );
+    let v = r.json();
+    let s = statuses(&v);
+    // Entries 0, 2, 4, … are people (written first), 1, 3, 5, … their plans.
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for st in &s {
+        match runs.last_mut() {
+            Some((last, n)) if last == st => *n += 1,
+            _ => runs.push((st.clone(), 1)),
+        }
+    }
+    assert!(
+        s.iter().step_by(2).all(|s| s == "201 Created"),
+        "every person written: {:?}",
+        &runs[..runs.len().min(6)]
+    );
+    let plans: Vec<&String> = s.iter().skip(1).step_by(2).collect();
+    let written = plans
+        .iter()
+        .take_while(|s| s.as_str() == "201 Created")
+        .count();
+    assert!(
+        written > 0 && written < 1_500,
+        "the plans before the failing slice were written: {written}"
+    );
+    assert!(
+        plans[written..].iter().all(|s| s.starts_with("503")),
+        "the failing slice's plans and those after it answer 503: {:?}",
+        &plans[written..written + 3.min(1_500 - written)]
+    );
+    let last = &v["entry"][2 * 1_499 + 1]["response"]["outcome"]["issue"][0];
+    assert_eq!(last["code"], "transient", "{last}");
+    assert_eq!(last["expression"][0], "Bundle.entry[2999]", "{last}");
+    assert_eq!(
+        plans_held(&app, LA_A).await,
+        u64::try_from(written).unwrap(),
+        "exactly the plans answered 201 are stored"
+    );
 }
