@@ -308,7 +308,12 @@ fn writer_loop(
         // Interactive work first, committed and answered on its own: a look-up taken with a
         // bulk slice does not wait for the slice, nor for the larger commit it makes.
         let (bulk, interactive): (Vec<Queued>, Vec<Queued>) =
-            taken.into_iter().partition(|q| q.lane == Lane::Bulk);
+            if taken.iter().any(|q| q.lane == Lane::Bulk) {
+                taken.into_iter().partition(|q| q.lane == Lane::Bulk)
+            } else {
+                // The usual batch, look-ups only: no second vector on the look-up path.
+                (Vec::new(), taken)
+            };
         for group in [interactive, bulk] {
             if group.is_empty() {
                 continue;
