@@ -34,6 +34,9 @@ pub async fn purge(
         .store
         .write(move |conn| lifecycle::run(conn, rules, now, &trigger))
         .await?;
+    let store = state.store.clone();
+    // Off the HTTP worker: after an upgrade it indexes the whole trail.
+    let _ = web::block(move || lifecycle::index_audit_logged(&store, now)).await;
     let mut parameters: Vec<Value> = report
         .counts
         .named()

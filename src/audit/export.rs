@@ -23,6 +23,12 @@ pub const LINES_PER_FILE: usize = 100_000;
 /// Rows read per batch (one read transaction each, then a progress update).
 const BATCH: usize = 5_000;
 
+/// Bytes written between a file's syncs. An export writes gigabytes; left to the kernel, a whole
+/// file's worth of dirty pages is flushed at once, and on ext4 a look-up's commit (the audit
+/// row's fsync) waits behind all of it — half a second and more. Synced this often, a commit
+/// waits for a few milliseconds of it at most.
+const SYNC_EVERY: usize = 1 << 20;
+
 /// The kick-off's interaction, for its audit rows.
 pub const EXPORT: Interaction = Interaction {
     resource_type: "AuditEvent",
@@ -175,6 +181,7 @@ fn write_files(job: &Job, dir: &Path) -> Result<(usize, Vec<(String, usize)>), S
     let mut after: Option<String> = None;
     let mut written = 0usize;
     let mut line = Vec::with_capacity(4096);
+    let mut unsynced = 0usize;
     let Some(filter) = &job.filter else {
         return Ok((0, files));
     };
@@ -203,10 +210,16 @@ fn write_files(job: &Job, dir: &Path) -> Result<(usize, Vec<(String, usize)>), S
                 }
             };
             line.clear();
-            serde_json::to_writer(&mut line, &crate::fhir::audit_event::render(row))
+            crate::fhir::audit_event::write_json(row, &mut line)
                 .map_err(|e| Stop::Failed(format!("an AuditEvent could not be written: {e}")))?;
             line.push(b'\n');
             file.write_all(&line)?;
+            unsynced += line.len();
+            if unsynced >= SYNC_EVERY {
+                file.flush()?;
+                file.get_ref().sync_data()?;
+                unsynced = 0;
+            }
             written += 1;
             if let Some(last) = files.last_mut() {
                 last.1 += 1;

@@ -39,6 +39,28 @@ pub fn render(row: &AuditRow) -> Value {
     if row.user_role == crate::domain::WATCH_ROLE {
         return render_alert(row);
     }
+    // Plain structs of strings and arrays always serialise; `Null` is unreachable.
+    serde_json::to_value(access(row)).unwrap_or_default()
+}
+
+/// Appends the row's AuditEvent as one line of JSON (no newline): the bulk export's path. An
+/// access — nearly every row — is written straight from the row, without building a `Value`
+/// tree first (a million of them are exported in seconds); other events as [`render`] makes them.
+pub fn write_json(row: &AuditRow, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    if is_access(row) {
+        serde_json::to_writer(out, &access(row))
+    } else {
+        serde_json::to_writer(out, &render(row))
+    }
+}
+
+/// The CPIS-AuditEvent profile's canonical URL.
+static ACCESS_PROFILE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent"));
+
+/// A person's access (IHE BALP PatientRead / PatientQuery) as typed fields borrowed from the
+/// row: one definition serves the API (as a `Value`) and the export (written directly).
+fn access(row: &AuditRow) -> AccessEvent<'_> {
     let (access_code, access_display) = if row.unscheduled {
         (
             "unscheduled",
@@ -47,81 +69,261 @@ pub fn render(row: &AuditRow) -> Value {
     } else {
         ("scheduled", "Scheduled or non-care access (silent read)")
     };
-    let mut user = json!({
-        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
-        "role": [{ "coding": [{ "system": ROLE_SYSTEM, "code": row.user_role }] }],
-        "who": { "identifier": { "system": SDS_USER_SYSTEM, "value": row.user_id } },
-        "requestor": true,
-    });
-    if let Some(name) = &row.user_name {
-        user["who"]["display"] = json!(name);
-    }
-    let mut entities = Vec::new();
+    let mut entity = Vec::with_capacity(4 + row.disclosed.len() + row.councils.0.len());
     if let Some(nhs) = &row.patient {
-        entities.push(json!({
-            "what": { "identifier": { "system": NHS_NUMBER_SYSTEM, "value": nhs } },
-            "type": { "system": ENTITY_TYPE, "code": "1", "display": "Person" },
-            "role": { "system": OBJECT_ROLE, "code": "1", "display": "Patient" },
-        }));
+        entity.push(Entity {
+            what: Some(Who::identified(Some(NHS_NUMBER_SYSTEM), nhs)),
+            ..Entity::of(ENTITY_TYPE, "1", "Person", Some(("1", "Patient")))
+        });
     }
-    entities.push(json!({
-        "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
-        "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
-        "query": base64::engine::general_purpose::STANDARD.encode(row.query.as_bytes()),
-    }));
-    let disclosed: &[String] = &row.disclosed;
-    for reference in disclosed {
-        entities.push(json!({
-            "what": { "reference": reference },
-            "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
-            "role": { "system": OBJECT_ROLE, "code": "4", "display": "Domain Resource" },
-        }));
+    entity.push(Entity {
+        query: Some(base64::engine::general_purpose::STANDARD.encode(row.query.as_bytes())),
+        ..Entity::of(ENTITY_TYPE, "2", "System Object", Some(("24", "Query")))
+    });
+    for reference in row.disclosed.iter() {
+        entity.push(Entity {
+            what: Some(Who {
+                reference: Some(reference.into()),
+                ..Who::default()
+            }),
+            ..Entity::of(
+                ENTITY_TYPE,
+                "2",
+                "System Object",
+                Some(("4", "Domain Resource")),
+            )
+        });
     }
-    for ods in row.councils.0.iter().map(String::as_str) {
-        entities.push(json!({
-            "what": {
-                "reference": format!("Organization/{ods}"),
-                "identifier": { "system": ODS_ORG_SYSTEM, "value": ods },
-            },
-            "type": { "system": ENTITY_TYPE, "code": "3", "display": "Organization" },
-            "description": "Responsible council",
-        }));
+    for ods in &row.councils.0 {
+        entity.push(Entity {
+            what: Some(Who {
+                reference: Some(format!("Organization/{ods}").into()),
+                ..Who::identified(Some(ODS_ORG_SYSTEM), ods)
+            }),
+            description: Some("Responsible council"),
+            ..Entity::of(ENTITY_TYPE, "3", "Organization", None)
+        });
     }
-    entities.extend(request_entities(row));
-    let event = json!({
-        "resourceType": "AuditEvent",
-        "id": row.id,
-        "meta": { "profile": [format!("{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent")] },
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-            "display": "Restful Operation",
+    entity.push(Entity {
+        what: Some(Who::identified(None, &row.request_id)),
+        ..Entity::of(BALP_ENTITY, "XrequestId", "X-Request-Id", None)
+    });
+    if let Some(trace) = &row.trace_id {
+        entity.push(Entity {
+            what: Some(Who::identified(None, trace)),
+            description: Some("TraceID header"),
+            ..Entity::of(BALP_ENTITY, "XrequestId", "TraceID", None)
+        });
+    }
+    AccessEvent {
+        resource_type: "AuditEvent",
+        id: &row.id,
+        meta: Meta {
+            profile: [ACCESS_PROFILE.as_str()],
         },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": row.subtype }],
-        "action": "E",
-        "recorded": instant(row.recorded),
-        "outcome": row.outcome,
-        "purposeOfEvent": [{ "coding": [{
-            "system": ACCESS_TYPE_SYSTEM, "code": access_code, "display": access_display,
-        }]}],
-        "agent": [
-            user,
-            provider_agent(&row.user_org),
-            {
-                "type": { "coding": [{ "system": DCM, "code": "110150", "display": "Application" }] },
-                "who": { "display": row.client },
-                "requestor": false,
+        kind: Coding::new(
+            "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "rest",
+            Some("Restful Operation"),
+        ),
+        subtype: [Coding::new(
+            "http://hl7.org/fhir/restful-interaction",
+            &row.subtype,
+            None,
+        )],
+        action: "E",
+        recorded: instant(row.recorded),
+        outcome: &row.outcome,
+        outcome_desc: row.outcome_desc.as_deref(),
+        purpose_of_event: [Concept::of(
+            ACCESS_TYPE_SYSTEM,
+            access_code,
+            Some(access_display),
+        )],
+        agent: [
+            Agent {
+                kind: Concept::of(DCM, "110153", Some("Source Role ID")),
+                role: Some([Concept::of(ROLE_SYSTEM, &row.user_role, None)]),
+                who: Who {
+                    display: row.user_name.as_deref(),
+                    ..Who::identified(Some(SDS_USER_SYSTEM), &row.user_id)
+                },
+                requestor: true,
             },
-            {
-                "type": { "coding": [{ "system": DCM, "code": "110152", "display": "Destination Role ID" }] },
-                "who": { "display": "cpis-fhir" },
-                "requestor": false,
+            Agent {
+                kind: Concept::of(
+                    "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                    "PROV",
+                    Some("healthcare provider"),
+                ),
+                role: None,
+                who: Who::identified(Some(ODS_ORG_SYSTEM), &row.user_org),
+                requestor: false,
+            },
+            Agent {
+                kind: Concept::of(DCM, "110150", Some("Application")),
+                role: None,
+                who: Who {
+                    display: Some(&row.client),
+                    ..Who::default()
+                },
+                requestor: false,
+            },
+            Agent {
+                kind: Concept::of(DCM, "110152", Some("Destination Role ID")),
+                role: None,
+                who: Who {
+                    display: Some("cpis-fhir"),
+                    ..Who::default()
+                },
+                requestor: false,
             },
         ],
-        "source": source(),
-        "entity": entities,
-    });
-    with_outcome_desc(event, row)
+        source: Source {
+            observer: Who {
+                display: Some("cpis-fhir"),
+                ..Who::default()
+            },
+            kind: [Coding::new(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                Some("Application Server"),
+            )],
+        },
+        entity,
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessEvent<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    meta: Meta<'a>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    subtype: [Coding<'a>; 1],
+    action: &'static str,
+    recorded: String,
+    outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<&'a str>,
+    purpose_of_event: [Concept<'a>; 1],
+    agent: [Agent<'a>; 4],
+    source: Source<'a>,
+    entity: Vec<Entity<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Meta<'a> {
+    profile: [&'a str; 1],
+}
+
+#[derive(serde::Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+impl<'a> Coding<'a> {
+    fn new(system: &'a str, code: &'a str, display: Option<&'a str>) -> Self {
+        Self {
+            system,
+            code,
+            display,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+impl<'a> Concept<'a> {
+    fn of(system: &'a str, code: &'a str, display: Option<&'a str>) -> Self {
+        Self {
+            coding: [Coding::new(system, code, display)],
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Identifier<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    value: &'a str,
+}
+
+/// A Reference: `who`, `observer` or an entity's `what`.
+#[derive(serde::Serialize, Default)]
+struct Who<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+impl<'a> Who<'a> {
+    fn identified(system: Option<&'a str>, value: &'a str) -> Self {
+        Self {
+            identifier: Some(Identifier { system, value }),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Agent<'a> {
+    #[serde(rename = "type")]
+    kind: Concept<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<[Concept<'a>; 1]>,
+    who: Who<'a>,
+    requestor: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Source<'a> {
+    observer: Who<'a>,
+    #[serde(rename = "type")]
+    kind: [Coding<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Who<'a>>,
+    #[serde(rename = "type")]
+    kind: Coding<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+impl<'a> Entity<'a> {
+    /// An entity of this type and (object-role) role, nothing else yet.
+    fn of(
+        system: &'a str,
+        code: &'a str,
+        display: &'a str,
+        role: Option<(&'a str, &'a str)>,
+    ) -> Self {
+        Self {
+            what: None,
+            kind: Coding::new(system, code, Some(display)),
+            role: role.map(|(c, d)| Coding::new(OBJECT_ROLE, c, Some(d))),
+            query: None,
+            description: None,
+        }
+    }
 }
 
 /// A run of the record lifecycle: the system destroyed records under the retention rules. The

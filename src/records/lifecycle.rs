@@ -329,6 +329,42 @@ pub fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock) {
             log::error!("lifecycle run failed: {e}");
         }
     }
+    index_audit_logged(store, now);
+}
+
+/// How long after the instant it records an audit row is indexed: a row is committed a moment
+/// after its instant (its request queued on the writer, a slow disk, a retried commit), and the
+/// index's reach only grows, so a row it passed before its commit would never be indexed. A
+/// search matches the rows after the reach one by one, so this is also their most.
+const INDEX_LAG_MICROS: i64 = 10 * 60 * 1_000_000;
+
+/// Rows read per indexing job (each a writer job, so look-ups go between them).
+const INDEX_CHUNK: i64 = 5_000;
+
+/// Brings the audit trail's Flag index (the `entity` search's) up to ten minutes before `now`;
+/// how many rows' worth of jobs it took. After an upgrade the first call indexes the whole trail.
+pub fn index_audit(store: &Store, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let before = crate::store::audit::first_id_at(micros(now) - INDEX_LAG_MICROS);
+    let mut jobs = 0;
+    loop {
+        let bound = before.clone();
+        let more = store.write_blocking(move |c| {
+            Ok::<_, StoreError>(crate::store::audit::index_flags(c, &bound, INDEX_CHUNK)?)
+        })?;
+        jobs += 1;
+        if !more {
+            return Ok(jobs);
+        }
+    }
+}
+
+/// [`index_audit`], its failure logged: the search stays right without the index (it matches
+/// the rows the index has not reached), and the next run tries again.
+pub fn index_audit_logged(store: &Store, now: DateTime<Utc>) {
+    match index_audit(store, now) {
+        Ok(jobs) => log::debug!("audit index: brought up to date in {jobs} job(s)"),
+        Err(e) => log::error!("audit index: not brought up to date: {e}"),
+    }
 }
 
 #[cfg(test)]

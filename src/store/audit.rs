@@ -4,7 +4,7 @@
 use crate::store::columns::{CouncilList, JsonList};
 use diesel::prelude::*;
 
-use super::schema::audit_events;
+use super::schema::{audit_events, audit_flags, audit_index};
 use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
@@ -127,6 +127,96 @@ pub fn insert(conn: &mut DbConn, row: &AuditRow) -> QueryResult<()> {
     }
 }
 
+/// The Flag ids among an access's disclosed references (`Flag/{id}/_history/{v}`).
+fn flag_ids(disclosed: &[String]) -> impl Iterator<Item = &str> {
+    disclosed.iter().filter_map(|r| {
+        let (id, _) = r.strip_prefix("Flag/")?.split_once("/_history/")?;
+        Some(id)
+    })
+}
+
+/// The `audit_index` row of the Flag index.
+const FLAG_INDEX: &str = "flags";
+
+/// How far the Flag index reaches: every row with an id up to this one is in `audit_flags`.
+pub fn flags_indexed_through(conn: &mut DbConn) -> QueryResult<String> {
+    Ok(audit_index::table
+        .find(FLAG_INDEX)
+        .select(audit_index::through)
+        .first::<String>(conn)
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Indexes the Flags disclosed by up to `limit` rows after the index's reach and before
+/// `before` (an id bound), in the caller's transaction; whether rows before the bound remain.
+/// Replicas may run it at once: an entry indexed twice is kept once and the reach only grows.
+pub fn index_flags(conn: &mut DbConn, before: &str, limit: i64) -> QueryResult<bool> {
+    use audit_flags::dsl as af;
+    let through = flags_indexed_through(conn)?;
+    let rows: Vec<(String, String)> = audit_events::table
+        .filter(audit_events::id.gt(&through))
+        .filter(audit_events::id.lt(before))
+        .order(audit_events::id)
+        .limit(limit)
+        .select((audit_events::id, audit_events::disclosed))
+        .load(conn)?;
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
+    let reach = match (more, rows.last()) {
+        (true, Some((last, _))) => last.clone(),
+        _ => before.to_owned(),
+    };
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for (id, disclosed) in rows {
+        if disclosed == "[]" {
+            continue;
+        }
+        let list = JsonList::try_from(disclosed)
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+        entries.extend(flag_ids(&list).map(|f| (f.to_owned(), id.clone())));
+    }
+    // In key order, so consecutive inserts land on the same pages.
+    entries.sort_unstable();
+    entries.dedup();
+    for (flag, id) in &entries {
+        let values = (af::flag_id.eq(flag), af::audit_id.eq(id));
+        match conn {
+            DbConn::Sqlite(c) => diesel::insert_or_ignore_into(audit_flags::table)
+                .values(values)
+                .execute(c)?,
+            DbConn::Pg(c) => diesel::insert_into(audit_flags::table)
+                .values(values)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
+    }
+    diesel::update(
+        audit_index::table
+            .filter(audit_index::name.eq(FLAG_INDEX))
+            .filter(audit_index::through.lt(&reach)),
+    )
+    .set(audit_index::through.eq(&reach))
+    .execute(conn)?;
+    Ok(more)
+}
+
+/// Removes the `entity` index's entries of these audit rows (retention removes the rows).
+pub fn delete_flags_of(conn: &mut DbConn, rows: &[(String, JsonList)]) -> QueryResult<usize> {
+    use audit_flags::dsl as af;
+    let mut n = 0;
+    for (id, disclosed) in rows {
+        for flag in flag_ids(disclosed) {
+            n += diesel::delete(
+                audit_flags::table
+                    .filter(af::flag_id.eq(flag))
+                    .filter(af::audit_id.eq(id)),
+            )
+            .execute(conn)?;
+        }
+    }
+    Ok(n)
+}
+
 pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<AuditRow>> {
     audit_events::table
         .find(id)
@@ -205,7 +295,8 @@ fn like_literal(s: &str) -> String {
 }
 
 impl AuditFilter {
-    fn query(&self) -> Boxed {
+    /// `flags_through`: how far the Flag index reaches ([`flags_indexed_through`]).
+    fn query(&self, flags_through: &str) -> Boxed {
         use audit_events::dsl as a;
         let mut q: Boxed = audit_events::table.into_boxed();
         if let Some(p) = &self.patient {
@@ -266,17 +357,39 @@ impl AuditFilter {
             );
         }
         if let Some((first, rest)) = self.entities.split_first() {
-            // `disclosed` is a JSON array of version-specific references.
-            let like = |e: &String| format!("%\"{}/\\_history/%", like_literal(e));
-            let mut cond: Box<
+            // Up to the index's reach through `audit_flags`, found by key whatever the trail's
+            // size; after it (the last minutes' rows), by matching `disclosed`, a JSON array of
+            // version-specific references. One `id IN (… UNION ALL …)` per Flag, several joined
+            // by OR (SQLite's MULTI-INDEX OR): written as an OR of the two halves, or with a
+            // constant-false seed (`1 = 0 OR …`), SQLite walked the whole primary key instead.
+            use diesel::sql_types::Text;
+            type Cond = Box<
                 dyn BoxableExpression<
                     audit_events::table,
                     super::Db,
                     SqlType = diesel::sql_types::Bool,
                 >,
-            > = Box::new(a::disclosed.like(like(first)).escape('\\'));
+            >;
+            let of = |e: &String| -> Cond {
+                let id = e.strip_prefix("Flag/").unwrap_or(e).to_owned();
+                let like = format!("%\"Flag/{}/\\_history/%", like_literal(&id));
+                Box::new(
+                    diesel::dsl::sql::<diesel::sql_types::Bool>(
+                        "audit_events.id IN (SELECT audit_id FROM audit_flags WHERE flag_id = ",
+                    )
+                    .bind::<Text, _>(id)
+                    .sql(" AND audit_id <= ")
+                    .bind::<Text, _>(flags_through.to_owned())
+                    .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
+                    .bind::<Text, _>(flags_through.to_owned())
+                    .sql(" AND disclosed LIKE ")
+                    .bind::<Text, _>(like)
+                    .sql(" ESCAPE '\\')"),
+                )
+            };
+            let mut cond = of(first);
             for e in rest {
-                cond = Box::new(cond.or(a::disclosed.like(like(e)).escape('\\')));
+                cond = Box::new(cond.or(of(e)));
             }
             q = q.filter(cond);
         }
@@ -322,12 +435,17 @@ pub fn search(
     count: usize,
     total: bool,
 ) -> QueryResult<super::Page<AuditRow>> {
+    let through = if f.entities.is_empty() {
+        String::new()
+    } else {
+        flags_indexed_through(conn)?
+    };
     let matched = if total {
-        f.query().count().get_result(conn)?
+        f.query(&through).count().get_result(conn)?
     } else {
         0
     };
-    let mut q = f.query();
+    let mut q = f.query(&through);
     q = match (order, after_id) {
         (Order::NewestFirst, Some(b)) => q.filter(audit_events::id.lt(b.to_owned())),
         (Order::OldestFirst, Some(b)) => q.filter(audit_events::id.gt(b.to_owned())),

@@ -71,6 +71,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     flags,
     flag_versions,
     audit_events,
+    audit_flags,
+    audit_index,
     subscriptions,
     notifications,
     notification_outbox,
@@ -115,6 +117,22 @@ diesel::table! {
         unscheduled -> Bool,
         listed -> Bool,
         query -> Text,
+    }
+}
+
+diesel::table! {
+    /// Each Flag an access disclosed, keyed by the Flag (the `entity` search).
+    audit_flags (flag_id, audit_id) {
+        flag_id -> Text,
+        audit_id -> Text,
+    }
+}
+
+diesel::table! {
+    /// How far the audit trail has been indexed (`flags`: every row with an id up to `through`).
+    audit_index (name) {
+        name -> Text,
+        through -> Text,
     }
 }
 

@@ -319,3 +319,43 @@ async fn the_audit_team_also_searches_by_name_entity_type_subtype_and_source_in_
             .assert_outcome(400, "invalid");
     }
 }
+
+#[actix_rt::test]
+async fn accesses_recorded_before_the_entity_index_existed_are_found_by_entity_before_and_after_it_is_built(
+) {
+    let app = TestApp::spawn().await;
+    let flag = app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let flag_id = flag["id"].as_str().unwrap().to_owned();
+    let c = app.clinician();
+    for _ in 0..2 {
+        assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    }
+    assert_eq!(app.lookup(&c, NHS_2, "", &[]).await.status, 200);
+    // The database as the previous version left it: no index, its migration not yet run.
+    let undo = "DROP TABLE audit_flags; DROP TABLE audit_index; \
+                DELETE FROM __diesel_schema_migrations WHERE version = '20261207000008';";
+    app.tamper(undo, undo);
+    let app = app.restart().await;
+    let by_flag = format!("entity=Flag/{flag_id}&agent-role=clinician");
+    let about_nhs_1 = |found: &[Value]| found.iter().all(|e| e.to_string().contains(NHS_1));
+    let found = app.audit_search(&by_flag).await;
+    assert_eq!(found.len(), 2, "found before the index is built");
+    assert!(about_nhs_1(&found));
+    // The next lifecycle run indexes the rows more than ten minutes old.
+    app.advance(11 * 60);
+    app.purge().await;
+    assert_eq!(app.rows_in("audit_flags"), 2);
+    // A newer access, not yet indexed, is found beside the indexed ones.
+    assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    let found = app.audit_search(&by_flag).await;
+    assert_eq!(found.len(), 3);
+    assert!(about_nhs_1(&found));
+    assert_eq!(
+        app.audit_search(&format!(
+            "entity=Flag/{flag_id}&agent-role=clinician&_count=1"
+        ))
+        .await
+        .len(),
+        1
+    );
+}

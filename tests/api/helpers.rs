@@ -419,6 +419,21 @@ impl TestApp {
         }
     }
 
+    /// How many rows a table holds, read straight from the database (tables no API shows).
+    pub fn rows_in(&self, table: &str) -> i64 {
+        use diesel::{Connection, RunQueryDsl};
+        let count = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "(SELECT count(*) FROM {table})"
+        ));
+        if self.db_url.starts_with("postgres") {
+            let mut c = diesel::PgConnection::establish(&self.db_url).expect("db");
+            diesel::select(count).get_result(&mut c).expect("count")
+        } else {
+            let mut c = diesel::SqliteConnection::establish(&self.db_url).expect("db");
+            diesel::select(count).get_result(&mut c).expect("count")
+        }
+    }
+
     /// The database location, for tests that tamper with it.
     pub fn database(&self) -> &str {
         &self.db_url

@@ -312,3 +312,44 @@ async fn the_capability_statement_points_to_the_served_purge_definition() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["url"], op["definition"]);
 }
+
+#[actix_rt::test]
+async fn the_accesses_to_a_plan_are_found_by_entity_after_its_record_has_gone_and_leave_with_their_own_audit_rows(
+) {
+    let app = TestApp::spawn().await;
+    let f = app
+        .given_flag_shaped(LA_A, NHS_1, "P-1", |f| {
+            f["period"]["end"] = json!("2026-11-24");
+        })
+        .await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.lookup(&app.clinician(), NHS_1, "", &[]).await.status,
+        200
+    );
+    let by_flag = format!("entity=Flag/{id}&agent-role=clinician");
+    assert_eq!(app.audit_search(&by_flag).await.len(), 1);
+    assert_eq!(
+        app.rows_in("audit_flags"),
+        0,
+        "the look-up itself writes no index entry"
+    );
+    // The record leaves a year after its plan ended; a complaint can come years later. The
+    // run indexes the trail behind it.
+    app.set_today("2028-01-10");
+    let p = app.purge().await;
+    assert_eq!(parameter(&p, "flagsRemoved"), 1);
+    assert_eq!(app.rows_in("audit_flags"), 1);
+    assert_eq!(flag(&app, &id).await.status, 404);
+    let found = app.audit_search(&by_flag).await;
+    assert_eq!(found.len(), 1, "the access is still found by the Flag");
+    assert!(found[0]
+        .to_string()
+        .contains(&format!("Flag/{id}/_history/1")));
+    // Eight years after the look-up its audit row goes, and the Flag's index entry with it.
+    app.set_today("2034-11-26");
+    let p = app.purge().await;
+    assert!(parameter(&p, "auditEventsRemoved").as_i64().unwrap() >= 1);
+    assert!(app.audit_search(&by_flag).await.is_empty());
+    assert_eq!(app.rows_in("audit_flags"), 0);
+}

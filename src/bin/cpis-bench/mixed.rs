@@ -3,6 +3,9 @@
 //! alone, then the same look-ups with `uploaders` councils each posting `entries`-entry Bundles
 //! of new people (`PUT Patient` + conditional `PUT Flag`) one after another. Prints both sides
 //! of both phases and the ratio of the look-up rates.
+//!
+//! `--during export`: the second phase runs beside an auditor's bulk exports of the whole audit
+//! trail (grow it first with `--trail-rows`), one after another, instead of the uploads.
 
 use super::*;
 
@@ -19,6 +22,24 @@ pub(crate) struct MixedArgs {
     /// Councils uploading at once, each its Bundles back to back.
     #[arg(long, default_value_t = 1)]
     uploaders: usize,
+    /// What runs beside the second phase's look-ups.
+    #[arg(long, value_enum, default_value_t = During::Bundles)]
+    during: During,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum During {
+    /// Councils' batch Bundles, back to back.
+    Bundles,
+    /// An auditor's bulk exports of the whole audit trail, back to back.
+    Export,
+}
+
+/// What the exports did while the look-ups ran.
+struct Exported {
+    events: u64,
+    exports: usize,
+    busy: Duration,
 }
 
 /// Look-ups/s, p50, p99 and max (ms) of a look-up run.
@@ -92,7 +113,12 @@ pub(crate) fn run_mixed(args: &MixedArgs) -> Result<(), String> {
         u32::try_from(per_uploader * args.entries / 2 + 1).map_err(|e| e.to_string())?;
     let t = Instant::now();
     let mut work = Vec::new();
-    for u in 0..args.uploaders.max(1) {
+    let uploaders = if args.during == During::Export {
+        0
+    } else {
+        args.uploaders.max(1)
+    };
+    for u in 0..uploaders {
         let la = format!("LB{:03}", u % a.councils.max(1) as usize);
         let token = council_token(&dir, &la)?;
         work.push((
@@ -116,7 +142,7 @@ pub(crate) fn run_mixed(args: &MixedArgs) -> Result<(), String> {
     let servers = start_servers(&dir, a.port, &a.database, a.replicas, None)?;
     let result = phases(args, &dir, &servers.ports, work);
     let rss = servers.stop();
-    let (alone, mixed, uploaded) = result?;
+    let (alone, mixed, uploaded, exported) = result?;
     let (mut alone, mut mixed) = (alone, mixed);
     let (rate_alone, p50_alone, p99_alone, max_alone) = figures(&mut alone.2, alone.3);
     let (rate_mixed, p50_mixed, p99_mixed, max_mixed) = figures(&mut mixed.2, mixed.3);
@@ -125,10 +151,22 @@ pub(crate) fn run_mixed(args: &MixedArgs) -> Result<(), String> {
     println!("database               {}", backend_name(&db, a.replicas));
     println!("people                 {}", a.people);
     println!("look-up connections    {}", a.connections);
-    println!(
-        "uploaders              {} (Bundles of {} entries, back to back)",
-        args.uploaders, args.entries
-    );
+    if let Some(e) = &exported {
+        println!(
+            "beside                 an auditor's bulk exports of the whole trail, back to back"
+        );
+        println!(
+            "exported meanwhile     {} AuditEvents in {} finished exports ({:.0}/s while exporting)",
+            e.events,
+            e.exports,
+            e.events as f64 / e.busy.as_secs_f64().max(0.001)
+        );
+    } else {
+        println!(
+            "uploaders              {} (Bundles of {} entries, back to back)",
+            args.uploaders, args.entries
+        );
+    }
     if a.rate > 0 {
         println!("look-ups paced at      {}/s", a.rate);
     }
@@ -136,25 +174,30 @@ pub(crate) fn run_mixed(args: &MixedArgs) -> Result<(), String> {
     println!(
         "look-ups alone         {rate_alone:>10.0} {p50_alone:>8.2} {p99_alone:>8.2} {max_alone:>8.1}"
     );
-    println!(
-        "while Bundles load     {rate_mixed:>10.0} {p50_mixed:>8.2} {p99_mixed:>8.2} {max_mixed:>8.1}"
-    );
+    let beside = if exported.is_some() {
+        "while exports run"
+    } else {
+        "while Bundles load"
+    };
+    println!("{beside:<22} {rate_mixed:>10.0} {p50_mixed:>8.2} {p99_mixed:>8.2} {max_mixed:>8.1}");
     println!(
         "look-up rate kept      {:.0}%",
         100.0 * rate_mixed / rate_alone.max(1.0)
     );
-    println!(
-        "bulk resources/s       {:.0} ({} entries in {:.1} s, {} refused)",
-        uploaded.entries as f64 / uploaded.elapsed.as_secs_f64().max(0.001),
-        uploaded.entries,
-        uploaded.elapsed.as_secs_f64(),
-        uploaded.refused
-    );
-    println!(
-        "Bundle latency         median {} ms, max {} ms",
-        bundle_lat.get(bundle_lat.len() / 2).copied().unwrap_or(0),
-        bundle_lat.last().copied().unwrap_or(0)
-    );
+    if exported.is_none() {
+        println!(
+            "bulk resources/s       {:.0} ({} entries in {:.1} s, {} refused)",
+            uploaded.entries as f64 / uploaded.elapsed.as_secs_f64().max(0.001),
+            uploaded.entries,
+            uploaded.elapsed.as_secs_f64(),
+            uploaded.refused
+        );
+        println!(
+            "Bundle latency         median {} ms, max {} ms",
+            bundle_lat.get(bundle_lat.len() / 2).copied().unwrap_or(0),
+            bundle_lat.last().copied().unwrap_or(0)
+        );
+    }
     println!("non-2xx look-ups       {}", alone.1 + mixed.1);
     match rss {
         Some(kib) => println!("server peak RSS        {:.1} MiB", kib as f64 / 1024.0),
@@ -168,16 +211,47 @@ pub(crate) fn run_mixed(args: &MixedArgs) -> Result<(), String> {
 
 type Outcome = (u64, u64, Vec<u32>, Duration);
 
-/// The look-ups alone, then with the uploaders running.
+/// An auditor's exports of the whole trail, one after another until `stop` (each deleted once
+/// finished, so the disk does not fill).
+fn exports_until(
+    port: u16,
+    token: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Exported, String>> {
+    std::thread::spawn(move || {
+        let mut done = Exported {
+            events: 0,
+            exports: 0,
+            busy: Duration::ZERO,
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let (manifest, status_path) = crate::trail::export(port, &token, None)?;
+            crate::trail::delete_export(port, &token, &status_path)?;
+            done.busy += t.elapsed();
+            done.events += crate::trail::exported(&manifest);
+            done.exports += 1;
+        }
+        Ok(done)
+    })
+}
+
+/// The look-ups alone, then with the uploaders (or the exports) running.
 fn phases(
     args: &MixedArgs,
     dir: &Path,
     ports: &[u16],
     work: Vec<(String, Vec<Vec<u8>>)>,
-) -> Result<(Outcome, Outcome, Uploaded), String> {
+) -> Result<(Outcome, Outcome, Uploaded, Option<Exported>), String> {
     let alone = drive(&args.lookup, dir, ports, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let exporter = if args.during == During::Export {
+        let token = crate::trail::auditor_token(dir)?;
+        Some(exports_until(ports[0], token, stop.clone()))
+    } else {
+        None
+    };
     let mut uploaders = Vec::new();
     for (u, (token, bundles)) in work.into_iter().enumerate() {
         let port = ports[u % ports.len()];
@@ -220,5 +294,9 @@ fn phases(
         uploaded.latencies_ms.extend(lat);
         uploaded.elapsed = uploaded.elapsed.max(last.duration_since(started));
     }
-    Ok((alone, mixed?, uploaded))
+    let exported = match exporter {
+        Some(e) => Some(e.join().map_err(|_| "the exporter panicked")??),
+        None => None,
+    };
+    Ok((alone, mixed?, uploaded, exported))
 }

@@ -130,11 +130,30 @@ pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
         "built a trail of {rows} AuditEvents in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // As the lifecycle's run after an upgrade would: the `entity` search's index.
+    let t = Instant::now();
+    let now = store::from_micros(now);
+    cpis_fhir::records::lifecycle::index_audit(store, now).map_err(|e| e.to_string())?;
+    println!(
+        "indexed the Flags it disclosed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-/// One request on a fresh connection: status, head, body.
+/// One GET on a fresh connection: status, head, body.
 fn request(
+    port: u16,
+    path: &str,
+    token: &str,
+    extra: &str,
+) -> Result<(u16, String, Vec<u8>), String> {
+    request_with("GET", port, path, token, extra)
+}
+
+/// One request on a fresh connection: status, head, body.
+fn request_with(
+    method: &str,
     port: u16,
     path: &str,
     token: &str,
@@ -143,7 +162,7 @@ fn request(
     let mut s = connect(port, None)?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -172,6 +191,80 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// An auditor's token for the bench's server in `dir`.
+pub(crate) fn auditor_token(dir: &std::path::Path) -> Result<String, String> {
+    dev::mint(
+        dir,
+        &TokenRequest {
+            role: Role::Auditor,
+            org: OdsCode::parse("X26").ok_or("ods")?,
+            user: "bench-auditor".into(),
+            name: None,
+            ttl_secs: 3600,
+            audience: "cpis-fhir".into(),
+        },
+    )
+}
+
+/// Exports the AuditEvents recorded since `since` (all of them without it) through the async
+/// pattern, polling every 50 ms: the manifest, and the export's status path (to delete it).
+pub(crate) fn export(
+    port: u16,
+    token: &str,
+    since: Option<&str>,
+) -> Result<(serde_json::Value, String), String> {
+    let query = since.map_or(String::new(), |s| {
+        format!("?_since={}", s.replace('+', "%2B"))
+    });
+    let t = Instant::now();
+    let (status, head, _) = request(
+        port,
+        &format!("/AuditEvent/$export{query}"),
+        token,
+        "Prefer: respond-async\r\n",
+    )?;
+    if status != 202 {
+        return Err(format!("the export was not accepted: {status}"));
+    }
+    let location = header(&head, "content-location").ok_or("no Content-Location")?;
+    let status_path = location
+        .find("/$export-status/")
+        .map(|i| location[i..].to_owned())
+        .ok_or("bad Content-Location")?;
+    loop {
+        let (s, _, body) = request(port, &status_path, token, "")?;
+        match s {
+            202 => std::thread::sleep(Duration::from_millis(50)),
+            200 => {
+                let manifest = serde_json::from_slice::<serde_json::Value>(&body)
+                    .map_err(|e| e.to_string())?;
+                return Ok((manifest, status_path));
+            }
+            other => {
+                return Err(format!(
+                    "the export failed: {other} {}",
+                    String::from_utf8_lossy(&body)
+                ))
+            }
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err("the export took over 10 minutes".into());
+        }
+    }
+}
+
+/// Deletes a finished export's files.
+pub(crate) fn delete_export(port: u16, token: &str, status_path: &str) -> Result<u16, String> {
+    request_with("DELETE", port, status_path, token, "").map(|r| r.0)
+}
+
+/// The AuditEvents a manifest lists.
+pub(crate) fn exported(manifest: &serde_json::Value) -> u64 {
+    manifest["output"]
+        .as_array()
+        .map_or(0, |o| o.iter().filter_map(|f| f["count"].as_u64()).sum())
+}
+
 pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
     let dir = a
         .data_dir
@@ -193,17 +286,7 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
         }
     }
     let mut server = start_server(&dir, a.port, false)?;
-    let token = dev::mint(
-        &dir,
-        &TokenRequest {
-            role: Role::Auditor,
-            org: OdsCode::parse("X26").ok_or("ods")?,
-            user: "bench-auditor".into(),
-            name: None,
-            ttl_secs: 3600,
-            audience: "cpis-fhir".into(),
-        },
-    )?;
+    let token = auditor_token(&dir)?;
     let month_ago = cpis_fhir::fhir::instant(now - 30 * 86_400 * 1_000_000);
     let searches: Vec<(&str, String)> = vec![
         ("newest page, no filter", String::new()),
@@ -272,43 +355,9 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
         * i64::try_from(a.export_rows).unwrap_or(0);
     let since = cpis_fhir::fhir::instant(now - span.min(YEAR_MICROS));
     let t = Instant::now();
-    let (status, head, _) = request(
-        a.port,
-        &format!("/AuditEvent/$export?_since={}", since.replace('+', "%2B")),
-        &token,
-        "Prefer: respond-async\r\n",
-    )?;
-    if status != 202 {
-        return Err(format!("the export was not accepted: {status}"));
-    }
-    let location = header(&head, "content-location").ok_or("no Content-Location")?;
-    let status_path = location
-        .find("/$export-status/")
-        .map(|i| location[i..].to_owned())
-        .ok_or("bad Content-Location")?;
-    let manifest = loop {
-        let (s, _, body) = request(a.port, &status_path, &token, "")?;
-        match s {
-            202 => std::thread::sleep(Duration::from_millis(50)),
-            200 => {
-                break serde_json::from_slice::<serde_json::Value>(&body)
-                    .map_err(|e| e.to_string())?
-            }
-            other => {
-                return Err(format!(
-                    "the export failed: {other} {}",
-                    String::from_utf8_lossy(&body)
-                ))
-            }
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            return Err("the export took over 10 minutes".into());
-        }
-    };
+    let (manifest, _) = export(a.port, &token, Some(&since))?;
     let took = t.elapsed().as_secs_f64();
-    let exported: u64 = manifest["output"]
-        .as_array()
-        .map_or(0, |o| o.iter().filter_map(|f| f["count"].as_u64()).sum());
+    let exported = exported(&manifest);
     let rss = peak_rss_kib(server.id()).unwrap_or(0);
     // Download one file to check it and to time a download.
     let first = manifest["output"][0]["url"].as_str().unwrap_or_default();

@@ -1,0 +1,2 @@
+DROP TABLE audit_index;
+DROP TABLE audit_flags;
