@@ -302,7 +302,7 @@ fn purge(a: PurgeArgs) -> Result<(), String> {
     let report = store
         .write_blocking(move |conn| lifecycle::run(conn, rules, now, &lifecycle::Trigger::Command))
         .map_err(|e| e.to_string())?;
-    lifecycle::index_audit(&store, now).map_err(|e| e.to_string())?;
+    lifecycle::index_audit(&store, now, &|| false).map_err(|e| e.to_string())?;
     println!("record lifecycle as of {}:", now.date_naive());
     for (name, n) in report.counts.named() {
         println!("  {name:<20} {n}");

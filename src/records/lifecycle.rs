@@ -310,7 +310,7 @@ pub fn run_scheduler(
     every: Duration,
 ) {
     loop {
-        tick(&store, rules, &clock);
+        tick(&store, rules, &clock, &stop);
         if stop.sleep(every) {
             return;
         }
@@ -318,7 +318,7 @@ pub fn run_scheduler(
 }
 
 /// One scheduled run; failures are logged and the next run tries again.
-pub fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock) {
+fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock, stop: &crate::tasks::Stop) {
     let now = clock();
     match store.write_blocking(move |conn| run(conn, rules, now, &Trigger::Scheduler)) {
         Ok(r) if r.skipped => log::debug!("lifecycle: another replica's run is in progress"),
@@ -329,7 +329,11 @@ pub fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock) {
             log::error!("lifecycle run failed: {e}");
         }
     }
-    index_audit_logged(store, now);
+    // Between jobs, not inside one: a shutdown need not wait for a whole trail's indexing.
+    match index_audit(store, now, &|| stop.is_set()) {
+        Ok(jobs) => log::debug!("audit index: {jobs} job(s)"),
+        Err(e) => log::error!("audit index: not brought up to date: {e}"),
+    }
 }
 
 /// How long after the instant it records an audit row is indexed: a row is committed a moment
@@ -341,12 +345,20 @@ const INDEX_LAG_MICROS: i64 = 10 * 60 * 1_000_000;
 /// Rows read per indexing job (each a writer job, so look-ups go between them).
 const INDEX_CHUNK: i64 = 5_000;
 
-/// Brings the audit trail's Flag index (the `entity` search's) up to ten minutes before `now`;
-/// how many rows' worth of jobs it took. After an upgrade the first call indexes the whole trail.
-pub fn index_audit(store: &Store, now: DateTime<Utc>) -> Result<usize, StoreError> {
+/// Brings the audit trail's Flag index (the `entity` search's) up to ten minutes before `now`,
+/// or as far as it got when `stop` says so; how many jobs it took. After an upgrade the first
+/// call indexes the whole trail.
+pub fn index_audit(
+    store: &Store,
+    now: DateTime<Utc>,
+    stop: &dyn Fn() -> bool,
+) -> Result<usize, StoreError> {
     let before = crate::store::audit::first_id_at(micros(now) - INDEX_LAG_MICROS);
     let mut jobs = 0;
     loop {
+        if stop() {
+            return Ok(jobs);
+        }
         let bound = before.clone();
         let more = store.write_blocking(move |c| {
             Ok::<_, StoreError>(crate::store::audit::index_flags(c, &bound, INDEX_CHUNK)?)
@@ -361,7 +373,7 @@ pub fn index_audit(store: &Store, now: DateTime<Utc>) -> Result<usize, StoreErro
 /// [`index_audit`], its failure logged: the search stays right without the index (it matches
 /// the rows the index has not reached), and the next run tries again.
 pub fn index_audit_logged(store: &Store, now: DateTime<Utc>) {
-    match index_audit(store, now) {
+    match index_audit(store, now, &|| false) {
         Ok(jobs) => log::debug!("audit index: brought up to date in {jobs} job(s)"),
         Err(e) => log::error!("audit index: not brought up to date: {e}"),
     }

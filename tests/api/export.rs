@@ -91,6 +91,10 @@ async fn an_auditor_exports_the_matching_trail_as_ndjson_and_the_export_is_audit
     let searched = app.audit_search("agent-role=clinician&_count=100").await;
     assert_eq!(exported.len(), 4);
     assert_eq!(ids(&exported), ids(&searched));
+    // Written straight from the row, each line is the very AuditEvent the search shows.
+    let mut newest_first = exported.clone();
+    newest_first.reverse();
+    assert_eq!(newest_first, searched);
     for e in &exported {
         cpis_fhir::fhir::codec::check_json(e).expect("a valid R4 AuditEvent");
         assert_eq!(e["resourceType"], "AuditEvent");

@@ -133,7 +133,7 @@ pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
     // As the lifecycle's run after an upgrade would: the `entity` search's index.
     let t = Instant::now();
     let now = store::from_micros(now);
-    cpis_fhir::records::lifecycle::index_audit(store, now).map_err(|e| e.to_string())?;
+    cpis_fhir::records::lifecycle::index_audit(store, now, &|| false).map_err(|e| e.to_string())?;
     println!(
         "indexed the Flags it disclosed in {:.1} s",
         t.elapsed().as_secs_f64()
