@@ -179,9 +179,20 @@ fn event_kinds(p: &Params, f: &mut audit_store::AuditFilter) -> Result<(), ApiEr
     Ok(())
 }
 
+/// The most Flags one search asks about: each is a subquery of its own, and thousands (one
+/// 8 KiB query string of short ids) could pass SQLite's expression-depth limit (a 500).
+const MAX_ENTITIES: usize = 100;
+
 /// `entity=Flag/{id}` (or a bare id): accesses that disclosed any version of that Flag.
 fn entities(p: &Params) -> Result<Vec<String>, ApiError> {
-    whole(p, "entity")
+    let values = whole(p, "entity");
+    if values.len() > MAX_ENTITIES {
+        return Err(invalid(
+            "entity",
+            format!("at most {MAX_ENTITIES} Flags in one search"),
+        ));
+    }
+    values
         .into_iter()
         .map(|v| {
             let id = v.strip_prefix("Flag/").unwrap_or(&v);
