@@ -167,7 +167,8 @@ pub struct Profile {
 #[derive(Debug)]
 pub struct Profiles {
     profiles: HashMap<String, Profile>,
-    value_sets: HashMap<String, HashSet<(String, String)>>,
+    /// Per value set, its codes by system.
+    value_sets: HashMap<String, HashMap<String, HashSet<String>>>,
 }
 
 impl Profiles {
@@ -196,7 +197,7 @@ impl Profiles {
         let mut value_sets = HashMap::new();
         for vs in vs_raw {
             let url = vs["url"].as_str().unwrap_or_default().to_owned();
-            let mut codes = HashSet::new();
+            let mut codes: HashMap<String, HashSet<String>> = HashMap::new();
             for inc in vs["compose"]["include"].as_array().into_iter().flatten() {
                 let system = inc["system"].as_str().unwrap_or_default();
                 let listed = concepts(&inc["concept"]);
@@ -205,7 +206,7 @@ impl Profiles {
                 } else {
                     listed
                 };
-                codes.extend(all.into_iter().map(|c| (system.to_owned(), c)));
+                codes.entry(system.to_owned()).or_default().extend(all);
             }
             value_sets.insert(url, codes);
         }
@@ -240,7 +241,10 @@ impl Profiles {
         };
         let resource_type = profile.resource_type.as_str();
         match resource.as_object() {
-            Some(obj) => self.check_object(profile, obj, resource_type, resource_type, &mut out),
+            Some(obj) => {
+                let mut path = resource_type.to_owned();
+                self.check_object(profile, obj, resource_type, &mut path, &mut out)
+            }
             None => out.push(Issue::general("structure", "a resource is a JSON object")),
         }
         for issue in crate::fhir::json::control_characters(resource, resource_type) {
@@ -249,43 +253,49 @@ impl Profiles {
         out.finish()
     }
 
+    /// The checks below share one path buffer (`Flag.identifier[0].system`), extended and
+    /// truncated in place: a Bundle's thousands of resources are checked without a string per
+    /// element, and a path is copied only into an issue.
     fn check_object(
         &self,
         profile: &Profile,
         obj: &Map<String, Value>,
         elem_id: &str,
-        path: &str,
+        path: &mut String,
         out: &mut Issues,
     ) {
         let no_children = Vec::new();
         let children = profile.children.get(elem_id).unwrap_or(&no_children);
+        let len = path.len();
         for (key, val) in obj {
             if elem_id == profile.resource_type && key == "resourceType" {
                 continue;
             }
-            let here = format!("{path}.{key}");
+            path.push('.');
+            path.push_str(key);
             let def = children
                 .iter()
                 .find(|d| d.slice.is_none() && d.json_key_matches(key));
             match def {
                 None => out.push(Issue::new(
                     "structure",
-                    &here,
+                    path.as_str(),
                     format!(
-                        "{here} is not permitted: the CP-IS profile {} is closed and does not hold this element",
+                        "{path} is not permitted: the CP-IS profile {} is closed and does not hold this element",
                         profile.url
                     ),
                 )),
                 Some(d) if d.max == Some(0) => out.push(Issue::new(
                     "business-rule",
-                    &here,
+                    path.as_str(),
                     format!(
-                        "{here} is not permitted: {}",
+                        "{path} is not permitted: {}",
                         d.note.as_deref().unwrap_or("the CP-IS profile excludes it")
                     ),
                 )),
-                Some(d) => self.check_element(profile, children, d, val, &here, out),
+                Some(d) => self.check_element(profile, children, d, val, path, out),
             }
+            path.truncate(len);
         }
         for d in children {
             if d.slice.is_none() && d.min > 0 && !obj.keys().any(|k| d.json_key_matches(k)) {
@@ -305,19 +315,15 @@ impl Profiles {
         siblings: &[ElementDef],
         d: &ElementDef,
         val: &Value,
-        path: &str,
+        path: &mut String,
         out: &mut Issues,
     ) {
-        let items: Vec<(&Value, String)> = match (d.base_array, val) {
-            (true, Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v, format!("{path}[{i}]")))
-                .collect(),
+        let items: &[Value] = match (d.base_array, val) {
+            (true, Value::Array(a)) => a,
             (true, _) => {
                 out.push(Issue::new(
                     "structure",
-                    path,
+                    path.as_str(),
                     format!("{path} repeats in FHIR and must be a JSON array"),
                 ));
                 return;
@@ -325,17 +331,17 @@ impl Profiles {
             (false, Value::Array(_)) => {
                 out.push(Issue::new(
                     "structure",
-                    path,
+                    path.as_str(),
                     format!("{path} does not repeat in FHIR and must not be a JSON array"),
                 ));
                 return;
             }
-            (false, v) => vec![(v, path.to_owned())],
+            (false, v) => std::slice::from_ref(v),
         };
         if d.max.is_some_and(|m| items.len() > m) {
             out.push(Issue::new(
                 "structure",
-                path,
+                path.as_str(),
                 format!(
                     "{path} may occur at most {} time(s) in a CP-IS resource",
                     d.max.unwrap_or_default()
@@ -345,23 +351,33 @@ impl Profiles {
         if items.len() < d.min {
             out.push(Issue::new(
                 "required",
-                path,
+                path.as_str(),
                 format!("{path} must occur at least {} time(s)", d.min),
             ));
         }
-        let slices: Vec<&ElementDef> = siblings
-            .iter()
-            .filter(|s| s.name == d.name && s.slice.is_some())
-            .collect();
-        if slices.is_empty() {
-            for (item, p) in items {
-                self.check_item(profile, d, item, &p, out);
+        let len = path.len();
+        // Each item's path: `[i]` after a repeating element's, the element's own otherwise.
+        let item_path = |path: &mut String, i: usize| {
+            path.truncate(len);
+            if d.base_array {
+                use std::fmt::Write;
+                let _ = write!(path, "[{i}]");
             }
+        };
+        let sliced = |s: &&ElementDef| s.name == d.name && s.slice.is_some();
+        if !siblings.iter().any(|s| sliced(&s)) {
+            for (i, item) in items.iter().enumerate() {
+                item_path(path, i);
+                self.check_item(profile, d, item, path, out);
+            }
+            path.truncate(len);
             return;
         }
         // Slicing by `url` (the only discriminator these profiles use).
+        let slices: Vec<&ElementDef> = siblings.iter().filter(sliced).collect();
         let mut counts = vec![0usize; slices.len()];
-        for (item, p) in &items {
+        for (i, item) in items.iter().enumerate() {
+            item_path(path, i);
             let url = item.get("url").and_then(Value::as_str).unwrap_or_default();
             match slices
                 .iter()
@@ -369,20 +385,21 @@ impl Profiles {
             {
                 Some(i) => {
                     counts[i] += 1;
-                    self.check_item(profile, slices[i], item, p, out);
+                    self.check_item(profile, slices[i], item, path, out);
                 }
                 None => out.push(Issue::new(
                     "business-rule",
-                    p,
-                    format!("{p}: the extension '{url}' is not permitted in a CP-IS resource"),
+                    path.as_str(),
+                    format!("{path}: the extension '{url}' is not permitted in a CP-IS resource"),
                 )),
             }
         }
+        path.truncate(len);
         for (s, n) in slices.iter().zip(counts) {
             if n < s.min {
                 out.push(Issue::new(
                     "required",
-                    path,
+                    path.as_str(),
                     format!(
                         "{path}: the {} extension ({}) is required",
                         s.slice.as_deref().unwrap_or_default(),
@@ -393,7 +410,7 @@ impl Profiles {
             if s.max.is_some_and(|m| n > m) {
                 out.push(Issue::new(
                     "structure",
-                    path,
+                    path.as_str(),
                     format!(
                         "{path}: the {} extension may occur only once",
                         s.slice.as_deref().unwrap_or_default()
@@ -408,20 +425,24 @@ impl Profiles {
         profile: &Profile,
         d: &ElementDef,
         item: &Value,
-        path: &str,
+        path: &mut String,
         out: &mut Issues,
     ) {
         if d.is_primitive() {
             let t = d.type_code.as_deref().unwrap_or_default();
             if let Some(problem) = primitive_problem(t, item) {
-                out.push(Issue::new("value", path, format!("{path}: {problem}")));
+                out.push(Issue::new(
+                    "value",
+                    path.as_str(),
+                    format!("{path}: {problem}"),
+                ));
                 return;
             }
             if let (Some(fixed), Some(s)) = (&d.fixed, item.as_str()) {
                 if s != fixed {
                     out.push(Issue::new(
                         "value",
-                        path,
+                        path.as_str(),
                         format!("{path} must be '{fixed}', not '{s}'"),
                     ));
                 }
@@ -431,7 +452,7 @@ impl Profiles {
         let Some(obj) = item.as_object() else {
             out.push(Issue::new(
                 "structure",
-                path,
+                path.as_str(),
                 format!("{path} must be a JSON object"),
             ));
             return;
@@ -444,9 +465,11 @@ impl Profiles {
             {
                 let codings = obj.get("coding").and_then(Value::as_array);
                 let ok = codings.into_iter().flatten().any(|c| {
-                    let system = c["system"].as_str().unwrap_or_default().to_owned();
-                    let code = c["code"].as_str().unwrap_or_default().to_owned();
-                    codes.contains(&(system, code))
+                    let system = c["system"].as_str().unwrap_or_default();
+                    let code = c["code"].as_str().unwrap_or_default();
+                    codes
+                        .get(system)
+                        .is_some_and(|in_system| in_system.contains(code))
                 });
                 if !ok && codings.is_some() {
                     out.push(Issue::new(

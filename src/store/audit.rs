@@ -9,6 +9,7 @@ use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = audit_events)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct AuditRow {
     /// UUIDv7: time-ordered, so inserts append.
     pub id: String,

@@ -7,6 +7,7 @@ use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
 #[diesel(table_name = local_authorities)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct CouncilRow {
     pub ods_code: String,
     pub name: String,

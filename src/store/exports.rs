@@ -10,6 +10,7 @@ use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = exports)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct ExportRow {
     pub id: String,
     /// Who asked: only the same user of the same issuer may poll, download or cancel.

@@ -9,6 +9,7 @@ use crate::domain::FlagStatus;
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset, Clone, Debug, PartialEq)]
 #[diesel(table_name = flags)]
+#[diesel(treat_none_as_default_value = false)]
 #[diesel(treat_none_as_null = true)]
 pub struct FlagRow {
     pub id: String,
@@ -58,6 +59,7 @@ impl FlagRow {
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = flag_versions)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct FlagVersionRow {
     pub flag_id: String,
     pub version: i64,
@@ -102,20 +104,30 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<FlagRow>> {
         .optional()
 }
 
-/// The Flag a council knows by its own plan reference.
+/// The Flag a council knows by its own plan reference. On PostgreSQL it is planned at each
+/// execution ([`super::replanned`]): the council's `(la_ods, id)` index competes with the unique
+/// plan-reference index, and a cached plan made on a near-empty table keeps the wrong one.
 pub fn find_by_identifier(
     conn: &mut DbConn,
     ods: &str,
     system: &str,
     value: &str,
 ) -> QueryResult<Option<FlagRow>> {
-    super::on_backend!(conn, c => flags::table
-        .filter(flags::la_ods.eq(ods))
-        .filter(flags::local_ref_system.eq(system))
-        .filter(flags::local_ref_value.eq(value))
-        .select(FlagRow::as_select())
-        .get_result(c)
-        .optional())
+    macro_rules! query {
+        () => {
+            flags::table
+                .filter(flags::la_ods.eq(ods))
+                .filter(flags::local_ref_system.eq(system))
+                .filter(flags::local_ref_value.eq(value))
+                .select(FlagRow::as_select())
+        };
+    }
+    match conn {
+        DbConn::Sqlite(c) => query!().get_result(c).optional(),
+        DbConn::Pg(c) => super::replanned::Replanned(query!())
+            .get_result(c)
+            .optional(),
+    }
 }
 
 /// Inserts a new Flag (version 1) and its first history entry.

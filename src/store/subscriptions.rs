@@ -26,6 +26,7 @@ pub const LIVE: [&str; 3] = [
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = subscriptions)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct SubscriptionRow {
     pub id: String,
     /// ODS code of the council whose records' accesses are notified (the filter).
@@ -89,6 +90,7 @@ pub struct Settings {
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = notifications)]
+#[diesel(treat_none_as_default_value = false)]
 pub struct EventRow {
     pub subscription_id: String,
     pub event_number: i64,
