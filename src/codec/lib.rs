@@ -69,7 +69,7 @@ pub fn check_json(value: &Value) -> Result<(), CodecError> {
 
 /// Reads the resource as its own R4 type when it is one this server takes. Read as the
 /// `Resource` enum, fhirbolt first buffers the whole object (it must find `resourceType` before
-/// it knows the type), which made the check three times as costly — a third of the CPU a bulk
+/// it knows the type), which made the check three times as costly — half of the CPU a bulk
 /// Bundle's checks take. Strict mode and the same R4 definitions either way; read as its own
 /// type a resource is held to R4's cardinalities too (the buffered path let an array stand for
 /// a single `Organization.name`), and an empty array is left to the server's own check, which
