@@ -172,8 +172,7 @@ pub fn index_flags(conn: &mut DbConn, before: &str, limit: i64) -> QueryResult<b
         if disclosed == "[]" {
             continue;
         }
-        let list = JsonList::try_from(disclosed)
-            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+        let list = JsonList::from_column(disclosed)?;
         entries.extend(flag_ids(&list).map(|f| (f.to_owned(), id.clone())));
     }
     // In key order, so consecutive inserts land on the same pages.

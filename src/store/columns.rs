@@ -73,6 +73,12 @@ impl From<JsonList> for String {
 }
 
 impl JsonList {
+    /// A column read on its own, outside a row's `deserialize_as` (a query selecting a few
+    /// columns), its failure reported as Diesel reports a row's.
+    pub fn from_column(text: String) -> diesel::QueryResult<Self> {
+        Self::try_from(text).map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))
+    }
+
     /// The stored text.
     pub fn to_text(&self) -> String {
         // A list of strings always serialises; the fallback is unreachable.

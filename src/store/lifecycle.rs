@@ -135,11 +135,10 @@ pub fn delete_audit_before(conn: &mut DbConn, before: i64) -> QueryResult<usize>
             break;
         };
         after = last.clone();
-        let rows: Vec<(String, crate::store::columns::JsonList)> = going
+        let rows = going
             .into_iter()
-            .map(|(id, d)| Ok((id, crate::store::columns::JsonList::try_from(d)?)))
-            .collect::<Result<_, crate::store::columns::BadColumn>>()
-            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+            .map(|(id, d)| Ok((id, crate::store::columns::JsonList::from_column(d)?)))
+            .collect::<QueryResult<Vec<_>>>()?;
         crate::store::audit::delete_flags_of(conn, &rows)?;
     }
     diesel::delete(
