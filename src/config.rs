@@ -25,6 +25,7 @@ pub const KEYS: &[KeyDoc] = &[
     ("max_page_size", "largest _count a search may ask for (default 100)"),
     ("max_bundle_entries", "most entries in one transaction or batch Bundle; more is refused with 413 (default 10000)"),
     ("bulk_slice_ms", "milliseconds a batch Bundle writes before it makes way for a waiting request such as a look-up, then goes on in a later database transaction; a batch runs unsliced while nothing waits (default 2)"),
+    ("bulk_low_priority", "run the CPU work of councils' Bundles (reading, checking, answering), bulk exports and the access report on threads of the lowest scheduling priority (nice 19), so look-ups never queue for a core behind them; when look-ups leave cores idle that work still uses them all (default true)"),
     ("bundle_body_limit", "largest accepted Bundle body in bytes (default 33554432 = 32 MiB; a 10,000-entry Bundle is about 7–15 MB)"),
     ("audit_retention_months", "months an AuditEvent is kept (default 96 = 8 years)"),
     ("lifecycle_interval_secs", "seconds between runs of the record lifecycle (ended plans, age 18, removals); 0 turns the scheduler off (default 900)"),
@@ -298,6 +299,8 @@ pub struct Settings {
     pub max_bundle_entries: usize,
     /// How long a batch Bundle's slice holds the writer while others wait (`api::transaction`).
     pub bulk_slice: std::time::Duration,
+    /// Whether the bulk lane's threads are lowered (`lane`).
+    pub bulk_low_priority: bool,
     pub bundle_body_limit: usize,
     /// The audit trail's own, longer retention (DOMAIN.md "Retention").
     pub audit_retention_months: u32,
@@ -742,6 +745,7 @@ impl Settings {
             max_bundle_entries: usize::try_from(parse_num("max_bundle_entries", 10_000, 1)?)
                 .map_err(|_| bad("max_bundle_entries", "too large"))?,
             bulk_slice: std::time::Duration::from_millis(parse_num("bulk_slice_ms", 2, 0)?),
+            bulk_low_priority: parse_bool("bulk_low_priority", true)?,
             bundle_body_limit,
             audit_retention_months: u32::try_from(parse_num("audit_retention_months", 96, 1)?)
                 .map_err(|_| bad("audit_retention_months", "too large"))?,

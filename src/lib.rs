@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod fhir;
 pub mod fuzz;
+pub mod lane;
 pub mod limits;
 pub mod load;
 pub mod metrics;

@@ -32,6 +32,8 @@ pub struct Metrics {
     refusals: IntCounterVec,
     notifications: IntCounterVec,
     lifecycle_runs: IntCounterVec,
+    bulk_jobs: IntCounterVec,
+    bulk_queued: IntGauge,
     /// Set at scrape time.
     pub notification_backlog: IntGaugeVec,
     pub notification_lag_seconds: IntGaugeVec,
@@ -105,7 +107,19 @@ impl Metrics {
             "Resident memory of the server process.",
         )?;
         r.register(Box::new(resident_bytes.clone()))?;
+        let bulk_queued = IntGauge::new(
+            "bulk_lane_jobs_waiting",
+            "Bulk lane jobs (Bundles being read, checked or answered; access reports) queued or running.",
+        )?;
+        r.register(Box::new(bulk_queued.clone()))?;
         Ok(Self {
+            bulk_jobs: counter(
+                &r,
+                "bulk_lane_jobs_total",
+                "Bulk lane jobs finished, by the priority their thread ran at (lowest, or normal where it could not be lowered or bulk_low_priority is false).",
+                &["priority"],
+            )?,
+            bulk_queued,
             http_requests: counter(
                 &r,
                 "http_requests_total",
@@ -257,6 +271,21 @@ pub fn notification(delivered: bool) {
         m.notifications
             .with_label_values(&[if delivered { "delivered" } else { "failed" }])
             .inc();
+    }
+}
+
+/// Jobs handed to the bulk lane (+1), or taken back because it had stopped (−1).
+pub fn bulk_waiting(change: i64) {
+    if let Some(m) = get() {
+        m.bulk_queued.add(change);
+    }
+}
+
+/// A bulk lane job finished on a thread running at `priority` (`lowest` or `normal`).
+pub fn bulk_finished(priority: &'static str) {
+    if let Some(m) = get() {
+        m.bulk_queued.dec();
+        m.bulk_jobs.with_label_values(&[priority]).inc();
     }
 }
 

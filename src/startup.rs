@@ -30,6 +30,8 @@ pub enum StartError {
     Store(#[from] crate::store::OpenError),
     #[error("configuration: {0}")]
     BasePath(String),
+    #[error(transparent)]
+    Task(#[from] crate::tasks::TaskError),
 }
 
 impl From<StartError> for String {
@@ -103,7 +105,13 @@ pub fn build_state(settings: Settings, clock: Clock) -> Result<AppState, StartEr
         settings.limits.wait,
     );
     let settings_limits = settings.limits.clone();
+    // One thread per core: the lane may use every core the look-ups leave idle.
+    let bulk = crate::lane::BulkLane::start(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        settings.bulk_low_priority,
+    )?;
     Ok(AppState {
+        bulk,
         budget,
         store,
         verifier: std::sync::Arc::new(verifier),

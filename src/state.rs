@@ -39,6 +39,8 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The last readiness answer, reused for a second.
     pub readiness: Readiness,
+    /// Where Bundles are read, checked and answered, and reports built (`lane`).
+    pub bulk: crate::lane::BulkLane,
 }
 
 impl AppState {

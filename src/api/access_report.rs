@@ -50,15 +50,17 @@ pub async fn build(
     let store = state.store.clone();
     let thresholds = state.settings.audit.clone();
     let now = crate::store::micros(state.now());
-    let built = web::block(move || {
-        store.read_blocking(|c| {
-            let mut read = |f: &_, after: Option<&str>| report::batch(c, f, after);
-            let built = report::build(&mut read, start, end, council, &thresholds)?;
-            report::with_notifications(built, c, now)
+    // A period's report reads and folds every access in it: bulk work, on the bulk lane.
+    let built = state
+        .bulk
+        .run(move || {
+            store.read_blocking(|c| {
+                let mut read = |f: &_, after: Option<&str>| report::batch(c, f, after);
+                let built = report::build(&mut read, start, end, council, &thresholds)?;
+                report::with_notifications(built, c, now)
+            })
         })
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("the report's task failed: {e}")))?;
+        .await?;
     built.map_err(|e: StoreError| ApiError::from(e))
 }
 

@@ -156,6 +156,7 @@ async fn kick_off(
         clock: state.clock.clone(),
         expiry: state.settings.audit.export_expiry,
         ctx: ctx_for_job,
+        lowered: state.settings.bulk_low_priority,
     });
     Ok(HttpResponse::Accepted()
         .insert_header((

@@ -47,11 +47,14 @@ pub async fn submit(
     let representation = crate::fhir::format::prefers(&req, "return=representation");
     let now = state.now();
     let (today, now) = (now.date_naive(), store::micros(now));
-    // Reading and checking thousands of entries is CPU work: off the HTTP worker, so look-ups
-    // sharing it are not held up.
+    // Reading and checking thousands of entries is CPU work: on the bulk lane, so look-ups
+    // sharing the HTTP worker or a core are not held up.
     let prepared = {
-        let (state, caller) = (state.clone(), caller.clone());
-        web::block(move || prepare(&state, &caller, &body)).await??
+        let (lane_state, caller) = (state.clone(), caller.clone());
+        state
+            .bulk
+            .run(move || prepare(&lane_state, &caller, &body))
+            .await??
     };
     let checked = began.elapsed();
     let Prepared { kind, ops } = prepared;
@@ -71,25 +74,27 @@ pub async fn submit(
     for (i, r) in writes {
         results[i] = Some(r);
     }
-    // Ten thousand entries' answers are CPU work too: off the HTTP worker, like the reading.
-    let (body, content_type) = web::block(move || {
-        let mut room = BUNDLE_MAX_ISSUES;
-        let entries = results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| match r {
-                Some(Ok(done)) => accepted(&state, done, representation),
-                Some(Err(e)) => refused(e, &mut room),
-                None => refused(
-                    ApiError::Internal(format!("entry {i} has no result")).in_entry(i),
-                    &mut room,
-                ),
-            })
-            .collect();
-        format::render(&bundle::response(kind, entries, now), answer_in)
-            .map(|body| (body, answer_in.content_type()))
-    })
-    .await??;
+    // Ten thousand entries' answers are CPU work too: on the bulk lane, like the reading.
+    let lane = state.bulk.clone();
+    let (body, content_type) = lane
+        .run(move || {
+            let mut room = BUNDLE_MAX_ISSUES;
+            let entries = results
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| match r {
+                    Some(Ok(done)) => accepted(&state, done, representation),
+                    Some(Err(e)) => refused(e, &mut room),
+                    None => refused(
+                        ApiError::Internal(format!("entry {i} has no result")).in_entry(i),
+                        &mut room,
+                    ),
+                })
+                .collect();
+            format::render(&bundle::response(kind, entries, now), answer_in)
+                .map(|body| (body, answer_in.content_type()))
+        })
+        .await??;
     // Where a Bundle's time goes, for an operator tuning bulk loads (never who or what).
     log::debug!(
         "{kind:?} Bundle of {entries} entries: received {:?}, checked {:?}, written {:?}, answered {:?}",

@@ -47,6 +47,8 @@ pub struct Job {
     pub expiry: std::time::Duration,
     /// The kick-off's caller and request, for the completion's audit row.
     pub ctx: AccessContext,
+    /// Whether the job's thread runs at the lowest priority (`bulk_low_priority`).
+    pub lowered: bool,
 }
 
 /// Where an export's files are kept.
@@ -102,6 +104,11 @@ impl From<std::io::Error> for Stop {
 }
 
 fn run(job: Job) {
+    // Rendering a trail is bulk work: this thread is the export's own, so it is lowered for
+    // good (see `lane`).
+    if job.lowered {
+        crate::lane::lower_this_thread();
+    }
     let dir = files_dir(&job.dir, &job.id);
     let result = write_files(&job, &dir);
     let now = micros((job.clock)());

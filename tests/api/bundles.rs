@@ -527,3 +527,68 @@ async fn a_batch_whose_later_slice_cannot_be_written_keeps_the_slices_before_and
         "exactly the plans answered 201 are stored"
     );
 }
+
+/// `cpis_bulk_lane_jobs_total{priority=…}` from `/metrics` (process-wide: other tests' Bundles
+/// may add to it, never take from it).
+async fn bulk_lane_jobs(app: &TestApp, priority: &str) -> u64 {
+    let r = app.request(Method::GET, "/metrics", None, &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let series = format!("cpis_bulk_lane_jobs_total{{priority=\"{priority}\"}} ");
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[actix_rt::test]
+async fn a_council_s_bundle_is_checked_and_answered_on_the_bulk_lane_whose_threads_run_at_the_lowest_priority(
+) {
+    // The default (other test servers turn it off; see `helpers::stepped`).
+    let app = TestApp::spawn_with(|s| s.bulk_low_priority = true).await;
+    let before = bulk_lane_jobs(&app, "lowest").await;
+    let r = app
+        .bundle(
+            LA_A,
+            "batch",
+            vec![put_patient_entry(NHS_1), put_flag_entry(NHS_1, LA_A, "P-1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(statuses(&r.json()), ["201 Created", "201 Created"]);
+    let after = bulk_lane_jobs(&app, "lowest").await;
+    // Only this test's server lowers its lane, so only its jobs count as "lowest".
+    assert_eq!(
+        after,
+        before + 2,
+        "reading-and-checking and answering are two lane jobs"
+    );
+    // What the scheduler sees (Linux): lane threads at nice 19, the lowest (this server's; the
+    // other test servers' run at 0).
+    #[cfg(target_os = "linux")]
+    {
+        let mut lane_threads = 0;
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let path = task.expect("task").path();
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue; // the thread has ended since the listing
+            };
+            if !comm.starts_with("cpis-bulk-") {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised name start at the third; the nice value is the 19th.
+            let after_name = stat.rsplit_once(") ").expect("stat").1;
+            let nice = after_name.split(' ').nth(16).expect("nice field");
+            assert!(nice == "19" || nice == "0", "{}: {stat}", comm.trim());
+            if nice == "19" {
+                lane_threads += 1;
+            }
+        }
+        assert!(
+            lane_threads >= 1,
+            "this server's lane threads (cpis-bulk-N) run at nice 19"
+        );
+    }
+}

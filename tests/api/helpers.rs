@@ -154,9 +154,13 @@ fn suite_database(settings: &mut Settings) -> Option<Arc<crate::postgres::PgData
 }
 
 /// What every test server shares: one HTTP worker; the lifecycle and the notification worker
-/// stepped by the tests (`POST /$purge`, `deliver`), never by a timer; the watch quiet.
+/// stepped by the tests (`POST /$purge`, `deliver`), never by a timer; the watch quiet; bulk
+/// work at normal priority. (A test process runs dozens of servers' threads at once on a few
+/// cores; a lowered Bundle check there can wait behind all of them longer than a client's
+/// timeout. The lowering has its own test, `bundles::…_lowest_priority`.)
 fn stepped(settings: &mut Settings) {
     settings.workers = 1;
+    settings.bulk_low_priority = false;
     settings.lifecycle_interval = None;
     settings.notify_interval = None;
     quiet_watch(settings);
