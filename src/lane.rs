@@ -1,12 +1,16 @@
 //! The bulk lane: the threads that do the CPU work of a council's upload (reading and checking
 //! every entry of a Bundle, rendering its response) and of an auditor's report, at the lowest
 //! scheduling priority, so that a clinician's look-up is never queued for a core behind them
-//! (DOMAIN.md: the look-up is the emergency department's question; an upload can wait a moment).
+//! (the issue "a clinician's look-up never waits behind a council's upload"; DOMAIN.md's look-up
+//! is an emergency department's question, an upload can wait).
 //!
 //! On Linux a thread at nice 19 weighs 15 against a normal thread's 1,024: when both want a
 //! core, the look-up's threads (HTTP workers, the read pool, the writer) run almost at once and
 //! the lane gets what is left; when the look-ups leave cores idle, the lane uses all of them, so
-//! a quiet hour's upload runs as fast as before. A lowered priority cannot be raised again
+//! a quiet hour's upload runs as fast as before. Measured (README, "The bulk lane"): it helps
+//! when look-ups keep every core busy, and changes nothing at a paced 1,000 look-ups/s, where
+//! what a look-up waits for under a bulk load is the writer and the disk, not a core. A lowered
+//! priority cannot be raised again
 //! without privilege, so the lane's threads are its own, started once and never lent to other
 //! work (actix's blocking pool also serves the look-ups' reads, so it must stay at normal
 //! priority). Bulk exports lower their own dedicated thread the same way (`audit::export`).
@@ -20,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use crate::error::ApiError;
 use crate::tasks::TaskError;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job, told the priority its thread runs at (for the metrics).
+type Job = Box<dyn FnOnce(&'static str) + Send>;
 
 /// A fixed set of lowered threads taking jobs in arrival order; clones share them. The
 /// threads end when the last clone is dropped.
@@ -54,8 +59,13 @@ impl BulkLane {
                             // A bug in one job must not take the thread with it: its caller
                             // gets an error (its answer is dropped) and the lane goes on.
                             Ok(job) => {
-                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                                crate::metrics::bulk_finished(priority);
+                                let ran =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        job(priority)
+                                    }));
+                                if ran.is_err() {
+                                    crate::metrics::bulk_finished(priority);
+                                }
                             }
                             Err(_) => break,
                         }
@@ -75,9 +85,13 @@ impl BulkLane {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |priority| {
+            let out = f();
+            // Counted before the answer goes, so whoever reads the metrics after the response
+            // sees this job in them.
+            crate::metrics::bulk_finished(priority);
             // The caller may have gone (its client disconnected); the work is simply dropped.
-            let _ = answer.send(f());
+            let _ = answer.send(out);
         });
         crate::metrics::bulk_waiting(1);
         if self.jobs.send(job).is_err() {
