@@ -25,7 +25,7 @@ pub const KEYS: &[KeyDoc] = &[
     ("max_page_size", "largest _count a search may ask for (default 100)"),
     ("max_bundle_entries", "most entries in one transaction or batch Bundle; more is refused with 413 (default 10000)"),
     ("bulk_slice_ms", "milliseconds a batch Bundle writes before it makes way for a waiting request such as a look-up, then goes on in a later database transaction; a batch runs unsliced while nothing waits (default 2)"),
-    ("bulk_low_priority", "run the CPU work of councils' Bundles (reading, checking, answering), bulk exports and the access report on threads of the lowest scheduling priority (nice 19), so look-ups never queue for a core behind them; when look-ups leave cores idle that work still uses them all (default true)"),
+    ("bulk_low_priority", "run the CPU work of councils' Bundles (reading, checking, answering), bulk exports and the access report on threads of the lowest scheduling priority (SCHED_IDLE on Linux, else nice 19), so look-ups never queue for a core behind them; when look-ups leave cores idle that work still uses them all (default true)"),
     ("bundle_body_limit", "largest accepted Bundle body in bytes (default 33554432 = 32 MiB; a 10,000-entry Bundle is about 7–15 MB)"),
     ("audit_retention_months", "months an AuditEvent is kept (default 96 = 8 years)"),
     ("lifecycle_interval_secs", "seconds between runs of the record lifecycle (ended plans, age 18, removals); 0 turns the scheduler off (default 900)"),

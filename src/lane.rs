@@ -4,16 +4,16 @@
 //! (the issue "a clinician's look-up never waits behind a council's upload"; DOMAIN.md's look-up
 //! is an emergency department's question, an upload can wait).
 //!
-//! On Linux a thread at nice 19 weighs 15 against a normal thread's 1,024: when both want a
-//! core, the look-up's threads (HTTP workers, the read pool, the writer) run almost at once and
-//! the lane gets what is left; when the look-ups leave cores idle, the lane uses all of them, so
-//! a quiet hour's upload runs as fast as before. Measured (README, "The bulk lane"): it helps
-//! when look-ups keep every core busy, and changes nothing at a paced 1,000 look-ups/s, where
-//! what a look-up waits for under a bulk load is the writer and the disk, not a core. A lowered
-//! priority cannot be raised again
-//! without privilege, so the lane's threads are its own, started once and never lent to other
-//! work (actix's blocking pool also serves the look-ups' reads, so it must stay at normal
-//! priority). Bulk exports lower their own dedicated thread the same way (`audit::export`).
+//! On Linux the lane's threads run under `SCHED_IDLE` (nice 19 where that is refused): when a
+//! look-up's thread (an HTTP worker, the read pool, the writer) wants a core, it preempts them at
+//! once and the lane gets what is left; when the look-ups leave cores idle, the lane uses all of
+//! them, so a quiet hour's upload runs as fast as before. Measured (README, "The bulk lane"): it
+//! helps when look-ups keep every core busy; at a paced 1,000 look-ups/s what a look-up waits for
+//! under a bulk load is mostly the writer and the disk, not a core, and `SCHED_IDLE` did a little
+//! better than nice 19 there (most beside a bulk export, whose two threads are lowered the same
+//! way, `audit::export`). A lowered priority cannot be raised again without privilege, so the
+//! lane's threads are its own, started once and never lent to other work (actix's blocking pool
+//! also serves the look-ups' reads, so it must stay at normal priority).
 //!
 //! The database writes of a Bundle stay on the writer at normal priority: they are sliced so a
 //! waiting look-up's audit row goes between them (`store::writer`).
@@ -104,11 +104,23 @@ impl BulkLane {
     }
 }
 
-/// Lowers the calling thread to the lowest priority of its scheduling policy (nice 19 on
-/// Linux). Where the platform refuses, the thread runs on at normal priority and says so once;
-/// the answer is whether it was lowered.
+/// Lowers the calling thread to the lowest priority there is: on Linux the `SCHED_IDLE` policy
+/// (it runs only when no normal thread wants the core, and a waking normal thread preempts it
+/// at once), else nice 19. Where the platform refuses both, the thread runs on at normal
+/// priority and says so once; the answer is whether it was lowered.
 pub fn lower_this_thread() -> bool {
-    use thread_priority::{set_current_thread_priority, ThreadPriority};
+    use thread_priority::{
+        set_current_thread_priority, set_thread_priority_and_policy, thread_native_id,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if idle.is_ok() {
+        return true;
+    }
     match set_current_thread_priority(ThreadPriority::Min) {
         Ok(()) => true,
         Err(e) => {

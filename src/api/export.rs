@@ -333,8 +333,10 @@ pub async fn cancel_export(
     Ok(HttpResponse::Accepted().finish())
 }
 
-/// `GET /$export-file/{id}/{name}`: one NDJSON file of a complete export, streamed.
+/// `GET /$export-file/{id}/{name}`: one NDJSON file of a complete export, streamed: as kept
+/// (gzip, `Content-Encoding: gzip`) to a client that accepts gzip, else inflated on the fly.
 pub async fn export_file(
+    req: HttpRequest,
     ctx: AccessContext,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
@@ -364,30 +366,67 @@ pub async fn export_file(
         }
         let mut d = Disclosure::about(None);
         d.reference(format!("$export-file/{id}/{name}"));
-        Ok((job::files_dir(&root, &id).join(&name), d))
+        Ok(((job::files_dir(&root, &id), name.clone()), d))
     })
     .await?;
-    let opened = std::fs::File::open(&file)
-        .and_then(|f| f.metadata().map(|m| (f, m.len())))
-        .map_err(|e| ApiError::NotFound(format!("the export file is no longer there ({e})")))?;
-    let (f, len) = opened;
-    let chunks = futures_util::stream::unfold(Some(f), |open| async move {
-        let mut f = open?;
-        let read = web::block(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            let n = f.read(&mut buf)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>((f, buf))
-        })
-        .await;
-        match read {
-            Ok(Ok((_, buf))) if buf.is_empty() => None,
-            Ok(Ok((f, buf))) => Some((Ok::<_, actix_web::Error>(web::Bytes::from(buf)), Some(f))),
-            Ok(Err(e)) => Some((Err(actix_web::error::ErrorInternalServerError(e)), None)),
-            Err(e) => Some((Err(actix_web::error::ErrorInternalServerError(e)), None)),
+    let (dir, name) = file;
+    let gone =
+        |e: std::io::Error| ApiError::NotFound(format!("the export file is no longer there ({e})"));
+    let mut ok = HttpResponse::Ok();
+    ok.content_type(NDJSON)
+        .insert_header((header::VARY, "accept-encoding"));
+    match std::fs::File::open(dir.join(job::stored_name(&name))) {
+        Ok(f) if accepts_gzip(&req) => {
+            let len = f.metadata().map_err(gone)?.len();
+            ok.insert_header((header::CONTENT_ENCODING, "gzip"));
+            Ok(ok.body(actix_web::body::SizedStream::new(len, chunks(f))))
         }
-    });
-    Ok(HttpResponse::Ok()
-        .content_type(NDJSON)
-        .body(actix_web::body::SizedStream::new(len, Box::pin(chunks))))
+        Ok(f) => Ok(ok.streaming(chunks(flate2::read::GzDecoder::new(f)))),
+        // Kept uncompressed by an earlier version of the server.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = std::fs::File::open(dir.join(&name)).map_err(gone)?;
+            let len = f.metadata().map_err(gone)?.len();
+            Ok(ok.body(actix_web::body::SizedStream::new(len, chunks(f))))
+        }
+        Err(e) => Err(gone(e)),
+    }
+}
+
+/// Whether the request's `Accept-Encoding` takes gzip over identity (RFC 9110 §12.5.3); an
+/// unreadable header is taken as none.
+fn accepts_gzip(req: &HttpRequest) -> bool {
+    use actix_web::http::header::{AcceptEncoding, Encoding, Header};
+    let Ok(accept) = AcceptEncoding::parse(req) else {
+        return false;
+    };
+    accept.negotiate([Encoding::gzip(), Encoding::identity()].iter()) == Some(Encoding::gzip())
+}
+
+/// A reader's bytes as a body stream, 64 KiB at a time, each read on the blocking pool.
+fn chunks<R: Read + Send + 'static>(
+    reader: R,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + Send>>
+{
+    Box::pin(futures_util::stream::unfold(
+        Some(reader),
+        |open| async move {
+            let mut r = open?;
+            let read = web::block(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let n = r.read(&mut buf)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>((r, buf))
+            })
+            .await;
+            match read {
+                Ok(Ok((_, buf))) if buf.is_empty() => None,
+                Ok(Ok((r, buf))) => Some((Ok(web::Bytes::from(buf)), Some(r))),
+                Ok(Err(e)) => {
+                    log::error!("an export file could not be read: {e}");
+                    Some((Err(actix_web::error::ErrorInternalServerError(e)), None))
+                }
+                Err(e) => Some((Err(actix_web::error::ErrorInternalServerError(e)), None)),
+            }
+        },
+    ))
 }

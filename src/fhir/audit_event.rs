@@ -4,6 +4,7 @@
 //! entities for the patient, the query, each disclosed version and the request id.
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::domain::{NHS_NUMBER_SYSTEM, ODS_ORG_SYSTEM, PROFILE_BASE, SDS_USER_SYSTEM};
@@ -58,27 +59,100 @@ pub fn write_json(row: &AuditRow, out: &mut Vec<u8>) -> serde_json::Result<()> {
 static ACCESS_PROFILE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{PROFILE_BASE}/StructureDefinition/CPIS-AuditEvent"));
 
+/// JSON that is the same in every access's AuditEvent (its profile, codings, this server's
+/// agent and source), rendered once: the export copies these bytes into each of a million
+/// lines instead of escaping the same kilobyte of codings every time. To the API they are
+/// parsed back into the `Value` like any other field.
+struct Fixed {
+    meta: Box<RawValue>,
+    kind: Box<RawValue>,
+    unscheduled: Box<RawValue>,
+    scheduled: Box<RawValue>,
+    user_type: Box<RawValue>,
+    provider_type: Box<RawValue>,
+    application_type: Box<RawValue>,
+    destination: Box<RawValue>,
+    source: Box<RawValue>,
+    person: Box<RawValue>,
+    patient_role: Box<RawValue>,
+    system_object: Box<RawValue>,
+    query_role: Box<RawValue>,
+    domain_resource_role: Box<RawValue>,
+    organization: Box<RawValue>,
+    request_id: Box<RawValue>,
+    trace_id: Box<RawValue>,
+}
+
+static FIXED: std::sync::LazyLock<Fixed> = std::sync::LazyLock::new(|| {
+    let coding = |system: &str, code: &str, display: &str| json!({"system": system, "code": code, "display": display});
+    let concept = |system: &str, code: &str, display: &str| json!({"coding": [coding(system, code, display)]});
+    Fixed {
+        meta: raw(json!({"profile": [ACCESS_PROFILE.as_str()]})),
+        kind: raw(coding(
+            "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "rest",
+            "Restful Operation",
+        )),
+        unscheduled: raw(json!([concept(
+            ACCESS_TYPE_SYSTEM,
+            "unscheduled",
+            "Unscheduled care access (the council is notified)"
+        )])),
+        scheduled: raw(json!([concept(
+            ACCESS_TYPE_SYSTEM,
+            "scheduled",
+            "Scheduled or non-care access (silent read)"
+        )])),
+        user_type: raw(concept(DCM, "110153", "Source Role ID")),
+        provider_type: raw(concept(
+            "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+            "PROV",
+            "healthcare provider",
+        )),
+        application_type: raw(concept(DCM, "110150", "Application")),
+        destination: raw(json!({
+            "type": concept(DCM, "110152", "Destination Role ID"),
+            "who": {"display": "cpis-fhir"},
+            "requestor": false,
+        })),
+        source: raw(json!({
+            "observer": {"display": "cpis-fhir"},
+            "type": [coding(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                "Application Server",
+            )],
+        })),
+        person: raw(coding(ENTITY_TYPE, "1", "Person")),
+        patient_role: raw(coding(OBJECT_ROLE, "1", "Patient")),
+        system_object: raw(coding(ENTITY_TYPE, "2", "System Object")),
+        query_role: raw(coding(OBJECT_ROLE, "24", "Query")),
+        domain_resource_role: raw(coding(OBJECT_ROLE, "4", "Domain Resource")),
+        organization: raw(coding(ENTITY_TYPE, "3", "Organization")),
+        request_id: raw(coding(BALP_ENTITY, "XrequestId", "X-Request-Id")),
+        trace_id: raw(coding(BALP_ENTITY, "XrequestId", "TraceID")),
+    }
+});
+
+/// A `Value` as raw JSON (rendering a `Value` cannot fail; `null` stands in regardless).
+fn raw(v: Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&v).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// A person's access (IHE BALP PatientRead / PatientQuery) as typed fields borrowed from the
 /// row: one definition serves the API (as a `Value`) and the export (written directly).
 fn access(row: &AuditRow) -> AccessEvent<'_> {
-    let (access_code, access_display) = if row.unscheduled {
-        (
-            "unscheduled",
-            "Unscheduled care access (the council is notified)",
-        )
-    } else {
-        ("scheduled", "Scheduled or non-care access (silent read)")
-    };
+    let f = &*FIXED;
     let mut entity = Vec::with_capacity(4 + row.disclosed.len() + row.councils.0.len());
     if let Some(nhs) = &row.patient {
         entity.push(Entity {
             what: Some(Who::identified(Some(NHS_NUMBER_SYSTEM), nhs)),
-            ..Entity::of(ENTITY_TYPE, "1", "Person", Some(("1", "Patient")))
+            ..Entity::of(&f.person, Some(&f.patient_role))
         });
     }
     entity.push(Entity {
         query: Some(base64::engine::general_purpose::STANDARD.encode(row.query.as_bytes())),
-        ..Entity::of(ENTITY_TYPE, "2", "System Object", Some(("24", "Query")))
+        ..Entity::of(&f.system_object, Some(&f.query_role))
     });
     for reference in row.disclosed.iter() {
         entity.push(Entity {
@@ -86,12 +160,7 @@ fn access(row: &AuditRow) -> AccessEvent<'_> {
                 reference: Some(reference.into()),
                 ..Who::default()
             }),
-            ..Entity::of(
-                ENTITY_TYPE,
-                "2",
-                "System Object",
-                Some(("4", "Domain Resource")),
-            )
+            ..Entity::of(&f.system_object, Some(&f.domain_resource_role))
         });
     }
     for ods in &row.councils.0 {
@@ -101,49 +170,47 @@ fn access(row: &AuditRow) -> AccessEvent<'_> {
                 ..Who::identified(Some(ODS_ORG_SYSTEM), ods)
             }),
             description: Some("Responsible council"),
-            ..Entity::of(ENTITY_TYPE, "3", "Organization", None)
+            ..Entity::of(&f.organization, None)
         });
     }
     entity.push(Entity {
         what: Some(Who::identified(None, &row.request_id)),
-        ..Entity::of(BALP_ENTITY, "XrequestId", "X-Request-Id", None)
+        ..Entity::of(&f.request_id, None)
     });
     if let Some(trace) = &row.trace_id {
         entity.push(Entity {
             what: Some(Who::identified(None, trace)),
             description: Some("TraceID header"),
-            ..Entity::of(BALP_ENTITY, "XrequestId", "TraceID", None)
+            ..Entity::of(&f.trace_id, None)
         });
     }
     AccessEvent {
         resource_type: "AuditEvent",
         id: &row.id,
-        meta: Meta {
-            profile: [ACCESS_PROFILE.as_str()],
-        },
-        kind: Coding::new(
-            "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "rest",
-            Some("Restful Operation"),
-        ),
-        subtype: [Coding::new(
-            "http://hl7.org/fhir/restful-interaction",
-            &row.subtype,
-            None,
-        )],
+        meta: &f.meta,
+        kind: &f.kind,
+        subtype: [Coding {
+            system: "http://hl7.org/fhir/restful-interaction",
+            code: &row.subtype,
+        }],
         action: "E",
         recorded: instant(row.recorded),
         outcome: &row.outcome,
         outcome_desc: row.outcome_desc.as_deref(),
-        purpose_of_event: [Concept::of(
-            ACCESS_TYPE_SYSTEM,
-            access_code,
-            Some(access_display),
-        )],
-        agent: [
+        purpose_of_event: if row.unscheduled {
+            &f.unscheduled
+        } else {
+            &f.scheduled
+        },
+        agent: (
             Agent {
-                kind: Concept::of(DCM, "110153", Some("Source Role ID")),
-                role: Some([Concept::of(ROLE_SYSTEM, &row.user_role, None)]),
+                kind: &f.user_type,
+                role: Some([Concept {
+                    coding: [Coding {
+                        system: ROLE_SYSTEM,
+                        code: &row.user_role,
+                    }],
+                }]),
                 who: Who {
                     display: row.user_name.as_deref(),
                     ..Who::identified(Some(SDS_USER_SYSTEM), &row.user_id)
@@ -151,17 +218,13 @@ fn access(row: &AuditRow) -> AccessEvent<'_> {
                 requestor: true,
             },
             Agent {
-                kind: Concept::of(
-                    "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                    "PROV",
-                    Some("healthcare provider"),
-                ),
+                kind: &f.provider_type,
                 role: None,
                 who: Who::identified(Some(ODS_ORG_SYSTEM), &row.user_org),
                 requestor: false,
             },
             Agent {
-                kind: Concept::of(DCM, "110150", Some("Application")),
+                kind: &f.application_type,
                 role: None,
                 who: Who {
                     display: Some(&row.client),
@@ -169,27 +232,9 @@ fn access(row: &AuditRow) -> AccessEvent<'_> {
                 },
                 requestor: false,
             },
-            Agent {
-                kind: Concept::of(DCM, "110152", Some("Destination Role ID")),
-                role: None,
-                who: Who {
-                    display: Some("cpis-fhir"),
-                    ..Who::default()
-                },
-                requestor: false,
-            },
-        ],
-        source: Source {
-            observer: Who {
-                display: Some("cpis-fhir"),
-                ..Who::default()
-            },
-            kind: [Coding::new(
-                "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "4",
-                Some("Application Server"),
-            )],
-        },
+            &f.destination,
+        ),
+        source: &f.source,
         entity,
     }
 }
@@ -199,55 +244,32 @@ fn access(row: &AuditRow) -> AccessEvent<'_> {
 struct AccessEvent<'a> {
     resource_type: &'static str,
     id: &'a str,
-    meta: Meta<'a>,
+    meta: &'a RawValue,
     #[serde(rename = "type")]
-    kind: Coding<'a>,
+    kind: &'a RawValue,
     subtype: [Coding<'a>; 1],
     action: &'static str,
     recorded: String,
     outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<&'a str>,
-    purpose_of_event: [Concept<'a>; 1],
-    agent: [Agent<'a>; 4],
-    source: Source<'a>,
+    purpose_of_event: &'a RawValue,
+    /// The user, their organisation, the client system, and this server (fixed).
+    agent: (Agent<'a>, Agent<'a>, Agent<'a>, &'a RawValue),
+    source: &'a RawValue,
     entity: Vec<Entity<'a>>,
 }
 
-#[derive(serde::Serialize)]
-struct Meta<'a> {
-    profile: [&'a str; 1],
-}
-
+/// A coding without a display: the parts of an access that vary.
 #[derive(serde::Serialize)]
 struct Coding<'a> {
     system: &'a str,
     code: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    display: Option<&'a str>,
-}
-
-impl<'a> Coding<'a> {
-    fn new(system: &'a str, code: &'a str, display: Option<&'a str>) -> Self {
-        Self {
-            system,
-            code,
-            display,
-        }
-    }
 }
 
 #[derive(serde::Serialize)]
 struct Concept<'a> {
     coding: [Coding<'a>; 1],
-}
-
-impl<'a> Concept<'a> {
-    fn of(system: &'a str, code: &'a str, display: Option<&'a str>) -> Self {
-        Self {
-            coding: [Coding::new(system, code, display)],
-        }
-    }
 }
 
 #[derive(serde::Serialize)]
@@ -280,7 +302,7 @@ impl<'a> Who<'a> {
 #[derive(serde::Serialize)]
 struct Agent<'a> {
     #[serde(rename = "type")]
-    kind: Concept<'a>,
+    kind: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<[Concept<'a>; 1]>,
     who: Who<'a>,
@@ -288,20 +310,13 @@ struct Agent<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct Source<'a> {
-    observer: Who<'a>,
-    #[serde(rename = "type")]
-    kind: [Coding<'a>; 1],
-}
-
-#[derive(serde::Serialize)]
 struct Entity<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     what: Option<Who<'a>>,
     #[serde(rename = "type")]
-    kind: Coding<'a>,
+    kind: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<Coding<'a>>,
+    role: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,17 +324,12 @@ struct Entity<'a> {
 }
 
 impl<'a> Entity<'a> {
-    /// An entity of this type and (object-role) role, nothing else yet.
-    fn of(
-        system: &'a str,
-        code: &'a str,
-        display: &'a str,
-        role: Option<(&'a str, &'a str)>,
-    ) -> Self {
+    /// An entity of this (fixed) type and object-role, nothing else yet.
+    fn of(kind: &'a RawValue, role: Option<&'a RawValue>) -> Self {
         Self {
             what: None,
-            kind: Coding::new(system, code, Some(display)),
-            role: role.map(|(c, d)| Coding::new(OBJECT_ROLE, c, Some(d))),
+            kind,
+            role,
             query: None,
             description: None,
         }

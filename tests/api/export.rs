@@ -58,6 +58,18 @@ async fn lines(app: &TestApp, manifest: &Value, token: &str) -> Vec<Value> {
     out
 }
 
+/// A file downloaded with this `Accept-Encoding`.
+async fn download(app: &TestApp, path: &str, token: &str, accept: &str) -> Resp {
+    app.request(
+        Method::GET,
+        path,
+        Some(token),
+        &[("Accept-Encoding", accept)],
+        None,
+    )
+    .await
+}
+
 fn ids(events: &[Value]) -> BTreeSet<String> {
     events
         .iter()
@@ -132,6 +144,52 @@ async fn an_auditor_exports_the_matching_trail_as_ndjson_and_the_export_is_audit
     let only = lines(&app, &m, &council).await;
     assert_eq!(only.len(), 2, "the two look-ups of LA901's record");
     assert!(only.iter().all(|e| e.to_string().contains(NHS_1)));
+}
+
+#[actix_rt::test]
+async fn an_export_file_is_sent_gzipped_to_a_client_that_accepts_gzip_and_inflated_to_one_that_does_not(
+) {
+    use std::io::Read;
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let c = app.clinician();
+    for nhs in [NHS_1, NHS_2, NHS_3] {
+        assert_eq!(app.lookup(&c, nhs, "", &[]).await.status, 200);
+    }
+    let auditor = app.token(Role::Auditor, "X26");
+    let status = kick_off(&app, "/AuditEvent/$export", &auditor).await;
+    let manifest = finished(&app, &status, &auditor).await.json();
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+    let path = &url[app.base.len()..];
+    let plain = app.get(path, &auditor).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.header("vary").as_deref(), Some("accept-encoding"));
+    let text = plain.text();
+    assert_eq!(text.lines().count(), manifest["output"][0]["count"]);
+    let fetch = |accept: &'static str| download(&app, path, &auditor, accept);
+    for accept in ["gzip", "gzip, deflate, br", "identity;q=0.5, gzip"] {
+        let zipped = fetch(accept).await;
+        assert_eq!(zipped.status, 200, "{accept}");
+        assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(
+            zipped.header("content-type").as_deref(),
+            Some("application/fhir+ndjson")
+        );
+        assert!(zipped.body.len() < plain.body.len(), "compressed");
+        let mut inflated = String::new();
+        flate2::read::GzDecoder::new(&zipped.body[..])
+            .read_to_string(&mut inflated)
+            .expect("a gzip stream");
+        assert_eq!(inflated, text, "{accept}: the same NDJSON");
+    }
+    // A client that refuses gzip, or sends a header that cannot be read, gets plain NDJSON.
+    for accept in ["gzip;q=0", "identity", "br", "gzip;q=nonsense"] {
+        let r = fetch(accept).await;
+        assert_eq!(r.status, 200, "{accept}");
+        assert_eq!(r.header("content-encoding"), None, "{accept}");
+        assert_eq!(r.text(), text, "{accept}");
+    }
 }
 
 #[actix_rt::test]

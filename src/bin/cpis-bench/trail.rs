@@ -366,7 +366,16 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
         .find("/$export-file/")
         .map(|i| first[i..].to_owned())
         .unwrap_or_default();
-    let (fs, _, body) = request(a.port, &file_path, &token, "")?;
+    let (fs, head, sent) = request(a.port, &file_path, &token, "Accept-Encoding: gzip\r\n")?;
+    let body = if header(&head, "content-encoding").as_deref() == Some("gzip") {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&sent[..])
+            .read_to_end(&mut plain)
+            .map_err(|e| format!("the file is not gzip: {e}"))?;
+        plain
+    } else {
+        sent.clone()
+    };
     let lines = body
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -381,8 +390,9 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
         rss / 1024
     );
     println!(
-        "download of the first file: status {fs}, {lines} lines, {:.1} MiB in {download:.2} s",
-        body.len() as f64 / 1_048_576.0
+        "download of the first file: status {fs}, {lines} lines, {:.1} MiB ({:.1} MiB sent) in {download:.2} s",
+        body.len() as f64 / 1_048_576.0,
+        sent.len() as f64 / 1_048_576.0
     );
     if failures > 0 {
         return Err(format!("{failures} searches failed"));
