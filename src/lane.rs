@@ -10,8 +10,8 @@
 //! them, so a quiet hour's upload runs as fast as before. Measured (README, "The bulk lane"): it
 //! helps when look-ups keep every core busy; at a paced 1,000 look-ups/s what a look-up waits for
 //! under a bulk load is mostly the writer and the disk, not a core, and `SCHED_IDLE` did a little
-//! better than nice 19 there (most beside a bulk export, whose two threads are lowered the same
-//! way, `audit::export`). A lowered priority cannot be raised again without privilege, so the
+//! better than nice 19 there (most beside a bulk export, whose thread is lowered the same way,
+//! `audit::export`). A lowered priority cannot be raised again without privilege, so the
 //! lane's threads are its own, started once and never lent to other work (actix's blocking pool
 //! also serves the look-ups' reads, so it must stay at normal priority).
 //!

@@ -295,23 +295,35 @@ fn like_literal(s: &str) -> String {
 }
 
 impl AuditFilter {
-    /// `flags_through`: how far the Flag index reaches ([`flags_indexed_through`]).
-    fn query(&self, flags_through: &str) -> Boxed {
+    /// `flags_through`: how far the Flag index reaches ([`flags_indexed_through`]); `cursor`:
+    /// the page's keyset cursor and the order it pages in, when the caller adds one.
+    fn query(&self, flags_through: &str, cursor: Option<(Order, &str)>) -> Boxed {
         use audit_events::dsl as a;
         let mut q: Boxed = audit_events::table.into_boxed();
         if let Some(p) = &self.patient {
             q = q.filter(a::patient.eq(p.clone()));
         }
+        // SQLite starts an index range at the first bound it finds on that side of the column and
+        // checks any other bound row by row. Where the cursor is the tighter bound on the same
+        // side as a date's, the date's id bound is left out, or every page would walk again from
+        // the date to the cursor: 96 ms instead of 13 for the 180th page of 5,000 after
+        // `_since`, an export quadratic in its size. (PostgreSQL keeps the tighter bound itself.)
         for t in &self.recorded_from {
-            q = q
-                .filter(a::id.ge(first_id_at(*t)))
-                .filter(a::recorded.ge(*t));
+            let lower = first_id_at(*t);
+            let implied = matches!(cursor, Some((Order::OldestFirst, c)) if c >= lower.as_str());
+            if !implied {
+                q = q.filter(a::id.ge(lower));
+            }
+            q = q.filter(a::recorded.ge(*t));
         }
         for t in &self.recorded_before {
             // Rows of the same millisecond share the id prefix: the bound is the next one's.
-            q = q
-                .filter(a::id.lt(first_id_at(t.saturating_add(999))))
-                .filter(a::recorded.lt(*t));
+            let upper = first_id_at(t.saturating_add(999));
+            let implied = matches!(cursor, Some((Order::NewestFirst, c)) if c <= upper.as_str());
+            if !implied {
+                q = q.filter(a::id.lt(upper));
+            }
+            q = q.filter(a::recorded.lt(*t));
         }
         if !self.agents.is_empty() {
             q = q.filter(a::user_id.eq_any(self.agents.clone()));
@@ -441,11 +453,11 @@ pub fn search(
         flags_indexed_through(conn)?
     };
     let matched = if total {
-        f.query(&through).count().get_result(conn)?
+        f.query(&through, None).count().get_result(conn)?
     } else {
         0
     };
-    let mut q = f.query(&through);
+    let mut q = f.query(&through, after_id.map(|c| (order, c)));
     q = match (order, after_id) {
         (Order::NewestFirst, Some(b)) => q.filter(audit_events::id.lt(b.to_owned())),
         (Order::OldestFirst, Some(b)) => q.filter(audit_events::id.gt(b.to_owned())),

@@ -165,6 +165,51 @@ async fn paging_the_trail_stays_correct_while_accesses_arrive_and_each_search_is
 }
 
 #[actix_rt::test]
+async fn paging_a_date_range_one_row_at_a_time_in_either_order_returns_exactly_the_rows_inside_it()
+{
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let c = app.clinician();
+    // Three days of look-ups: 2 on the first, 3 on the second, 2 on the third.
+    let mut days = Vec::new();
+    for (day, n) in [2, 3, 2].into_iter().enumerate() {
+        if day > 0 {
+            app.advance(86_400);
+        }
+        for _ in 0..n {
+            assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+        }
+        let newest = app.audit_search("agent-role=clinician&_count=1").await;
+        days.push(newest[0]["recorded"].as_str().unwrap()[..10].to_owned());
+    }
+    let auditor = app.token(Role::Auditor, "X26");
+    let middle = &days[1];
+    // `date=` a day: on or after its start (a lower bound) and before the next day's.
+    let range = format!("agent-role=clinician&date={middle}");
+    let expected = trail(&app, &format!("{range}&_count=100"), &auditor).await;
+    assert_eq!(expected.len(), 3, "the middle day's three look-ups");
+    // One row per page, so every page after the first starts at its cursor, not at the date:
+    // the same three rows either way, none repeated, none from the other days.
+    let newest_first = trail(&app, &format!("{range}&_count=1"), &auditor).await;
+    let oldest_first = trail(&app, &format!("{range}&_sort=date&_count=1"), &auditor).await;
+    assert_eq!(ids(&newest_first), ids(&expected));
+    let mut reversed = ids(&oldest_first);
+    reversed.reverse();
+    assert_eq!(reversed, ids(&expected));
+    for e in newest_first.iter().chain(&oldest_first) {
+        assert!(e["recorded"].as_str().unwrap().starts_with(middle.as_str()));
+    }
+    // And from the middle day on (a lower bound only), oldest first: the last five.
+    let since = trail(
+        &app,
+        &format!("agent-role=clinician&date=ge{middle}&_sort=date&_count=2"),
+        &auditor,
+    )
+    .await;
+    assert_eq!(since.len(), 5);
+}
+
+#[actix_rt::test]
 async fn a_council_searches_only_the_trail_of_its_own_records_and_clinicians_not_at_all() {
     let app = TestApp::spawn().await;
     app.given_flag(LA_A, NHS_1, "PLAN-A").await;
