@@ -62,6 +62,7 @@ pub const KEYS: &[KeyDoc] = &[
     ("audit.report_silent_reads", "the access report flags a user who read one person silently (scheduled) more often than this in the period (default 5)"),
     ("audit.report_probe_misses", "the access report flags a user whose look-ups found nothing for more distinct NHS numbers than this in the period (default 20)"),
     ("audit.report_refusals", "the access report flags a client address with more refused authentications than this in the period (default 20)"),
+    ("audit.report_max_days", "the longest period one access report over HTTP may cover, in days; its tallies are held in memory, so a longer period is refused with 400 (the audit-report command has no limit) (default 93)"),
     ("limits.max_connections", "most open connections per HTTP worker; more wait to be accepted (default 1024)"),
     ("auth.issuer", "expected `iss` of bearer tokens signed by auth.public_key_file"),
     ("auth.audience", "accepted `aud` of bearer tokens: one, or a list (in the environment, comma-separated) (default cpis-fhir)"),
@@ -345,6 +346,8 @@ pub struct AuditSettings {
     pub silent_reads: u64,
     pub probe_misses: u64,
     pub refusals: u64,
+    /// The longest period, in days, one access report over HTTP may cover.
+    pub report_max_days: i64,
 }
 
 /// `HH:MM-HH:MM` as minutes after midnight.
@@ -824,6 +827,8 @@ impl Settings {
                 silent_reads: parse_num("audit.report_silent_reads", 5, 1)?,
                 probe_misses: parse_num("audit.report_probe_misses", 20, 1)?,
                 refusals: parse_num("audit.report_refusals", 20, 1)?,
+                report_max_days: i64::try_from(parse_num("audit.report_max_days", 93, 1)?)
+                    .map_err(|_| bad("audit.report_max_days", "too large"))?,
             },
         })
     }

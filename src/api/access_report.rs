@@ -19,8 +19,10 @@ const REPORT: Interaction = Interaction {
     listable: false,
 };
 
-/// The period asked for: from the start of `start` to the end of `end` (days or instants).
-fn period(req: &HttpRequest) -> Result<(i64, i64), ApiError> {
+/// The period asked for: from the start of `start` to the end of `end` (days or instants), at
+/// most `max_days` long — the report holds each user's tallies for the period in memory (a
+/// year over a million accesses took ~360 MB), so one request's cost is bounded here.
+fn period(req: &HttpRequest, max_days: i64) -> Result<(i64, i64), ApiError> {
     let params = Params::new(pairs(req.query_string())?, &["start", "end"], lenient(req))?;
     let (Some(start), Some(end)) = (params.one("start")?, params.one("end")?) else {
         return Err(invalid(
@@ -36,6 +38,15 @@ fn period(req: &HttpRequest) -> Result<(i64, i64), ApiError> {
     }
     if start.from >= end.to {
         return Err(invalid("end", "end is before start".into()));
+    }
+    if end.to.saturating_sub(start.from) > max_days.saturating_mul(86_400_000_000) {
+        return Err(invalid(
+            "end",
+            format!(
+                "the period is longer than {max_days} days (audit.report_max_days): ask for \
+                 shorter periods, or run `cpis-fhir audit-report`, which reads the database directly"
+            ),
+        ));
     }
     Ok((start.from, end.to))
 }
@@ -69,7 +80,7 @@ pub async fn access_report(
     ctx: AccessContext,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let asked = period(&req);
+    let asked = period(&req, state.settings.audit.report_max_days);
     let built = match (&asked, decide(&ctx.caller, Action::SearchAuditTrail)) {
         (Ok((start, end)), Ok(scope)) => {
             let council = match scope {

@@ -215,4 +215,26 @@ async fn a_clean_trail_flags_nothing_and_the_report_is_for_the_audit_team_only()
             .await
             .assert_outcome(400, "invalid");
     }
+    // A period longer than `audit.report_max_days` (93 by default) is refused, naming the limit
+    // and the command that has none; 93 days exactly is answered.
+    let year = app
+        .get(
+            "/AuditEvent/$access-report?start=2025-11-26&end=2026-11-25",
+            &auditor,
+        )
+        .await;
+    year.assert_outcome(400, "invalid");
+    assert!(
+        year.text().contains("longer than 93 days"),
+        "{}",
+        year.text()
+    );
+    assert!(year.text().contains("cpis-fhir audit-report"));
+    let quarter = app
+        .get(
+            "/AuditEvent/$access-report?start=2026-08-25&end=2026-11-25",
+            &auditor,
+        )
+        .await;
+    assert_eq!(quarter.status, 200, "{}", quarter.text());
 }
