@@ -30,10 +30,9 @@ pub const LINES_PER_FILE: usize = 100_000;
 /// Rows read per batch (one read transaction each, then a progress update).
 const BATCH: usize = 5_000;
 
-/// Bytes written between a file's syncs. An export writes gigabytes; left to the kernel, a whole
-/// file's worth of dirty pages is flushed at once, and on ext4 a look-up's commit (the audit
-/// row's fsync) waits behind all of it — half a second and more. Synced this often, a commit
-/// waits for a few milliseconds of it at most.
+/// Compressed bytes written between a file's syncs. Left to the kernel, a whole file's worth of
+/// dirty pages is flushed at once, and on ext4 a look-up's commit (the audit row's fsync) waits
+/// behind all of it. Synced this often, a commit waits for a few milliseconds of it at most.
 const SYNC_EVERY: usize = 1 << 20;
 
 /// The kick-off's interaction, for its audit rows.
@@ -74,7 +73,7 @@ pub fn stored_name(name: &str) -> String {
 }
 
 /// How fast, not how small: level 1 already shrinks these repetitive lines eighteenfold, and
-/// higher levels cost the export's writing thread several times more for a few percent.
+/// higher levels cost the export's thread several times more for a few percent.
 const LEVEL: flate2::Compression = flate2::Compression::fast();
 
 /// The file under a gzip stream, counting the compressed bytes written since the last sync.

@@ -199,6 +199,22 @@ async fn paging_a_date_range_one_row_at_a_time_in_either_order_returns_exactly_t
     for e in newest_first.iter().chain(&oldest_first) {
         assert!(e["recorded"].as_str().unwrap().starts_with(middle.as_str()));
     }
+    // A forged cursor outside the range widens nothing: the date still bounds the rows.
+    for (order, cursor) in [
+        ("_sort=date", "00000000-0000-7000-8000-000000000000"),
+        ("_sort=-date", "ffffffff-ffff-7fff-bfff-ffffffffffff"),
+    ] {
+        let forged = trail(
+            &app,
+            &format!("{range}&{order}&_count=1&_cursor={cursor}"),
+            &auditor,
+        )
+        .await;
+        assert_eq!(forged.len(), 3, "{order}");
+        assert!(forged
+            .iter()
+            .all(|e| e["recorded"].as_str().unwrap().starts_with(middle.as_str())));
+    }
     // And from the middle day on (a lower bound only), oldest first: the last five.
     let since = trail(
         &app,

@@ -367,6 +367,7 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
         .map(|i| first[i..].to_owned())
         .unwrap_or_default();
     let (fs, head, sent) = request(a.port, &file_path, &token, "Accept-Encoding: gzip\r\n")?;
+    let sent_mib = sent.len() as f64 / 1_048_576.0;
     let body = if header(&head, "content-encoding").as_deref() == Some("gzip") {
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(&sent[..])
@@ -374,7 +375,7 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
             .map_err(|e| format!("the file is not gzip: {e}"))?;
         plain
     } else {
-        sent.clone()
+        sent
     };
     let lines = body
         .split(|b| *b == b'\n')
@@ -392,7 +393,7 @@ pub(crate) fn run_trail(a: &TrailArgs) -> Result<(), String> {
     println!(
         "download of the first file: status {fs}, {lines} lines, {:.1} MiB ({:.1} MiB sent) in {download:.2} s",
         body.len() as f64 / 1_048_576.0,
-        sent.len() as f64 / 1_048_576.0
+        sent_mib
     );
     if failures > 0 {
         return Err(format!("{failures} searches failed"));
