@@ -345,9 +345,9 @@ const INDEX_LAG_MICROS: i64 = 10 * 60 * 1_000_000;
 /// Rows read per indexing job (each a writer job, so look-ups go between them).
 const INDEX_CHUNK: i64 = 5_000;
 
-/// Brings the audit trail's Flag index (the `entity` search's) up to ten minutes before `now`,
-/// or as far as it got when `stop` says so; how many jobs it took. After an upgrade the first
-/// call indexes the whole trail.
+/// Brings the audit trail's indexes kept behind it (the `entity` and `patient` searches') up to
+/// ten minutes before `now`, or as far as they got when `stop` says so; how many jobs it took.
+/// After an upgrade the first call indexes the whole trail.
 pub fn index_audit(
     store: &Store,
     now: DateTime<Utc>,
@@ -355,19 +355,27 @@ pub fn index_audit(
 ) -> Result<usize, StoreError> {
     let before = crate::store::audit::first_id_at(micros(now) - INDEX_LAG_MICROS);
     let mut jobs = 0;
-    loop {
-        if stop() {
-            return Ok(jobs);
-        }
-        let bound = before.clone();
-        let more = store.write_blocking(move |c| {
-            Ok::<_, StoreError>(crate::store::audit::index_flags(c, &bound, INDEX_CHUNK)?)
-        })?;
-        jobs += 1;
-        if !more {
-            return Ok(jobs);
+    for index in crate::store::audit::TrailIndex::ALL {
+        loop {
+            if stop() {
+                return Ok(jobs);
+            }
+            let bound = before.clone();
+            let more = store.write_blocking(move |c| {
+                Ok::<_, StoreError>(crate::store::audit::index_trail(
+                    c,
+                    index,
+                    &bound,
+                    INDEX_CHUNK,
+                )?)
+            })?;
+            jobs += 1;
+            if !more {
+                break;
+            }
         }
     }
+    Ok(jobs)
 }
 
 /// [`index_audit`], its failure logged: the search stays right without the index (it matches

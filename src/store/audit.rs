@@ -4,7 +4,7 @@
 use crate::store::columns::{CouncilList, JsonList};
 use diesel::prelude::*;
 
-use super::schema::{audit_events, audit_flags, audit_index};
+use super::schema::{audit_events, audit_flags, audit_index, audit_patients};
 use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
@@ -136,63 +136,97 @@ fn flag_ids(disclosed: &[String]) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The `audit_index` row of the Flag index.
-const FLAG_INDEX: &str = "flags";
+/// An index of the audit trail kept behind it rather than by each look-up (see the migrations
+/// `audit_by_flag` and `audit_by_patient`): after each lifecycle run every row up to a few minutes
+/// ago is indexed, and a search reads the index up to its reach and matches the rows after it
+/// one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrailIndex {
+    /// Each Flag an access disclosed (`audit_flags`): the `entity` search.
+    Flags,
+    /// Each access's person (`audit_patients`): the audit team's `patient` search.
+    Patients,
+}
 
-/// How far the Flag index reaches: every row with an id up to this one is in `audit_flags`.
-pub fn flags_indexed_through(conn: &mut DbConn) -> QueryResult<String> {
+impl TrailIndex {
+    pub const ALL: [TrailIndex; 2] = [TrailIndex::Flags, TrailIndex::Patients];
+
+    /// Its row in `audit_index`.
+    fn name(self) -> &'static str {
+        match self {
+            TrailIndex::Flags => "flags",
+            TrailIndex::Patients => "patients",
+        }
+    }
+
+    /// The index's keys for one row (`flag_id` or `patient`).
+    fn keys_of(self, patient: Option<String>, disclosed: &JsonList) -> Vec<String> {
+        match self {
+            TrailIndex::Flags => flag_ids(disclosed).map(str::to_owned).collect(),
+            TrailIndex::Patients => patient.into_iter().collect(),
+        }
+    }
+}
+
+/// How far an index reaches: every row with an id up to this one is in it.
+pub fn indexed_through(conn: &mut DbConn, index: TrailIndex) -> QueryResult<String> {
     Ok(audit_index::table
-        .find(FLAG_INDEX)
+        .find(index.name())
         .select(audit_index::through)
         .first::<String>(conn)
         .optional()?
         .unwrap_or_default())
 }
 
-/// Indexes the Flags disclosed by up to `limit` rows after the index's reach and before
-/// `before` (an id bound), in the caller's transaction; whether rows before the bound remain.
-/// Replicas may run it at once: an entry indexed twice is kept once and the reach only grows.
-pub fn index_flags(conn: &mut DbConn, before: &str, limit: i64) -> QueryResult<bool> {
-    use audit_flags::dsl as af;
-    let through = flags_indexed_through(conn)?;
-    let rows: Vec<(String, String)> = audit_events::table
+/// Indexes up to `limit` rows after the index's reach and before `before` (an id bound), in the
+/// caller's transaction; whether rows before the bound remain. Replicas may run it at once: an
+/// entry indexed twice is kept once and the reach only grows.
+pub fn index_trail(
+    conn: &mut DbConn,
+    index: TrailIndex,
+    before: &str,
+    limit: i64,
+) -> QueryResult<bool> {
+    let through = indexed_through(conn, index)?;
+    let rows: Vec<(String, Option<String>, String)> = audit_events::table
         .filter(audit_events::id.gt(&through))
         .filter(audit_events::id.lt(before))
         .order(audit_events::id)
         .limit(limit)
-        .select((audit_events::id, audit_events::disclosed))
+        .select((
+            audit_events::id,
+            audit_events::patient,
+            audit_events::disclosed,
+        ))
         .load(conn)?;
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
     let reach = match (more, rows.last()) {
-        (true, Some((last, _))) => last.clone(),
+        (true, Some((last, _, _))) => last.clone(),
         _ => before.to_owned(),
     };
     let mut entries: Vec<(String, String)> = Vec::new();
-    for (id, disclosed) in rows {
-        if disclosed == "[]" {
-            continue;
-        }
-        let list = JsonList::from_column(disclosed)?;
-        entries.extend(flag_ids(&list).map(|f| (f.to_owned(), id.clone())));
+    for (id, patient, disclosed) in rows {
+        let list = if disclosed == "[]" {
+            JsonList::default()
+        } else {
+            JsonList::from_column(disclosed)?
+        };
+        entries.extend(
+            index
+                .keys_of(patient, &list)
+                .into_iter()
+                .map(|k| (k, id.clone())),
+        );
     }
     // In key order, so consecutive inserts land on the same pages.
     entries.sort_unstable();
     entries.dedup();
-    for (flag, id) in &entries {
-        let values = (af::flag_id.eq(flag), af::audit_id.eq(id));
-        match conn {
-            DbConn::Sqlite(c) => diesel::insert_or_ignore_into(audit_flags::table)
-                .values(values)
-                .execute(c)?,
-            DbConn::Pg(c) => diesel::insert_into(audit_flags::table)
-                .values(values)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
+    for (key, id) in &entries {
+        insert_entry(conn, index, key, id)?;
     }
     diesel::update(
         audit_index::table
-            .filter(audit_index::name.eq(FLAG_INDEX))
+            .filter(audit_index::name.eq(index.name()))
             .filter(audit_index::through.lt(&reach)),
     )
     .set(audit_index::through.eq(&reach))
@@ -200,16 +234,52 @@ pub fn index_flags(conn: &mut DbConn, before: &str, limit: i64) -> QueryResult<b
     Ok(more)
 }
 
-/// Removes the `entity` index's entries of these audit rows (retention removes the rows).
-pub fn delete_flags_of(conn: &mut DbConn, rows: &[(String, JsonList)]) -> QueryResult<usize> {
+fn insert_entry(conn: &mut DbConn, index: TrailIndex, key: &str, id: &str) -> QueryResult<usize> {
     use audit_flags::dsl as af;
+    use audit_patients::dsl as ap;
+    match (index, conn) {
+        (TrailIndex::Flags, DbConn::Sqlite(c)) => diesel::insert_or_ignore_into(audit_flags::table)
+            .values((af::flag_id.eq(key), af::audit_id.eq(id)))
+            .execute(c),
+        (TrailIndex::Flags, DbConn::Pg(c)) => diesel::insert_into(audit_flags::table)
+            .values((af::flag_id.eq(key), af::audit_id.eq(id)))
+            .on_conflict_do_nothing()
+            .execute(c),
+        (TrailIndex::Patients, DbConn::Sqlite(c)) => {
+            diesel::insert_or_ignore_into(audit_patients::table)
+                .values((ap::patient.eq(key), ap::audit_id.eq(id)))
+                .execute(c)
+        }
+        (TrailIndex::Patients, DbConn::Pg(c)) => diesel::insert_into(audit_patients::table)
+            .values((ap::patient.eq(key), ap::audit_id.eq(id)))
+            .on_conflict_do_nothing()
+            .execute(c),
+    }
+}
+
+/// Removes the behind-the-trail indexes' entries of these audit rows (id, person, disclosed):
+/// retention removes the rows.
+pub fn delete_index_entries_of(
+    conn: &mut DbConn,
+    rows: &[(String, Option<String>, JsonList)],
+) -> QueryResult<usize> {
+    use audit_flags::dsl as af;
+    use audit_patients::dsl as ap;
     let mut n = 0;
-    for (id, disclosed) in rows {
+    for (id, patient, disclosed) in rows {
         for flag in flag_ids(disclosed) {
             n += diesel::delete(
                 audit_flags::table
                     .filter(af::flag_id.eq(flag))
                     .filter(af::audit_id.eq(id)),
+            )
+            .execute(conn)?;
+        }
+        if let Some(p) = patient {
+            n += diesel::delete(
+                audit_patients::table
+                    .filter(ap::patient.eq(p))
+                    .filter(ap::audit_id.eq(id)),
             )
             .execute(conn)?;
         }
@@ -229,7 +299,11 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<AuditRow>> {
 pub fn listed_for_patient(conn: &mut DbConn, nhs: &str, limit: i64) -> QueryResult<Vec<AuditRow>> {
     audit_events::table
         .filter(audit_events::patient.eq(nhs))
-        .filter(audit_events::listed.eq(true))
+        // Written as the partial index's own condition (`WHERE listed`), with no bound value,
+        // so that both databases' planners see the index applies.
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "audit_events.listed",
+        ))
         .order((audit_events::recorded.desc(), audit_events::id.desc()))
         .limit(limit)
         .select(AuditRow::as_select())
@@ -295,13 +369,47 @@ fn like_literal(s: &str) -> String {
 }
 
 impl AuditFilter {
-    /// `flags_through`: how far the Flag index reaches ([`flags_indexed_through`]); `cursor`:
+    /// How far the indexes this filter reads reach ([`indexed_through`]); nothing is read for
+    /// an index the filter does not use.
+    fn reach(&self, conn: &mut DbConn) -> QueryResult<Reach> {
+        Ok(Reach {
+            flags: if self.entities.is_empty() {
+                String::new()
+            } else {
+                indexed_through(conn, TrailIndex::Flags)?
+            },
+            patients: if self.patient.is_none() {
+                String::new()
+            } else {
+                indexed_through(conn, TrailIndex::Patients)?
+            },
+        })
+    }
+
+    /// `reach`: how far the behind-the-trail indexes reach ([`AuditFilter::reach`]); `cursor`:
     /// the page's keyset cursor and the order it pages in, when the caller adds one.
-    fn query(&self, flags_through: &str, cursor: Option<(Order, &str)>) -> Boxed {
+    fn query(&self, reach: &Reach, cursor: Option<(Order, &str)>) -> Boxed {
         use audit_events::dsl as a;
+        use diesel::sql_types::Text;
         let mut q: Boxed = audit_events::table.into_boxed();
         if let Some(p) = &self.patient {
-            q = q.filter(a::patient.eq(p.clone()));
+            // Up to the index's reach through `audit_patients`, found by key whatever the
+            // trail's size; after it (the last minutes' rows), by matching `patient` along the
+            // primary key. The look-up keeps no index of every row's person (see the migration
+            // `audit_by_patient`).
+            q = q.filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "audit_events.id IN (SELECT audit_id FROM audit_patients WHERE patient = ",
+                )
+                .bind::<Text, _>(p.clone())
+                .sql(" AND audit_id <= ")
+                .bind::<Text, _>(reach.patients.clone())
+                .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
+                .bind::<Text, _>(reach.patients.clone())
+                .sql(" AND patient = ")
+                .bind::<Text, _>(p.clone())
+                .sql(")"),
+            );
         }
         // SQLite starts an index range at the first bound it finds on that side of the column and
         // checks any other bound row by row. Where the cursor is the tighter bound on the same
@@ -374,7 +482,6 @@ impl AuditFilter {
             // version-specific references. One `id IN (… UNION ALL …)` per Flag, several joined
             // by OR (SQLite's MULTI-INDEX OR): written as an OR of the two halves, or with a
             // constant-false seed (`1 = 0 OR …`), SQLite walked the whole primary key instead.
-            use diesel::sql_types::Text;
             type Cond = Box<
                 dyn BoxableExpression<
                     audit_events::table,
@@ -391,9 +498,9 @@ impl AuditFilter {
                     )
                     .bind::<Text, _>(id)
                     .sql(" AND audit_id <= ")
-                    .bind::<Text, _>(flags_through.to_owned())
+                    .bind::<Text, _>(reach.flags.clone())
                     .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
-                    .bind::<Text, _>(flags_through.to_owned())
+                    .bind::<Text, _>(reach.flags.clone())
                     .sql(" AND disclosed LIKE ")
                     .bind::<Text, _>(like)
                     .sql(" ESCAPE '\\')"),
@@ -429,6 +536,12 @@ impl AuditFilter {
     }
 }
 
+/// How far each behind-the-trail index reaches, for one search (see [`TrailIndex`]).
+struct Reach {
+    flags: String,
+    patients: String,
+}
+
 /// The order of an audit search: FHIR `_sort=-date` (newest first, the default) or `date`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
@@ -447,17 +560,13 @@ pub fn search(
     count: usize,
     total: bool,
 ) -> QueryResult<super::Page<AuditRow>> {
-    let through = if f.entities.is_empty() {
-        String::new()
-    } else {
-        flags_indexed_through(conn)?
-    };
+    let reach = f.reach(conn)?;
     let matched = if total {
-        f.query(&through, None).count().get_result(conn)?
+        f.query(&reach, None).count().get_result(conn)?
     } else {
         0
     };
-    let mut q = f.query(&through, after_id.map(|c| (order, c)));
+    let mut q = f.query(&reach, after_id.map(|c| (order, c)));
     q = match (order, after_id) {
         (Order::NewestFirst, Some(b)) => q.filter(audit_events::id.lt(b.to_owned())),
         (Order::OldestFirst, Some(b)) => q.filter(audit_events::id.gt(b.to_owned())),

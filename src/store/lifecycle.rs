@@ -117,29 +117,32 @@ pub fn delete_people_without_flags(
 /// Deletes audit rows recorded before `before` (microseconds). Audit ids are UUIDv7, ordered by
 /// the time they were made, so the primary key bounds the scan to the old rows; `recorded` is
 /// checked too, so the result never depends on the two clocks agreeing.
-/// Their entries in the `entity` search's index go with them.
+/// Their entries in the indexes kept behind the trail (`entity`, `patient`) go with them.
 pub fn delete_audit_before(conn: &mut DbConn, before: i64) -> QueryResult<usize> {
     let bound = uuid_v7_floor(before / 1000);
     let mut after = String::new();
     loop {
-        let going: Vec<(String, String)> = audit_events::table
+        let going: Vec<(String, Option<String>, String)> = audit_events::table
             .filter(audit_events::id.lt(&bound))
             .filter(audit_events::id.gt(&after))
             .filter(audit_events::recorded.lt(before))
-            .filter(audit_events::disclosed.ne("[]"))
             .order(audit_events::id)
             .limit(5_000)
-            .select((audit_events::id, audit_events::disclosed))
+            .select((
+                audit_events::id,
+                audit_events::patient,
+                audit_events::disclosed,
+            ))
             .load(conn)?;
-        let Some((last, _)) = going.last() else {
+        let Some((last, _, _)) = going.last() else {
             break;
         };
         after = last.clone();
         let rows = going
             .into_iter()
-            .map(|(id, d)| Ok((id, crate::store::columns::JsonList::from_column(d)?)))
+            .map(|(id, p, d)| Ok((id, p, crate::store::columns::JsonList::from_column(d)?)))
             .collect::<QueryResult<Vec<_>>>()?;
-        crate::store::audit::delete_flags_of(conn, &rows)?;
+        crate::store::audit::delete_index_entries_of(conn, &rows)?;
     }
     diesel::delete(
         audit_events::table

@@ -72,6 +72,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     flag_versions,
     audit_events,
     audit_flags,
+    audit_patients,
     audit_index,
     subscriptions,
     notifications,
@@ -129,7 +130,16 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// How far the audit trail has been indexed (`flags`: every row with an id up to `through`).
+    /// Each access's person, keyed by the person (the audit team's `patient` search).
+    audit_patients (patient, audit_id) {
+        patient -> Text,
+        audit_id -> Text,
+    }
+}
+
+diesel::table! {
+    /// How far the audit trail has been indexed: by `flags` and by `patients`, every row with an
+    /// id up to `through`.
     audit_index (name) {
         name -> Text,
         through -> Text,

@@ -397,10 +397,13 @@ async fn accesses_recorded_before_the_entity_index_existed_are_found_by_entity_b
         assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
     }
     assert_eq!(app.lookup(&c, NHS_2, "", &[]).await.status, 200);
-    // The database as the previous version left it: no index, its migration not yet run.
-    let undo = "DROP TABLE audit_flags; DROP TABLE audit_index; \
-                DELETE FROM __diesel_schema_migrations WHERE version = '20261207000008';";
-    app.tamper(undo, undo);
+    // The database as the version before the index left it: no index, its migration (and the
+    // one after it, which needs it) not yet run.
+    let undo = format!(
+        "{UNDO_PERSON_INDEX} DROP TABLE audit_flags; DROP TABLE audit_index; \
+                DELETE FROM __diesel_schema_migrations WHERE version = '20261207000008';"
+    );
+    app.tamper(&undo, &undo);
     let app = app.restart().await;
     let by_flag = format!("entity=Flag/{flag_id}&agent-role=clinician");
     let about_nhs_1 = |found: &[Value]| found.iter().all(|e| e.to_string().contains(NHS_1));
@@ -424,4 +427,69 @@ async fn accesses_recorded_before_the_entity_index_existed_are_found_by_entity_b
         .len(),
         1
     );
+}
+
+/// Takes the database back to before the person index (migration `audit_by_patient`): every
+/// row's person indexed by the look-up itself.
+const UNDO_PERSON_INDEX: &str = "DROP TABLE audit_patients; \
+    DELETE FROM audit_index WHERE name = 'patients'; DROP INDEX audit_events_history; \
+    CREATE INDEX audit_events_by_patient ON audit_events (patient, listed, recorded); \
+    DELETE FROM __diesel_schema_migrations WHERE version = '20261207000009';";
+
+#[actix_rt::test]
+async fn accesses_are_found_by_person_on_either_side_of_the_person_index_s_reach_and_the_access_history_shows_each_at_once(
+) {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let c = app.clinician();
+    for nhs in [NHS_1, NHS_1, NHS_2] {
+        assert_eq!(app.lookup(&c, nhs, "", &[]).await.status, 200);
+    }
+    app.tamper(UNDO_PERSON_INDEX, UNDO_PERSON_INDEX);
+    let app = app.restart().await;
+    // Before the first run indexes the trail: every row is matched by its person.
+    let about = app.audit_ids_about(NHS_1);
+    assert!(about.len() >= 2);
+    assert_eq!(app.audit_ids_paged(NHS_1, 1).await, about);
+    assert_eq!(app.rows_in("audit_patients"), 0);
+    // The next lifecycle run indexes every row more than ten minutes old.
+    app.advance(11 * 60);
+    app.purge().await;
+    assert_eq!(
+        app.rows_in("audit_patients"),
+        app.rows_in(
+            "audit_events WHERE patient IS NOT NULL AND id <= \
+                     (SELECT through FROM audit_index WHERE name = 'patients')"
+        ),
+    );
+    assert!(app.rows_in(&format!("audit_patients WHERE patient = '{NHS_1}'")) >= 2);
+    // A newer access, not yet indexed, is found beside the indexed ones, one page at a time
+    // across the reach and all at once, and nothing about anyone else.
+    assert_eq!(app.lookup(&c, NHS_1, "", &[]).await.status, 200);
+    let latest = app.audit_ids_about(NHS_1)[0].clone();
+    for count in [1, 100] {
+        let about = app.audit_ids_about(NHS_1);
+        assert_eq!(app.audit_ids_paged(NHS_1, count).await, about);
+    }
+    let others = app.audit_ids_about(NHS_2);
+    assert_eq!(app.audit_ids_paged(NHS_2, 2).await, others);
+    // The person's access history (the latest unscheduled accesses that found the record) is
+    // kept by the look-up itself: the newest is there at once, first.
+    let history = app
+        .get(
+            &format!("/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{NHS_1}"),
+            &c,
+        )
+        .await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    let shown = ids(&entries(&history.json(), "match"));
+    assert_eq!(
+        shown.len(),
+        3,
+        "the clinician's three look-ups that found the plan"
+    );
+    assert_eq!(shown[0], latest);
+    let all = app.audit_ids_about(NHS_1);
+    assert!(shown.iter().all(|id| all.contains(id)));
+    assert!(shown.windows(2).all(|w| w[0] > w[1]), "newest first");
 }

@@ -88,8 +88,9 @@ fn row(i: u64, recorded: i64, rng: &mut Lcg, people: &[String]) -> AuditRow {
         request_id: format!("r-{i}"),
         trace_id: None,
         unscheduled,
-        // Not listed: the outbox trigger would queue a notification for every row.
-        listed: false,
+        // In the person's access history as a look-up would be: an unscheduled access by an
+        // unscheduled-care role that found a record (the builder drops the notifications).
+        listed: found && unscheduled && user % 10 != 0,
         query: "GET /Flag?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|…".into(),
     }
 }
@@ -119,6 +120,15 @@ pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
                 for r in &batch {
                     audit_store::insert(c, r)?;
                 }
+                // These accesses are history: nobody is notified of them now.
+                let listed: Vec<&str> = batch
+                    .iter()
+                    .filter(|r| r.listed)
+                    .map(|r| r.id.as_str())
+                    .collect();
+                use cpis_fhir::store::schema::notification_outbox as o;
+                use diesel::prelude::*;
+                diesel::delete(o::table.filter(o::audit_event_id.eq_any(listed))).execute(c)?;
                 Ok::<_, StoreError>(())
             })
             .map_err(|e| e.to_string())?;
@@ -130,12 +140,12 @@ pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
         "built a trail of {rows} AuditEvents in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // As the lifecycle's run after an upgrade would: the `entity` search's index.
+    // As the lifecycle's run after an upgrade would: the `entity` and `patient` searches' indexes.
     let t = Instant::now();
     let now = store::from_micros(now);
     cpis_fhir::records::lifecycle::index_audit(store, now, &|| false).map_err(|e| e.to_string())?;
     println!(
-        "indexed the Flags it disclosed in {:.1} s",
+        "indexed its Flags and people in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
