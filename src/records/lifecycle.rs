@@ -342,6 +342,10 @@ fn tick(store: &Store, rules: Rules, clock: &crate::domain::Clock, stop: &crate:
 /// search matches the rows after the reach one by one, so this is also their most.
 const INDEX_LAG_MICROS: i64 = 10 * 60 * 1_000_000;
 
+/// [`INDEX_LAG_MICROS`] as a duration: a tool that knows every row is committed (no server
+/// running) indexes the whole trail by passing `now` this much ahead.
+pub const INDEX_LAG: chrono::TimeDelta = chrono::TimeDelta::microseconds(INDEX_LAG_MICROS);
+
 /// Rows read per indexing job (each a writer job, so look-ups go between them).
 const INDEX_CHUNK: i64 = 5_000;
 
