@@ -206,7 +206,8 @@ pub fn index_trail(
     };
     let mut entries: Vec<(String, String)> = Vec::new();
     for (id, patient, disclosed) in rows {
-        let list = if disclosed == "[]" {
+        // Only the Flag index reads what was disclosed.
+        let list = if index != TrailIndex::Flags || disclosed == "[]" {
             JsonList::default()
         } else {
             JsonList::from_column(disclosed)?
