@@ -159,12 +159,16 @@ impl TrailIndex {
         }
     }
 
-    /// The index's keys for one row (`flag_id` or `patient`).
-    fn keys_of(self, patient: Option<String>, disclosed: &JsonList) -> Vec<String> {
-        match self {
-            TrailIndex::Flags => flag_ids(disclosed).map(str::to_owned).collect(),
+    /// The index's keys for one row (`flag_id` or `patient`); only the Flag index reads what
+    /// was disclosed.
+    fn keys_of(self, patient: Option<String>, disclosed: String) -> QueryResult<Vec<String>> {
+        Ok(match self {
+            TrailIndex::Flags if disclosed == "[]" => Vec::new(),
+            TrailIndex::Flags => flag_ids(&JsonList::from_column(disclosed)?)
+                .map(str::to_owned)
+                .collect(),
             TrailIndex::Patients => patient.into_iter().collect(),
-        }
+        })
     }
 }
 
@@ -206,18 +210,8 @@ pub fn index_trail(
     };
     let mut entries: Vec<(String, String)> = Vec::new();
     for (id, patient, disclosed) in rows {
-        // Only the Flag index reads what was disclosed.
-        let list = if index != TrailIndex::Flags || disclosed == "[]" {
-            JsonList::default()
-        } else {
-            JsonList::from_column(disclosed)?
-        };
-        entries.extend(
-            index
-                .keys_of(patient, &list)
-                .into_iter()
-                .map(|k| (k, id.clone())),
-        );
+        let keys = index.keys_of(patient, disclosed)?;
+        entries.extend(keys.into_iter().map(|k| (k, id.clone())));
     }
     // In key order, so consecutive inserts land on the same pages.
     entries.sort_unstable();

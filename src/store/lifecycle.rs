@@ -140,7 +140,15 @@ pub fn delete_audit_before(conn: &mut DbConn, before: i64) -> QueryResult<usize>
         after = last.clone();
         let rows = going
             .into_iter()
-            .map(|(id, p, d)| Ok((id, p, crate::store::columns::JsonList::from_column(d)?)))
+            .map(|(id, p, d)| {
+                // Most rows disclosed nothing: no JSON to read.
+                let list = if d == "[]" {
+                    crate::store::columns::JsonList::default()
+                } else {
+                    crate::store::columns::JsonList::from_column(d)?
+                };
+                Ok((id, p, list))
+            })
             .collect::<QueryResult<Vec<_>>>()?;
         crate::store::audit::delete_index_entries_of(conn, &rows)?;
     }
