@@ -21,11 +21,58 @@ pub(crate) fn database_of(
 }
 
 pub(crate) fn backend_name(db: &str, replicas: usize) -> String {
-    if db.starts_with("postgres") {
-        format!("PostgreSQL, {replicas} server process(es)")
-    } else {
-        "SQLite".into()
+    match replica_size(replicas) {
+        _ if !db.starts_with("postgres") => "SQLite".into(),
+        Some(size) => format!(
+            "PostgreSQL, {replicas} server processes, each sized to {} core(s): {}, {}",
+            size.cores,
+            size.workers_text(),
+            size.writers_text()
+        ),
+        None => format!("PostgreSQL, {replicas} server process(es)"),
     }
+}
+
+/// What each of several replicas on this one machine is given: its share of the cores, as a
+/// deployment gives each replica its own (a container's CPU limit, from which the server's
+/// defaults follow). `CPIS_WORKERS` or `CPIS_DB_WRITERS` in the benchmark's environment win.
+pub(crate) struct ReplicaSize {
+    cores: usize,
+    workers: Option<String>,
+    writers: Option<String>,
+}
+
+impl ReplicaSize {
+    fn workers_text(&self) -> String {
+        match &self.workers {
+            Some(w) => format!("{w} HTTP worker(s)"),
+            None => "HTTP workers as configured".into(),
+        }
+    }
+
+    fn writers_text(&self) -> String {
+        match &self.writers {
+            Some(w) => format!("{w} database writer(s)"),
+            None => "database writers as configured".into(),
+        }
+    }
+}
+
+/// `None` for one server: it has the machine, and its defaults follow.
+pub(crate) fn replica_size(replicas: usize) -> Option<ReplicaSize> {
+    if replicas <= 1 {
+        return None;
+    }
+    let cores = (std::thread::available_parallelism().map_or(2, |n| n.get()) / replicas).max(1);
+    let unless_set = |name: &str, value: String| std::env::var_os(name).is_none().then_some(value);
+    Some(ReplicaSize {
+        cores,
+        workers: unless_set("CPIS_WORKERS", cores.to_string()),
+        writers: unless_set(
+            "CPIS_DB_WRITERS",
+            cpis_fhir::config::default_db_writers(cores).to_string(),
+        ),
+    })
 }
 
 /// The server processes under a benchmark.
@@ -91,11 +138,17 @@ pub(crate) fn start_servers(
         children: Vec::new(),
         ports: Vec::new(),
     };
+    let size = replica_size(replicas);
     for r in 0..replicas.max(1) {
         let p = port + 10 * r as u16;
-        servers
-            .children
-            .push(start_server_on(dir, p, false, database.as_deref(), tls)?);
+        servers.children.push(start_server_on(
+            dir,
+            p,
+            false,
+            database.as_deref(),
+            tls,
+            size.as_ref(),
+        )?);
         servers.ports.push(p);
     }
     Ok(servers)
@@ -104,16 +157,18 @@ pub(crate) fn start_servers(
 /// Starts the server over `dir`: trusting the dev key as a production key, or (`dev`) in dev
 /// mode with its demo councils and people.
 pub(crate) fn start_server(dir: &Path, port: u16, dev: bool) -> Result<Child, String> {
-    start_server_on(dir, port, dev, None, None)
+    start_server_on(dir, port, dev, None, None, None)
 }
 
-/// [`start_server`] over `database` (default: SQLite in `dir`), over TLS with `tls`.
+/// [`start_server`] over `database` (default: SQLite in `dir`), over TLS with `tls`, sized as
+/// one of several replicas with `size`.
 pub(crate) fn start_server_on(
     dir: &Path,
     port: u16,
     dev: bool,
     database: Option<&str>,
     tls: Option<&openssl::ssl::SslConnector>,
+    size: Option<&ReplicaSize>,
 ) -> Result<Child, String> {
     let exe = std::env::current_exe()
         .map_err(|e| e.to_string())?
@@ -134,6 +189,14 @@ pub(crate) fn start_server_on(
         command
             .env("CPIS_TLS_CERT_FILE", dir.join("dev-server.pem"))
             .env("CPIS_TLS_KEY_FILE", dir.join("dev-server.key"));
+    }
+    if let Some(size) = size {
+        if let Some(w) = &size.workers {
+            command.env("CPIS_WORKERS", w);
+        }
+        if let Some(w) = &size.writers {
+            command.env("CPIS_DB_WRITERS", w);
+        }
     }
     if dev {
         // The fuzzer creates subscriptions from mutated input: the server under it never posts
