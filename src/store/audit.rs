@@ -4,7 +4,7 @@
 use crate::store::columns::{CouncilList, JsonList};
 use diesel::prelude::*;
 
-use super::schema::{audit_events, audit_flags, audit_index, audit_patients};
+use super::schema::{audit_events, audit_index};
 use super::DbConn;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
@@ -137,40 +137,175 @@ fn flag_ids(disclosed: &[String]) -> impl Iterator<Item = &str> {
 }
 
 /// An index of the audit trail kept behind it rather than by each look-up (see the migrations
-/// `audit_by_flag` and `audit_by_patient`): after each lifecycle run every row up to a few minutes
-/// ago is indexed, and a search reads the index up to its reach and matches the rows after it
-/// one by one.
+/// `audit_by_flag`, `audit_by_patient` and `audit_by_agent`): after each lifecycle run every row
+/// up to a few minutes ago is indexed, and a search reads the index up to its reach and matches
+/// the rows after it one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrailIndex {
     /// Each Flag an access disclosed (`audit_flags`): the `entity` search.
     Flags,
     /// Each access's person (`audit_patients`): the audit team's `patient` search.
     Patients,
+    /// Each access's user (`audit_users`): the `agent` search.
+    Users,
+    /// Each access's organisation (`audit_orgs`): the `agent-org` search.
+    Orgs,
 }
 
+/// The columns of an audit row the behind-the-trail indexes are made from.
+#[derive(Queryable, Debug, Clone)]
+pub struct TrailKeys {
+    pub id: String,
+    pub patient: Option<String>,
+    /// As stored: a JSON array, `[]` for most rows.
+    pub disclosed: String,
+    pub user_id: String,
+    pub user_org: String,
+}
+
+type TrailKeyColumns = (
+    audit_events::id,
+    audit_events::patient,
+    audit_events::disclosed,
+    audit_events::user_id,
+    audit_events::user_org,
+);
+
+/// What [`TrailKeys`] is read with.
+pub const TRAIL_KEYS: TrailKeyColumns = (
+    audit_events::id,
+    audit_events::patient,
+    audit_events::disclosed,
+    audit_events::user_id,
+    audit_events::user_org,
+);
+
 impl TrailIndex {
-    pub const ALL: [TrailIndex; 2] = [TrailIndex::Flags, TrailIndex::Patients];
+    pub const ALL: [TrailIndex; 4] = [
+        TrailIndex::Flags,
+        TrailIndex::Patients,
+        TrailIndex::Users,
+        TrailIndex::Orgs,
+    ];
 
     /// Its row in `audit_index`.
     fn name(self) -> &'static str {
         match self {
             TrailIndex::Flags => "flags",
             TrailIndex::Patients => "patients",
+            TrailIndex::Users => "users",
+            TrailIndex::Orgs => "orgs",
         }
     }
 
-    /// The index's keys for one row (`flag_id` or `patient`); only the Flag index reads what
-    /// was disclosed.
-    fn keys_of(self, patient: Option<String>, disclosed: String) -> QueryResult<Vec<String>> {
+    /// Its table, and the table's key column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            TrailIndex::Flags => ("audit_flags", "flag_id"),
+            TrailIndex::Patients => ("audit_patients", "patient"),
+            TrailIndex::Users => ("audit_users", "user_id"),
+            TrailIndex::Orgs => ("audit_orgs", "user_org"),
+        }
+    }
+
+    /// The index's keys for one row; only the Flag index reads what was disclosed.
+    fn keys_of(self, row: &TrailKeys) -> QueryResult<Vec<String>> {
         Ok(match self {
-            TrailIndex::Flags if disclosed == "[]" => Vec::new(),
-            TrailIndex::Flags => flag_ids(&JsonList::from_column(disclosed)?)
+            TrailIndex::Flags if row.disclosed == "[]" => Vec::new(),
+            TrailIndex::Flags => flag_ids(&JsonList::from_column(row.disclosed.clone())?)
                 .map(str::to_owned)
                 .collect(),
-            TrailIndex::Patients => patient.into_iter().collect(),
+            TrailIndex::Patients => row.patient.iter().cloned().collect(),
+            TrailIndex::Users => vec![row.user_id.clone()],
+            TrailIndex::Orgs => vec![row.user_org.clone()],
         })
     }
+
+    /// Adds (`insert`) or removes one entry. Replicas may index at once: an entry already there
+    /// is kept once.
+    fn write_entry(
+        self,
+        conn: &mut DbConn,
+        insert: bool,
+        key: &str,
+        id: &str,
+    ) -> QueryResult<usize> {
+        use diesel::sql_types::Text;
+        let (table, column) = self.table();
+        let sql = match (insert, &*conn) {
+            (true, DbConn::Sqlite(_)) => {
+                format!("INSERT OR IGNORE INTO {table} ({column}, audit_id) VALUES (?, ?)")
+            }
+            (true, DbConn::Pg(_)) => format!(
+                "INSERT INTO {table} ({column}, audit_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            (false, DbConn::Sqlite(_)) => {
+                format!("DELETE FROM {table} WHERE {column} = ? AND audit_id = ?")
+            }
+            (false, DbConn::Pg(_)) => {
+                format!("DELETE FROM {table} WHERE {column} = $1 AND audit_id = $2")
+            }
+        };
+        diesel::sql_query(sql)
+            .bind::<Text, _>(key)
+            .bind::<Text, _>(id)
+            .execute(conn)
+    }
+
+    /// The rows this index finds for `key` up to `reach`, and after it those whose own column
+    /// matches (`tail`: an SQL condition around one bound value): one `id IN (… UNION ALL …)`. Several keys are joined by OR, which SQLite runs as one index search each
+    /// (MULTI-INDEX OR): written as an OR of the two halves, or with a constant-false seed
+    /// (`1 = 0 OR …`), SQLite walked the whole primary key instead.
+    fn matches(self, key: String, reach: &Reach, tail: Tail) -> Cond {
+        use diesel::sql_types::Text;
+        let (table, column) = self.table();
+        let through = reach.of(self).to_owned();
+        Box::new(
+            diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "audit_events.id IN (SELECT audit_id FROM {table} WHERE {column} = "
+            ))
+            .bind::<Text, _>(key)
+            .sql(" AND audit_id <= ")
+            .bind::<Text, _>(through.clone())
+            .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
+            .bind::<Text, _>(through)
+            .sql(&format!(" AND {}", tail.before))
+            .bind::<Text, _>(tail.value)
+            .sql(&format!("{})", tail.after)),
+        )
+    }
+
+    /// [`TrailIndex::matches`] for each of `keys`, joined by OR; `None` for no keys.
+    fn matches_any(
+        self,
+        keys: &[String],
+        reach: &Reach,
+        tail: impl Fn(&String) -> Tail,
+    ) -> Option<Cond> {
+        keys.iter()
+            .map(|k| self.matches(self.key_of(k), reach, tail(k)))
+            .reduce(|a, b| Box::new(a.or(b)))
+    }
+
+    /// A search value as the index keys it (`Flag/{id}` → `{id}`).
+    fn key_of(self, value: &str) -> String {
+        match self {
+            TrailIndex::Flags => value.strip_prefix("Flag/").unwrap_or(value).to_owned(),
+            _ => value.to_owned(),
+        }
+    }
 }
+
+/// How a search matches the rows after an index's reach: `{before} ? {after}`, `?` bound to
+/// `value`.
+struct Tail {
+    before: &'static str,
+    value: String,
+    after: &'static str,
+}
+
+type Cond =
+    Box<dyn BoxableExpression<audit_events::table, super::Db, SqlType = diesel::sql_types::Bool>>;
 
 /// How far an index reaches: every row with an id up to this one is in it.
 pub fn indexed_through(conn: &mut DbConn, index: TrailIndex) -> QueryResult<String> {
@@ -192,32 +327,28 @@ pub fn index_trail(
     limit: i64,
 ) -> QueryResult<bool> {
     let through = indexed_through(conn, index)?;
-    let rows: Vec<(String, Option<String>, String)> = audit_events::table
+    let rows: Vec<TrailKeys> = audit_events::table
         .filter(audit_events::id.gt(&through))
         .filter(audit_events::id.lt(before))
         .order(audit_events::id)
         .limit(limit)
-        .select((
-            audit_events::id,
-            audit_events::patient,
-            audit_events::disclosed,
-        ))
+        .select(TRAIL_KEYS)
         .load(conn)?;
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
     let reach = match (more, rows.last()) {
-        (true, Some((last, _, _))) => last.clone(),
+        (true, Some(last)) => last.id.clone(),
         _ => before.to_owned(),
     };
     let mut entries: Vec<(String, String)> = Vec::new();
-    for (id, patient, disclosed) in rows {
-        let keys = index.keys_of(patient, disclosed)?;
-        entries.extend(keys.into_iter().map(|k| (k, id.clone())));
+    for row in &rows {
+        let keys = index.keys_of(row)?;
+        entries.extend(keys.into_iter().map(|k| (k, row.id.clone())));
     }
     // In key order, so consecutive inserts land on the same pages.
     entries.sort_unstable();
     entries.dedup();
     for (key, id) in &entries {
-        insert_entry(conn, index, key, id)?;
+        index.write_entry(conn, true, key, id)?;
     }
     diesel::update(
         audit_index::table
@@ -229,54 +360,15 @@ pub fn index_trail(
     Ok(more)
 }
 
-fn insert_entry(conn: &mut DbConn, index: TrailIndex, key: &str, id: &str) -> QueryResult<usize> {
-    use audit_flags::dsl as af;
-    use audit_patients::dsl as ap;
-    match (index, conn) {
-        (TrailIndex::Flags, DbConn::Sqlite(c)) => diesel::insert_or_ignore_into(audit_flags::table)
-            .values((af::flag_id.eq(key), af::audit_id.eq(id)))
-            .execute(c),
-        (TrailIndex::Flags, DbConn::Pg(c)) => diesel::insert_into(audit_flags::table)
-            .values((af::flag_id.eq(key), af::audit_id.eq(id)))
-            .on_conflict_do_nothing()
-            .execute(c),
-        (TrailIndex::Patients, DbConn::Sqlite(c)) => {
-            diesel::insert_or_ignore_into(audit_patients::table)
-                .values((ap::patient.eq(key), ap::audit_id.eq(id)))
-                .execute(c)
-        }
-        (TrailIndex::Patients, DbConn::Pg(c)) => diesel::insert_into(audit_patients::table)
-            .values((ap::patient.eq(key), ap::audit_id.eq(id)))
-            .on_conflict_do_nothing()
-            .execute(c),
-    }
-}
-
-/// Removes the behind-the-trail indexes' entries of these audit rows (id, person, disclosed):
-/// retention removes the rows.
-pub fn delete_index_entries_of(
-    conn: &mut DbConn,
-    rows: &[(String, Option<String>, JsonList)],
-) -> QueryResult<usize> {
-    use audit_flags::dsl as af;
-    use audit_patients::dsl as ap;
+/// Removes the behind-the-trail indexes' entries of these audit rows: retention removes the
+/// rows.
+pub fn delete_index_entries_of(conn: &mut DbConn, rows: &[TrailKeys]) -> QueryResult<usize> {
     let mut n = 0;
-    for (id, patient, disclosed) in rows {
-        for flag in flag_ids(disclosed) {
-            n += diesel::delete(
-                audit_flags::table
-                    .filter(af::flag_id.eq(flag))
-                    .filter(af::audit_id.eq(id)),
-            )
-            .execute(conn)?;
-        }
-        if let Some(p) = patient {
-            n += diesel::delete(
-                audit_patients::table
-                    .filter(ap::patient.eq(p))
-                    .filter(ap::audit_id.eq(id)),
-            )
-            .execute(conn)?;
+    for row in rows {
+        for index in TrailIndex::ALL {
+            for key in index.keys_of(row)? {
+                n += index.write_entry(conn, false, &key, &row.id)?;
+            }
         }
     }
     Ok(n)
@@ -367,44 +459,52 @@ impl AuditFilter {
     /// How far the indexes this filter reads reach ([`indexed_through`]); nothing is read for
     /// an index the filter does not use.
     fn reach(&self, conn: &mut DbConn) -> QueryResult<Reach> {
-        Ok(Reach {
-            flags: if self.entities.is_empty() {
-                String::new()
-            } else {
-                indexed_through(conn, TrailIndex::Flags)?
-            },
-            patients: if self.patient.is_none() {
-                String::new()
-            } else {
-                indexed_through(conn, TrailIndex::Patients)?
-            },
-        })
+        let mut reach = Reach::default();
+        for (index, used) in [
+            (TrailIndex::Flags, !self.entities.is_empty()),
+            (TrailIndex::Patients, self.patient.is_some()),
+            (TrailIndex::Users, !self.agents.is_empty()),
+            (TrailIndex::Orgs, !self.orgs.is_empty()),
+        ] {
+            if used {
+                reach.0[index as usize] = indexed_through(conn, index)?;
+            }
+        }
+        Ok(reach)
     }
 
     /// `reach`: how far the behind-the-trail indexes reach ([`AuditFilter::reach`]); `cursor`:
     /// the page's keyset cursor and the order it pages in, when the caller adds one.
     fn query(&self, reach: &Reach, cursor: Option<(Order, &str)>) -> Boxed {
         use audit_events::dsl as a;
-        use diesel::sql_types::Text;
         let mut q: Boxed = audit_events::table.into_boxed();
-        if let Some(p) = &self.patient {
-            // Up to the index's reach through `audit_patients`, found by key whatever the
-            // trail's size; after it (the last minutes' rows), by matching `patient` along the
-            // primary key. The look-up keeps no index of every row's person (see the migration
-            // `audit_by_patient`).
-            q = q.filter(
-                diesel::dsl::sql::<diesel::sql_types::Bool>(
-                    "audit_events.id IN (SELECT audit_id FROM audit_patients WHERE patient = ",
-                )
-                .bind::<Text, _>(p.clone())
-                .sql(" AND audit_id <= ")
-                .bind::<Text, _>(reach.patients.clone())
-                .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
-                .bind::<Text, _>(reach.patients.clone())
-                .sql(" AND patient = ")
-                .bind::<Text, _>(p.clone())
-                .sql(")"),
-            );
+        // The person, users, organisations and Flags are found up to each index's reach through
+        // it, whatever the trail's size; after it (the last minutes' rows), by matching the
+        // row's own column along the primary key. The look-up indexes none of them itself (see
+        // the migrations `audit_by_patient` and `audit_by_agent`).
+        let same = |column: &'static str| {
+            move |v: &String| Tail {
+                before: column,
+                value: v.clone(),
+                after: "",
+            }
+        };
+        let behind = [
+            TrailIndex::Patients.matches_any(self.patient.as_slice(), reach, same("patient = ")),
+            TrailIndex::Users.matches_any(&self.agents, reach, same("user_id = ")),
+            TrailIndex::Orgs.matches_any(&self.orgs, reach, same("user_org = ")),
+            // `disclosed` is a JSON array of version-specific references.
+            TrailIndex::Flags.matches_any(&self.entities, reach, |e| Tail {
+                before: "disclosed LIKE ",
+                value: format!(
+                    "%\"Flag/{}/\\_history/%",
+                    like_literal(&TrailIndex::Flags.key_of(e))
+                ),
+                after: " ESCAPE '\\'",
+            }),
+        ];
+        for cond in behind.into_iter().flatten() {
+            q = q.filter(cond);
         }
         // SQLite starts an index range at the first bound it finds on that side of the column and
         // checks any other bound row by row. Where the cursor is the tighter bound on the same
@@ -428,9 +528,6 @@ impl AuditFilter {
             }
             q = q.filter(a::recorded.lt(*t));
         }
-        if !self.agents.is_empty() {
-            q = q.filter(a::user_id.eq_any(self.agents.clone()));
-        }
         if let Some((first, rest)) = self.names.split_first() {
             let like = |n: &String| format!("{}%", like_literal(&n.to_lowercase()));
             let mut cond: Box<
@@ -452,9 +549,6 @@ impl AuditFilter {
         if !self.roles.is_empty() {
             q = q.filter(a::user_role.eq_any(self.roles.clone()));
         }
-        if !self.orgs.is_empty() {
-            q = q.filter(a::user_org.eq_any(self.orgs.clone()));
-        }
         if !self.outcomes.is_empty() {
             q = q.filter(a::outcome.eq_any(self.outcomes.clone()));
         }
@@ -470,42 +564,6 @@ impl AuditFilter {
                     .or(a::councils.like(format!("% {c}")))
                     .or(a::councils.like(format!("% {c} %"))),
             );
-        }
-        if let Some((first, rest)) = self.entities.split_first() {
-            // Up to the index's reach through `audit_flags`, found by key whatever the trail's
-            // size; after it (the last minutes' rows), by matching `disclosed`, a JSON array of
-            // version-specific references. One `id IN (… UNION ALL …)` per Flag, several joined
-            // by OR (SQLite's MULTI-INDEX OR): written as an OR of the two halves, or with a
-            // constant-false seed (`1 = 0 OR …`), SQLite walked the whole primary key instead.
-            type Cond = Box<
-                dyn BoxableExpression<
-                    audit_events::table,
-                    super::Db,
-                    SqlType = diesel::sql_types::Bool,
-                >,
-            >;
-            let of = |e: &String| -> Cond {
-                let id = e.strip_prefix("Flag/").unwrap_or(e).to_owned();
-                let like = format!("%\"Flag/{}/\\_history/%", like_literal(&id));
-                Box::new(
-                    diesel::dsl::sql::<diesel::sql_types::Bool>(
-                        "audit_events.id IN (SELECT audit_id FROM audit_flags WHERE flag_id = ",
-                    )
-                    .bind::<Text, _>(id)
-                    .sql(" AND audit_id <= ")
-                    .bind::<Text, _>(reach.flags.clone())
-                    .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
-                    .bind::<Text, _>(reach.flags.clone())
-                    .sql(" AND disclosed LIKE ")
-                    .bind::<Text, _>(like)
-                    .sql(" ESCAPE '\\')"),
-                )
-            };
-            let mut cond = of(first);
-            for e in rest {
-                cond = Box::new(cond.or(of(e)));
-            }
-            q = q.filter(cond);
         }
         if !self.subtypes.is_empty() {
             q = q.filter(a::subtype.eq_any(self.subtypes.clone()));
@@ -532,9 +590,13 @@ impl AuditFilter {
 }
 
 /// How far each behind-the-trail index reaches, for one search (see [`TrailIndex`]).
-struct Reach {
-    flags: String,
-    patients: String,
+#[derive(Default)]
+struct Reach([String; TrailIndex::ALL.len()]);
+
+impl Reach {
+    fn of(&self, index: TrailIndex) -> &str {
+        &self.0[index as usize]
+    }
 }
 
 /// The order of an audit search: FHIR `_sort=-date` (newest first, the default) or `date`.

@@ -117,40 +117,25 @@ pub fn delete_people_without_flags(
 /// Deletes audit rows recorded before `before` (microseconds). Audit ids are UUIDv7, ordered by
 /// the time they were made, so the primary key bounds the scan to the old rows; `recorded` is
 /// checked too, so the result never depends on the two clocks agreeing.
-/// Their entries in the indexes kept behind the trail (`entity`, `patient`) go with them.
+/// Their entries in the indexes kept behind the trail (`entity`, `patient`, `agent`,
+/// `agent-org`) go with them.
 pub fn delete_audit_before(conn: &mut DbConn, before: i64) -> QueryResult<usize> {
     let bound = uuid_v7_floor(before / 1000);
     let mut after = String::new();
     loop {
-        let going: Vec<(String, Option<String>, String)> = audit_events::table
+        let going: Vec<crate::store::audit::TrailKeys> = audit_events::table
             .filter(audit_events::id.lt(&bound))
             .filter(audit_events::id.gt(&after))
             .filter(audit_events::recorded.lt(before))
             .order(audit_events::id)
             .limit(5_000)
-            .select((
-                audit_events::id,
-                audit_events::patient,
-                audit_events::disclosed,
-            ))
+            .select(crate::store::audit::TRAIL_KEYS)
             .load(conn)?;
-        let Some((last, _, _)) = going.last() else {
+        let Some(last) = going.last() else {
             break;
         };
-        after = last.clone();
-        let rows = going
-            .into_iter()
-            .map(|(id, p, d)| {
-                // Most rows disclosed nothing: no JSON to read.
-                let list = if d == "[]" {
-                    crate::store::columns::JsonList::default()
-                } else {
-                    crate::store::columns::JsonList::from_column(d)?
-                };
-                Ok((id, p, list))
-            })
-            .collect::<QueryResult<Vec<_>>>()?;
-        crate::store::audit::delete_index_entries_of(conn, &rows)?;
+        after = last.id.clone();
+        crate::store::audit::delete_index_entries_of(conn, &going)?;
     }
     diesel::delete(
         audit_events::table

@@ -73,6 +73,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     audit_flags,
     audit_patients,
+    audit_users,
+    audit_orgs,
     audit_index,
     subscriptions,
     notifications,
@@ -133,6 +135,22 @@ diesel::table! {
     /// Each access's person, keyed by the person (the audit team's `patient` search).
     audit_patients (patient, audit_id) {
         patient -> Text,
+        audit_id -> Text,
+    }
+}
+
+diesel::table! {
+    /// Each access's user, keyed by the user (the audit team's `agent` search).
+    audit_users (user_id, audit_id) {
+        user_id -> Text,
+        audit_id -> Text,
+    }
+}
+
+diesel::table! {
+    /// Each access's organisation, keyed by the organisation (the `agent-org` search).
+    audit_orgs (user_org, audit_id) {
+        user_org -> Text,
         audit_id -> Text,
     }
 }

@@ -400,7 +400,7 @@ async fn accesses_recorded_before_the_entity_index_existed_are_found_by_entity_b
     // The database as the version before the index left it: no index, its migration (and the
     // one after it, which needs it) not yet run.
     let undo = format!(
-        "{UNDO_PERSON_INDEX} DROP TABLE audit_flags; DROP TABLE audit_index; \
+        "{UNDO_AGENT_INDEX} {UNDO_PERSON_INDEX} DROP TABLE audit_flags; DROP TABLE audit_index; \
                 DELETE FROM __diesel_schema_migrations WHERE version = '20261207000008';"
     );
     app.tamper(&undo, &undo);
@@ -445,7 +445,8 @@ async fn accesses_are_found_by_person_on_either_side_of_the_person_index_s_reach
     for nhs in [NHS_1, NHS_1, NHS_2] {
         assert_eq!(app.lookup(&c, nhs, "", &[]).await.status, 200);
     }
-    app.tamper(UNDO_PERSON_INDEX, UNDO_PERSON_INDEX);
+    let undo = format!("{UNDO_AGENT_INDEX} {UNDO_PERSON_INDEX}");
+    app.tamper(&undo, &undo);
     let app = app.restart().await;
     // The restarted server's ids are made afresh: a second on, each search's own audit row is
     // newer than the accesses it pages through (within one frozen millisecond it might not be).
@@ -495,4 +496,89 @@ async fn accesses_are_found_by_person_on_either_side_of_the_person_index_s_reach
     let all = app.audit_ids_about(NHS_1);
     assert!(shown.iter().all(|id| all.contains(id)));
     assert!(shown.windows(2).all(|w| w[0] > w[1]), "newest first");
+}
+
+/// Takes the database back to before the user and organisation indexes (migration
+/// `audit_by_agent`): every row's user and organisation indexed by the look-up itself.
+const UNDO_AGENT_INDEX: &str = "DROP TABLE audit_users; DROP TABLE audit_orgs; \
+    DELETE FROM audit_index WHERE name IN ('users', 'orgs'); \
+    CREATE INDEX audit_events_by_user ON audit_events (user_id, id); \
+    CREATE INDEX audit_events_by_org ON audit_events (user_org, id); \
+    DELETE FROM __diesel_schema_migrations WHERE version = '20261207000010';";
+
+#[actix_rt::test]
+async fn accesses_are_found_by_user_and_by_organisation_on_either_side_of_their_indexes_reach() {
+    let app = TestApp::spawn().await;
+    app.given_flag(LA_A, NHS_1, "PLAN-A").await;
+    let ann = user(&app, "ann", Role::Clinician, "RDE01");
+    let bob = user(&app, "bob", Role::ClinicianScheduled, "RDE01");
+    let cat = user(&app, "cat", Role::Clinician, "RBB02");
+    for (token, nhs) in [(&ann, NHS_1), (&ann, NHS_2), (&bob, NHS_1), (&cat, NHS_1)] {
+        assert_eq!(app.lookup(token, nhs, "", &[]).await.status, 200);
+    }
+    app.tamper(UNDO_AGENT_INDEX, UNDO_AGENT_INDEX);
+    let app = app.restart().await;
+    // A second on, each search's own audit row is newer than the accesses it pages through.
+    app.advance(1);
+    // Every search as the audit team makes it, against the rows read straight from the
+    // database: one at a time and all at once, one value and two.
+    let check = |stage: &'static str| {
+        let app = &app;
+        async move {
+            for (query, agents, orgs) in [
+                ("agent=ann", vec!["ann"], vec![]),
+                ("agent=cat", vec!["cat"], vec![]),
+                ("agent=ann,cat", vec!["ann", "cat"], vec![]),
+                ("agent-org=RDE01", vec![], vec!["RDE01"]),
+                ("agent-org=RBB02,RDE01", vec![], vec!["RBB02", "RDE01"]),
+                ("agent=bob&agent-org=RDE01", vec!["bob"], vec!["RDE01"]),
+            ] {
+                let mut expected: Vec<String> = Vec::new();
+                match (agents.as_slice(), orgs.as_slice()) {
+                    ([a], [o]) => expected = app.audit_ids_of(Some(a), Some(o)),
+                    (_, []) => agents
+                        .iter()
+                        .for_each(|a| expected.extend(app.audit_ids_of(Some(a), None))),
+                    _ => orgs
+                        .iter()
+                        .for_each(|o| expected.extend(app.audit_ids_of(None, Some(o)))),
+                }
+                expected.sort_unstable_by(|a, b| b.cmp(a));
+                assert!(!expected.is_empty(), "{stage}: {query}");
+                for count in [1, 100] {
+                    assert_eq!(
+                        app.audit_ids_searched(query, count).await,
+                        expected,
+                        "{stage}: {query}, {count} a page"
+                    );
+                }
+            }
+        }
+    };
+    check("before any indexing").await;
+    assert_eq!(app.rows_in("audit_users") + app.rows_in("audit_orgs"), 0);
+    // The next lifecycle run indexes every row more than ten minutes old: each row's user and
+    // organisation, once.
+    app.advance(11 * 60);
+    app.purge().await;
+    for (table, name) in [("audit_users", "users"), ("audit_orgs", "orgs")] {
+        assert_eq!(
+            app.rows_in(table),
+            app.rows_in(&format!(
+                "audit_events WHERE id <= (SELECT through FROM audit_index WHERE name = '{name}')"
+            )),
+            "{table}"
+        );
+    }
+    assert_eq!(
+        app.rows_in("audit_users WHERE user_id = 'ann'"),
+        2,
+        "ann's two look-ups"
+    );
+    check("all indexed").await;
+    // Newer accesses, not yet indexed, are found beside the indexed ones.
+    for token in [&ann, &cat, &bob] {
+        assert_eq!(app.lookup(token, NHS_1, "", &[]).await.status, 200);
+    }
+    check("either side of the reach").await;
 }

@@ -399,6 +399,27 @@ impl TestApp {
             .expect("audit ids")
     }
 
+    /// Every audit row of one user (`agent`) or one organisation (`org`), newest first, read
+    /// straight from the database.
+    pub fn audit_ids_of(&self, agent: Option<&str>, org: Option<&str>) -> Vec<String> {
+        use cpis_fhir::store::schema::audit_events as a;
+        use diesel::prelude::*;
+        let (agent, org) = (agent.map(str::to_owned), org.map(str::to_owned));
+        Store::open(&self.db_url, 1)
+            .expect("store")
+            .read_blocking(move |c| {
+                let mut q = a::table.select(a::id).order(a::id.desc()).into_boxed();
+                if let Some(u) = agent {
+                    q = q.filter(a::user_id.eq(u));
+                }
+                if let Some(o) = org {
+                    q = q.filter(a::user_org.eq(o));
+                }
+                Ok::<_, cpis_fhir::store::StoreError>(q.load::<String>(c)?)
+            })
+            .expect("audit ids")
+    }
+
     /// Rows in the audit trail, read straight from the database.
     pub fn audit_count(&self) -> i64 {
         let store = Store::open(&self.db_url, 1).expect("store");
@@ -708,10 +729,18 @@ impl TestApp {
     /// The ids of every audit record about a person, as the audit team pages through them
     /// `count` at a time, newest first.
     pub async fn audit_ids_paged(&self, nhs: &str, count: usize) -> Vec<String> {
+        self.audit_ids_searched(
+            &format!("patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}"),
+            count,
+        )
+        .await
+    }
+
+    /// The ids an auditor's `GET /AuditEvent?{query}` finds, `count` to a page, following
+    /// every `next` link.
+    pub async fn audit_ids_searched(&self, query: &str, count: usize) -> Vec<String> {
         let t = self.token(Role::Auditor, "X26");
-        let mut next = Some(format!(
-            "/AuditEvent?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}&_count={count}"
-        ));
+        let mut next = Some(format!("/AuditEvent?{query}&_count={count}"));
         let (mut ids, mut pages) = (Vec::new(), 0);
         while let Some(path) = next.take() {
             let r = self.get(&path, &t).await;

@@ -345,6 +345,7 @@ async fn the_accesses_to_a_plan_are_found_by_entity_after_its_record_has_gone_an
         app.rows_in(&format!("audit_events WHERE patient = '{NHS_1}'")),
         "every access to the person indexed by person too"
     );
+    assert!(app.rows_in("audit_users") >= 1 && app.rows_in("audit_orgs") >= 1);
     assert_eq!(flag(&app, &id).await.status, 404);
     let found = app.audit_search(&by_flag).await;
     assert_eq!(found.len(), 1, "the access is still found by the Flag");
@@ -357,10 +358,14 @@ async fn the_accesses_to_a_plan_are_found_by_entity_after_its_record_has_gone_an
     assert!(parameter(&p, "auditEventsRemoved").as_i64().unwrap() >= 1);
     assert!(app.audit_search(&by_flag).await.is_empty());
     assert_eq!(app.rows_in("audit_flags"), 0);
-    assert_eq!(
-        app.rows_in("audit_patients WHERE audit_id NOT IN (SELECT id FROM audit_events)"),
-        0,
-        "the person index's entries leave with their rows"
-    );
+    for index in ["audit_patients", "audit_users", "audit_orgs"] {
+        assert_eq!(
+            app.rows_in(&format!(
+                "{index} WHERE audit_id NOT IN (SELECT id FROM audit_events)"
+            )),
+            0,
+            "{index}: the entries leave with their rows"
+        );
+    }
     assert!(app.audit_ids_paged(NHS_1, 10).await.is_empty());
 }
