@@ -253,20 +253,30 @@ impl TrailIndex {
     }
 
     /// The rows this index finds for `key` up to `reach`, and after it those whose own column
-    /// matches (`tail`: an SQL condition around one bound value): one `id IN (… UNION ALL …)`. Several keys are joined by OR, which SQLite runs as one index search each
-    /// (MULTI-INDEX OR): written as an OR of the two halves, or with a constant-false seed
-    /// (`1 = 0 OR …`), SQLite walked the whole primary key instead.
-    fn matches(self, key: String, reach: &Reach, tail: Tail) -> Cond {
+    /// matches (`tail`: an SQL condition around one bound value): one `id IN (… UNION ALL …)`.
+    /// Several keys are joined by OR, which SQLite runs as one index search each (MULTI-INDEX
+    /// OR): written as an OR of the two halves, or with a constant-false seed (`1 = 0 OR …`),
+    /// SQLite walked the whole primary key instead.
+    fn matches(self, key: String, reach: &Reach, span: &Span, tail: Tail) -> Cond {
         use diesel::sql_types::Text;
         let (table, column) = self.table();
         let through = reach.of(self).to_owned();
+        // The index is read only inside the search's id span (its dates and its cursor): an
+        // organisation's later pages, or its accesses in one month, do not gather every id it
+        // has. The span may include a bound's own id; the outer conditions leave it out.
+        let upto = match &span.highest {
+            Some(h) if *h < through => h.clone(),
+            _ => through.clone(),
+        };
         Box::new(
             diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
                 "audit_events.id IN (SELECT audit_id FROM {table} WHERE {column} = "
             ))
             .bind::<Text, _>(key)
+            .sql(" AND audit_id >= ")
+            .bind::<Text, _>(span.lowest.clone())
             .sql(" AND audit_id <= ")
-            .bind::<Text, _>(through.clone())
+            .bind::<Text, _>(upto)
             .sql(" UNION ALL SELECT id FROM audit_events WHERE id > ")
             .bind::<Text, _>(through)
             .sql(&format!(" AND {}", tail.before))
@@ -280,10 +290,11 @@ impl TrailIndex {
         self,
         keys: &[String],
         reach: &Reach,
+        span: &Span,
         tail: impl Fn(&String) -> Tail,
     ) -> Option<Cond> {
         keys.iter()
-            .map(|k| self.matches(self.key_of(k), reach, tail(k)))
+            .map(|k| self.matches(self.key_of(k), reach, span, tail(k)))
             .reduce(|a, b| Box::new(a.or(b)))
     }
 
@@ -294,6 +305,13 @@ impl TrailIndex {
             _ => value.to_owned(),
         }
     }
+}
+
+/// The ids a search can match, from its dates and its cursor: at least `lowest`, at most
+/// `highest`, both bounds included.
+struct Span {
+    lowest: String,
+    highest: Option<String>,
 }
 
 /// How a search matches the rows after an index's reach: `{before} ? {after}`, `?` bound to
@@ -473,6 +491,30 @@ impl AuditFilter {
         Ok(reach)
     }
 
+    /// The ids this filter's dates and a page's `cursor` leave possible (see [`Span`]).
+    fn span(&self, cursor: Option<(Order, &str)>) -> Span {
+        let mut lowest = self
+            .recorded_from
+            .iter()
+            .map(|t| first_id_at(*t))
+            .max()
+            .unwrap_or_default();
+        // Rows of the same millisecond share the id prefix: the bound is the next one's.
+        let mut highest = self
+            .recorded_before
+            .iter()
+            .map(|t| first_id_at(t.saturating_add(999)))
+            .min();
+        match cursor {
+            Some((Order::OldestFirst, c)) if c > lowest.as_str() => lowest = c.to_owned(),
+            Some((Order::NewestFirst, c)) if highest.as_deref().is_none_or(|h| c < h) => {
+                highest = Some(c.to_owned())
+            }
+            _ => {}
+        }
+        Span { lowest, highest }
+    }
+
     /// `reach`: how far the behind-the-trail indexes reach ([`AuditFilter::reach`]); `cursor`:
     /// the page's keyset cursor and the order it pages in, when the caller adds one.
     fn query(&self, reach: &Reach, cursor: Option<(Order, &str)>) -> Boxed {
@@ -489,12 +531,18 @@ impl AuditFilter {
                 after: "",
             }
         };
+        let span = self.span(cursor);
         let behind = [
-            TrailIndex::Patients.matches_any(self.patient.as_slice(), reach, same("patient = ")),
-            TrailIndex::Users.matches_any(&self.agents, reach, same("user_id = ")),
-            TrailIndex::Orgs.matches_any(&self.orgs, reach, same("user_org = ")),
+            TrailIndex::Patients.matches_any(
+                self.patient.as_slice(),
+                reach,
+                &span,
+                same("patient = "),
+            ),
+            TrailIndex::Users.matches_any(&self.agents, reach, &span, same("user_id = ")),
+            TrailIndex::Orgs.matches_any(&self.orgs, reach, &span, same("user_org = ")),
             // `disclosed` is a JSON array of version-specific references.
-            TrailIndex::Flags.matches_any(&self.entities, reach, |e| Tail {
+            TrailIndex::Flags.matches_any(&self.entities, reach, &span, |e| Tail {
                 before: "disclosed LIKE ",
                 value: format!(
                     "%\"Flag/{}/\\_history/%",

@@ -179,20 +179,25 @@ fn event_kinds(p: &Params, f: &mut audit_store::AuditFilter) -> Result<(), ApiEr
     Ok(())
 }
 
-/// The most Flags one search asks about: each is a subquery of its own, and thousands (one
-/// 8 KiB query string of short ids) could pass SQLite's expression-depth limit (a 500).
-const MAX_ENTITIES: usize = 100;
+/// The most Flags, users or organisations one search asks about: each is a subquery of its own
+/// (an index kept behind the trail, see `store::audit::TrailIndex`), and thousands (one 8 KiB
+/// query string of short values) could pass SQLite's expression-depth limit (a 500).
+const MAX_ALTERNATIVES: usize = 100;
+
+/// `values` of `name`, refused when there are more than [`MAX_ALTERNATIVES`].
+fn at_most(values: Vec<String>, name: &str, what: &str) -> Result<Vec<String>, ApiError> {
+    if values.len() > MAX_ALTERNATIVES {
+        return Err(invalid(
+            name,
+            format!("at most {MAX_ALTERNATIVES} {what} in one search"),
+        ));
+    }
+    Ok(values)
+}
 
 /// `entity=Flag/{id}` (or a bare id): accesses that disclosed any version of that Flag.
 fn entities(p: &Params) -> Result<Vec<String>, ApiError> {
-    let values = whole(p, "entity");
-    if values.len() > MAX_ENTITIES {
-        return Err(invalid(
-            "entity",
-            format!("at most {MAX_ENTITIES} Flags in one search"),
-        ));
-    }
-    values
+    at_most(whole(p, "entity"), "entity", "Flags")?
         .into_iter()
         .map(|v| {
             let id = v.strip_prefix("Flag/").unwrap_or(&v);
@@ -223,10 +228,10 @@ pub(crate) fn trail_filter(
 ) -> Result<Option<audit_store::AuditFilter>, ApiError> {
     let mut f = audit_store::AuditFilter {
         patient: nhs.as_ref().map(|n| n.as_str().to_owned()),
-        agents: owned(p, "agent"),
+        agents: at_most(owned(p, "agent"), "agent", "users")?,
         names: whole(p, "agent-name"),
         roles: owned(p, "agent-role"),
-        orgs: ods_values(p, "agent-org")?,
+        orgs: at_most(ods_values(p, "agent-org")?, "agent-org", "organisations")?,
         entities: entities(p)?,
         subtypes: owned(p, "subtype"),
         sources: whole(p, "source"),
