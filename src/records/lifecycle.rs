@@ -349,9 +349,9 @@ pub const INDEX_LAG: chrono::TimeDelta = chrono::TimeDelta::microseconds(INDEX_L
 /// Rows read per indexing job (each a writer job, so look-ups go between them).
 const INDEX_CHUNK: i64 = 5_000;
 
-/// Brings the audit trail's indexes kept behind it (the `entity` and `patient` searches') up to
-/// ten minutes before `now`, or as far as they got when `stop` says so; how many jobs it took.
-/// After an upgrade the first call indexes the whole trail.
+/// Brings the audit trail's indexes kept behind it (the `entity`, `patient`, `agent` and
+/// `agent-org` searches') up to ten minutes before `now`, or as far as they got when `stop`
+/// says so; how many jobs it took. After an upgrade the first call indexes the whole trail.
 pub fn index_audit(
     store: &Store,
     now: DateTime<Utc>,

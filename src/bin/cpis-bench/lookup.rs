@@ -41,8 +41,8 @@ pub(crate) fn register_for(args: &Args) -> Result<(PathBuf, String, bool), Strin
         )?;
     }
     println!("audit trail            {} rows", have.max(args.trail_rows));
-    // The lifecycle run indexes the trail behind it (the audit team's `entity` and `patient`
-    // searches); brought up to date here, with no server running (every row is committed), so
+    // The lifecycle run indexes the trail behind it (the audit team's `entity`, `patient`,
+    // `agent` and `agent-org` searches); brought up to date here, with no server running (every row is committed), so
     // that a run measures the look-up rather than the indexing of earlier runs' rows.
     let t = Instant::now();
     let jobs = cpis_fhir::records::lifecycle::index_audit(

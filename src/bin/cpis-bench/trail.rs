@@ -140,12 +140,13 @@ pub(crate) fn build(store: &Store, rows: u64, now: i64) -> Result<(), String> {
         "built a trail of {rows} AuditEvents in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // As the lifecycle's run after an upgrade would: the `entity` and `patient` searches' indexes.
+    // As the lifecycle's run after an upgrade would: the indexes of the `entity`, `patient`,
+    // `agent` and `agent-org` searches.
     let t = Instant::now();
     let now = store::from_micros(now);
     cpis_fhir::records::lifecycle::index_audit(store, now, &|| false).map_err(|e| e.to_string())?;
     println!(
-        "indexed its Flags and people in {:.1} s",
+        "indexed its Flags, people, users and organisations in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
