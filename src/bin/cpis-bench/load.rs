@@ -173,6 +173,7 @@ pub(crate) fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
     );
     let servers = start_servers(dir, args.port, &args.database, args.replicas, None)?;
     let ports = servers.ports.clone();
+    let cpu_before = servers.cpu_seconds();
     let queue = Arc::new(std::sync::Mutex::new(work.into_iter().collect::<Vec<_>>()));
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -218,6 +219,10 @@ pub(crate) fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         }
     }
     let elapsed = started.elapsed();
+    let cpu = servers
+        .cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let rss = servers.stop();
     if let Some(e) = failure {
         return Err(e);
@@ -257,6 +262,12 @@ pub(crate) fn load_into(args: &LoadArgs, dir: &Path) -> Result<(), String> {
         "resources/s            {:.0}",
         total as f64 / elapsed.as_secs_f64()
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "server CPU             {cpu:.1} s, {:.0} µs per resource",
+            cpu * 1e6 / total.max(1) as f64
+        );
+    }
     println!("Bundle latency p50     {} ms", pct(0.5));
     println!("Bundle latency p99     {} ms", pct(0.99));
     match rss {

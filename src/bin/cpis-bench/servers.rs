@@ -95,6 +95,23 @@ impl Servers {
         }
         rss
     }
+
+    /// CPU time (user and system) the server processes have used so far, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        self.children.iter().map(|c| cpu_seconds_of(c.id())).sum()
+    }
+}
+
+/// User plus system CPU time of a process, from `/proc/{pid}/stat` (fields 14 and 15, in
+/// clock ticks of 1/100 s: Linux's `USER_HZ` is 100 wherever this benchmark runs).
+pub(crate) fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
 }
 
 /// The benchmark's TLS client: trusts the data directory's development CA, whose server
