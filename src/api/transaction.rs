@@ -17,12 +17,12 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::api::http::{check_resource, parse_etag, receive, Received};
+use crate::api::http::{check_base, check_profile, parse_etag, receive, Received};
 use crate::api::update::patient_for_id;
 use crate::api::write::{self, check_plan_ref, Done, FlagTarget, Op, PlanRef, Shown};
 use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
-use crate::fhir::transaction::{self as bundle, EntryRequest, EntryResponse, Kind};
+use crate::fhir::transaction::{self as bundle, EntryOutcome, EntryRequest, EntryResponse, Kind};
 use crate::fhir::{format, json, patient};
 use crate::nhs_number::NhsNumber;
 use crate::records::policy::{decide, Action};
@@ -91,7 +91,7 @@ pub async fn submit(
                     ),
                 })
                 .collect();
-            format::render(&bundle::response(kind, entries, now), answer_in)
+            format::render_doc(&bundle::response(kind, entries, now), answer_in)
                 .map(|body| (body, answer_in.content_type()))
         })
         .await??;
@@ -373,7 +373,7 @@ fn accepted(state: &AppState, done: Done, representation: bool) -> EntryResponse
         } else {
             None
         },
-        outcome: bundle::success_outcome(note.as_deref()),
+        outcome: EntryOutcome::Accepted(note),
     }
 }
 
@@ -420,7 +420,7 @@ fn refused(e: ApiError, room: &mut usize) -> EntryResponse {
         version: None,
         updated_at: None,
         resource: None,
-        outcome,
+        outcome: EntryOutcome::Refused(outcome),
     }
 }
 
@@ -523,6 +523,9 @@ fn resolve_references(
     }
 }
 
+/// The checks of an entry's resource before it is read into the domain: its type, the server's
+/// own rules and the CP-IS profile. The FHIR R4 base definitions come after, on the resource
+/// the entry has finished with ([`then_base`]).
 fn checked(state: &AppState, resource: &Value, expected: &str) -> Result<(), ApiError> {
     let found = resource.get("resourceType").and_then(Value::as_str);
     if found != Some(expected) {
@@ -539,7 +542,15 @@ fn checked(state: &AppState, resource: &Value, expected: &str) -> Result<(), Api
     if !empties.is_empty() {
         return Err(ApiError::Invalid(empties));
     }
-    check_resource(state, resource, expected)
+    check_profile(state, resource, expected)
+}
+
+/// `read` (what the entry's resource says, or why it could not be read), unless the resource
+/// breaks the FHIR R4 base definitions: that refusal comes first, as for a single resource
+/// (`check_resource`), and the resource is not copied to be checked.
+fn then_base<T>(resource: Value, read: Result<T, ApiError>) -> Result<T, ApiError> {
+    check_base(resource)?;
+    read
 }
 
 fn unsupported(e: &EntryRequest) -> ApiError {
@@ -576,42 +587,44 @@ fn entry_op(
         NhsNumber::parse(id, allow_test)
             .map_err(|err| ApiError::InvalidSearch(format!("Patient/{{id}}: {err}")))
     };
-    let mut resource = e.resource.take();
+    let resource = e.resource.take();
     match (e.method.as_str(), path.as_slice(), query) {
         ("POST", ["Patient"], None) => {
-            let r = resource.as_ref().ok_or_else(|| unsupported(&e))?;
-            checked(state, r, "Patient")?;
-            let input = patient::parse(r, allow_test, state.now().date_naive())
-                .map_err(ApiError::Unprocessable)?;
-            Ok(Op::CreatePatient(input))
+            let r = resource.ok_or_else(|| unsupported(&e))?;
+            checked(state, &r, "Patient")?;
+            let input = patient::parse(&r, allow_test, state.now().date_naive())
+                .map_err(ApiError::Unprocessable);
+            Ok(Op::CreatePatient(then_base(r, input)?))
         }
         ("PUT", ["Patient", id], None) => {
             let nhs = nhs_of(id)?;
-            let r = resource.as_ref().ok_or_else(|| unsupported(&e))?;
-            checked(state, r, "Patient")?;
-            if r.get("id").and_then(Value::as_str) != Some(nhs.as_str()) {
-                return Err(ApiError::Invalid(vec![Issue::new(
+            let r = resource.ok_or_else(|| unsupported(&e))?;
+            checked(state, &r, "Patient")?;
+            let input = if r.get("id").and_then(Value::as_str) != Some(nhs.as_str()) {
+                Err(ApiError::Invalid(vec![Issue::new(
                     "invalid",
                     "Patient.id",
                     format!(
                         "Patient.id must be present and equal the id in the request URL ({nhs})"
                     ),
-                )]));
-            }
-            let input = patient_for_id(r, &nhs, state)?;
+                )]))
+            } else {
+                patient_for_id(&r, &nhs, state)
+            };
             Ok(Op::PutPatient {
                 expected,
-                input,
+                input: then_base(r, input)?,
                 visible_since: crate::api::read::visible_since(state),
             })
         }
         ("DELETE", ["Patient", id], None) => Ok(Op::DeletePatient(nhs_of(id)?)),
         ("POST", ["Flag"], None) | ("PUT", ["Flag"], Some(_)) | ("PUT", ["Flag", _], None) => {
-            let r = resource.as_mut().ok_or_else(|| unsupported(&e))?;
-            resolve_references(r, targets)?;
-            checked(state, r, "Flag")?;
-            let input = write::flag_input(state, caller, r)?;
+            let mut r = resource.ok_or_else(|| unsupported(&e))?;
+            resolve_references(&mut r, targets)?;
+            checked(state, &r, "Flag")?;
+            let input = write::flag_input(state, caller, &r);
             let body_id = r.get("id").and_then(Value::as_str).map(str::to_owned);
+            let input = then_base(r, input)?;
             match (e.method.as_str(), path.as_slice(), query) {
                 ("POST", _, _) => Ok(Op::CreateFlag {
                     condition: e.if_none_exist.as_deref().map(plan_ref).transpose()?,

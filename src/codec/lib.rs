@@ -59,7 +59,13 @@ pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
 
 /// Checks a JSON resource against the FHIR R4 base definitions (types and elements).
 pub fn check_json(value: &Value) -> Result<(), CodecError> {
-    let value = value.clone();
+    check_json_owned(value.clone())
+}
+
+/// [`check_json`] of a resource the caller no longer needs: fhirbolt reads a JSON value only by
+/// taking it, and copying a resource to lend it costs a bulk Bundle's checks about a tenth of
+/// their time.
+pub fn check_json_owned(value: Value) -> Result<(), CodecError> {
     match catch_unwind(AssertUnwindSafe(move || check_typed(value))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CodecError::Invalid(e.to_string())),

@@ -33,7 +33,16 @@ fn xml_issue(text: &str) -> Issue {
 
 /// Checks a JSON resource against the FHIR R4 base definitions (types and elements).
 pub fn check_json(value: &Value) -> Result<(), Issue> {
-    cpis_fhir_codec::check_json(value).map_err(|e| match e {
+    cpis_fhir_codec::check_json(value).map_err(base_issue)
+}
+
+/// [`check_json`] of a resource the caller no longer needs (it is not copied).
+pub fn check_json_owned(value: Value) -> Result<(), Issue> {
+    cpis_fhir_codec::check_json_owned(value).map_err(base_issue)
+}
+
+fn base_issue(e: CodecError) -> Issue {
+    match e {
         CodecError::Invalid(text) => Issue::general(
             "structure",
             format!("the body is not a valid FHIR R4 resource: {text}"),
@@ -42,7 +51,7 @@ pub fn check_json(value: &Value) -> Result<(), Issue> {
             "structure",
             "the body could not be read as a FHIR R4 resource",
         ),
-    })
+    }
 }
 
 /// Renders a JSON resource (including Bundles with nested resources) as FHIR XML.

@@ -109,6 +109,12 @@ pub fn allowed_char(c: char) -> bool {
     !c.is_control() || matches!(c, '\t' | '\n' | '\r')
 }
 
+/// `[i]` on the path, without a string made for the number (a Bundle has thousands of entries).
+fn push_index(path: &mut String, i: usize) {
+    use std::fmt::Write;
+    let _ = write!(path, "[{i}]");
+}
+
 /// Lists every string value (and property name) holding a character FHIR strings forbid, with
 /// its location. In a Bundle, `entry[].resource` is skipped: each entry's resource is checked
 /// on its own, so one bad entry of a batch does not refuse the others.
@@ -141,9 +147,7 @@ fn controls(v: &Value, path: &mut String, bundle: bool, depth: usize, out: &mut 
         Value::Array(items) => {
             let len = path.len();
             for (i, item) in items.iter().enumerate() {
-                path.push('[');
-                path.push_str(&i.to_string());
-                path.push(']');
+                push_index(path, i);
                 controls(item, path, bundle, depth + 1, out);
                 path.truncate(len);
             }
@@ -189,9 +193,7 @@ fn walk(v: &Value, path: &mut String, in_array: bool, out: &mut Issues) {
         Value::Array(items) => {
             let len = path.len();
             for (i, item) in items.iter().enumerate() {
-                path.push('[');
-                path.push_str(&i.to_string());
-                path.push(']');
+                push_index(path, i);
                 walk(item, path, true, out);
                 path.truncate(len);
             }

@@ -3,10 +3,10 @@
 //! `transaction-response` / `batch-response` with a status, location, ETag and outcome per
 //! entry. What the entries mean is `api::transaction`'s business.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Issue, SubmissionResult};
-use crate::fhir::bundle::Bundle;
 use crate::fhir::instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +206,7 @@ fn entry(e: Value, index: usize, base_url: &str) -> Result<EntryRequest, Vec<Iss
         resource,
     })
 }
-
-/// What one entry came to, for the response Bundle.
+/// One entry's result, as the response Bundle shows it.
 pub struct EntryResponse {
     /// `201 Created`, `200 OK`, …
     pub status: String,
@@ -217,59 +216,204 @@ pub struct EntryResponse {
     pub updated_at: Option<i64>,
     /// The resource itself, when the client asked for it (`Prefer: return=representation`).
     pub resource: Option<Value>,
-    /// An OperationOutcome: the explanation of a refused entry, or the success code.
-    pub outcome: Value,
+    pub outcome: EntryOutcome,
 }
+
+/// The OperationOutcome of an entry.
+pub enum EntryOutcome {
+    /// Accepted: the CP-IS success code (CPR06), with the server's note where it has one.
+    Accepted(Option<String>),
+    /// Refused: the OperationOutcome explaining why, with its CP-IS result code.
+    Refused(Value),
+}
+
+/// The success code's `coding`, the same for every accepted entry.
+static SUCCESS_CODING: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| SubmissionResult::Success.coding());
 
 /// The outcome shown for an entry that was accepted, with the CP-IS success code.
 pub fn success_outcome(text: Option<&str>) -> Value {
-    let result = SubmissionResult::Success;
     json!({
         "resourceType": "OperationOutcome",
         "issue": [{
             "severity": "information",
             "code": "informational",
-            "details": { "coding": [result.coding()] },
+            "details": { "coding": [&*SUCCESS_CODING] },
             "diagnostics": text.unwrap_or("accepted"),
         }],
     })
 }
 
-pub fn response(kind: Kind, entries: Vec<EntryResponse>, now: i64) -> Value {
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .map(|e| {
-            let mut response = json!({ "status": e.status });
-            if let Some(l) = &e.location {
-                response["location"] = json!(l);
+/// A `transaction-response` or `batch-response`, ready to be written: straight to JSON bytes
+/// (`serde_json::to_vec`), or as a value for the XML codec (`serde_json::to_value`) — the same
+/// document either way. Written straight, a 10,000-entry answer is not first built as 10,000
+/// JSON objects of JSON objects, which cost a council's bulk upload a tenth of its CPU.
+pub struct ResponseBundle {
+    kind: Kind,
+    id: String,
+    timestamp: String,
+    entries: Vec<EntryResponse>,
+}
+
+pub fn response(kind: Kind, entries: Vec<EntryResponse>, now: i64) -> ResponseBundle {
+    ResponseBundle {
+        kind,
+        id: uuid::Uuid::new_v4().to_string(),
+        timestamp: instant(now),
+        entries,
+    }
+}
+
+impl Serialize for ResponseBundle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("resourceType", "Bundle")?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("type", self.kind.response_type())?;
+        m.serialize_entry("timestamp", &self.timestamp)?;
+        if !self.entries.is_empty() {
+            m.serialize_entry("entry", &self.entries)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for EntryResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(r) = &self.resource {
+            if let Some(l) = &self.location {
+                m.serialize_entry("fullUrl", l.split("/_history/").next().unwrap_or(l))?;
             }
-            if let Some(v) = e.version {
-                response["etag"] = json!(format!("W/\"{v}\""));
+            m.serialize_entry("resource", r)?;
+        }
+        m.serialize_entry("response", &EntryResult(self))?;
+        m.end()
+    }
+}
+
+/// `Bundle.entry.response`.
+struct EntryResult<'a>(&'a EntryResponse);
+
+impl Serialize for EntryResult<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("status", &e.status)?;
+        if let Some(l) = &e.location {
+            m.serialize_entry("location", l)?;
+        }
+        if let Some(v) = e.version {
+            m.serialize_entry("etag", &format_args!("W/\"{v}\""))?;
+        }
+        if let Some(t) = e.updated_at {
+            m.serialize_entry("lastModified", &instant(t))?;
+        }
+        m.serialize_entry("outcome", &e.outcome)?;
+        m.end()
+    }
+}
+
+impl Serialize for EntryOutcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EntryOutcome::Refused(outcome) => outcome.serialize(s),
+            EntryOutcome::Accepted(note) => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("resourceType", "OperationOutcome")?;
+                m.serialize_entry("issue", &[SuccessIssue(note.as_deref())])?;
+                m.end()
             }
-            if let Some(t) = e.updated_at {
-                response["lastModified"] = json!(instant(t));
-            }
-            response["outcome"] = e.outcome;
-            let mut entry = json!({});
-            if let Some(r) = e.resource {
-                if let Some(l) = &e.location {
-                    entry["fullUrl"] = json!(l.split("/_history/").next().unwrap_or(l));
-                }
-                entry["resource"] = r;
-            }
-            entry["response"] = response;
-            entry
-        })
-        .collect();
-    Bundle::new(kind.response_type())
-        .timestamp(now)
-        .entries(entries)
-        .build()
+        }
+    }
+}
+
+/// The one issue of an accepted entry's outcome, as [`success_outcome`] writes it.
+struct SuccessIssue<'a>(Option<&'a str>);
+
+impl Serialize for SuccessIssue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("severity", "information")?;
+        m.serialize_entry("code", "informational")?;
+        m.serialize_entry("details", &SuccessDetails)?;
+        m.serialize_entry("diagnostics", self.0.unwrap_or("accepted"))?;
+        m.end()
+    }
+}
+
+/// `{"coding": [the success code]}`.
+struct SuccessDetails;
+
+impl Serialize for SuccessDetails {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("coding", &[&*SUCCESS_CODING])?;
+        m.end()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accepted_entry_s_outcome_is_written_as_the_success_outcome_reads() {
+        for note in [None, Some("already current: nothing changed".to_owned())] {
+            let written = serde_json::to_value(EntryOutcome::Accepted(note.clone())).unwrap();
+            assert_eq!(written, success_outcome(note.as_deref()));
+        }
+    }
+
+    #[test]
+    fn the_response_bundle_is_the_same_document_written_straight_to_json_or_as_a_value() {
+        let entries = vec![
+            EntryResponse {
+                status: "201 Created".into(),
+                location: Some("https://cpis.example/fhir/Flag/f1/_history/3".into()),
+                version: Some(3),
+                updated_at: Some(1_765_000_000_123_456),
+                resource: Some(json!({"resourceType": "Flag", "id": "f1"})),
+                outcome: EntryOutcome::Accepted(None),
+            },
+            EntryResponse {
+                status: "422 Unprocessable Entity".into(),
+                location: None,
+                version: None,
+                updated_at: None,
+                resource: None,
+                outcome: EntryOutcome::Refused(json!({"resourceType": "OperationOutcome"})),
+            },
+        ];
+        let doc = response(Kind::Batch, entries, 1_765_000_000_000_000);
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&value).unwrap(),
+            bytes,
+            "same keys in the same order"
+        );
+        assert_eq!(value["type"], "batch-response");
+        assert_eq!(value["timestamp"], "2025-12-06T05:46:40.000Z");
+        let first = &value["entry"][0];
+        assert_eq!(first["fullUrl"], "https://cpis.example/fhir/Flag/f1");
+        assert_eq!(first["resource"]["id"], "f1");
+        assert_eq!(first["response"]["etag"], "W/\"3\"");
+        assert_eq!(
+            first["response"]["lastModified"],
+            "2025-12-06T05:46:40.123Z"
+        );
+        assert_eq!(first["response"]["outcome"], success_outcome(None));
+        let second = &value["entry"][1];
+        assert!(second.get("fullUrl").is_none() && second.get("resource").is_none());
+        assert_eq!(
+            second["response"]["outcome"]["resourceType"],
+            "OperationOutcome"
+        );
+        let empty = serde_json::to_value(response(Kind::Transaction, Vec::new(), 0)).unwrap();
+        assert!(empty.get("entry").is_none());
+        assert_eq!(empty["type"], "transaction-response");
+    }
 
     #[test]
     fn a_bundle_that_is_neither_transaction_nor_batch_is_refused() {

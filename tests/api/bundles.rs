@@ -165,6 +165,55 @@ async fn a_batch_stores_its_good_entries_and_reports_each_bad_one() {
 }
 
 #[actix_rt::test]
+async fn a_batch_answered_in_xml_carries_each_entry_s_status_location_and_result_code() {
+    let app = TestApp::spawn().await;
+    let mut bad_flag = put_flag_entry(NHS_1, LA_A, "P-2");
+    bad_flag["resource"]["code"]["coding"][0]["code"] = json!("12345");
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [put_patient_entry(NHS_1), put_flag_entry(NHS_1, LA_A, "P-1"), bad_flag],
+    });
+    let r = app
+        .request(
+            Method::POST,
+            "/",
+            Some(&app.council(LA_A)),
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("Accept", "application/fhir+xml"),
+            ],
+            Some(serde_json::to_vec(&bundle).unwrap()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let xml = r.text();
+    assert!(
+        xml.contains("<Bundle xmlns=\"http://hl7.org/fhir\">"),
+        "{xml}"
+    );
+    assert!(xml.contains("<type value=\"batch-response\"/>"), "{xml}");
+    assert_eq!(
+        xml.matches("<status value=\"201 Created\"/>").count(),
+        2,
+        "{xml}"
+    );
+    assert_eq!(
+        xml.matches("<status value=\"422 Unprocessable Entity\"/>")
+            .count(),
+        1,
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<code value=\"CPR06\"/>").count(), 2, "{xml}");
+    assert_eq!(xml.matches("<code value=\"CPR07\"/>").count(), 1, "{xml}");
+    assert!(
+        xml.contains(&format!("/Patient/{NHS_1}/_history/1\"/>")),
+        "{xml}"
+    );
+    assert!(xml.contains("<etag value=\"W/&#34;1&#34;\"/>"), "{xml}");
+}
+
+#[actix_rt::test]
 async fn urn_uuid_references_resolve_to_the_entries_they_name() {
     let app = TestApp::spawn().await;
     let patient_url = "urn:uuid:0b6b2e2c-7f5e-4f43-9d37-5f4d2b0e0a11";
