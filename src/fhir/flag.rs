@@ -167,8 +167,8 @@ impl FlagInput {
             local_ref_value: self.identifier_value.clone(),
             plan_type: self.plan_type.snomed().to_owned(),
             status: self.status,
-            period_start: self.period_start.format("%Y-%m-%d").to_string(),
-            period_end: self.period_end.map(|d| d.format("%Y-%m-%d").to_string()),
+            period_start: self.period_start.to_string(),
+            period_end: self.period_end.map(|d| d.to_string()),
             version,
             updated_at,
         }

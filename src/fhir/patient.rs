@@ -94,7 +94,7 @@ impl PatientInput {
             nhs_number: self.nhs_number.as_str().to_owned(),
             family: self.family.clone(),
             given: crate::store::columns::JsonList(self.given.clone()),
-            birth_date: self.birth_date.format("%Y-%m-%d").to_string(),
+            birth_date: self.birth_date.to_string(),
             address_lines: self
                 .address_lines
                 .as_ref()

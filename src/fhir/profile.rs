@@ -118,6 +118,10 @@ struct ElementDef {
     id: String,
     /// The last path segment without the slice name, e.g. `value[x]`, `extension`.
     name: String,
+    /// The JSON property it is: its name, or a choice's one allowed type's (`value[x]` of type
+    /// `string` is `valueString`); `None` for a choice with no type, which nothing matches. Made
+    /// once, as the profile loads: every property of every submitted resource is matched to it.
+    json_key: Option<String>,
     slice: Option<String>,
     min: usize,
     /// `None` for `*`.
@@ -133,17 +137,21 @@ struct ElementDef {
 
 impl ElementDef {
     fn json_key_matches(&self, key: &str) -> bool {
-        match self.name.strip_suffix("[x]") {
-            Some(prefix) => self.type_code.as_deref().is_some_and(|t| {
+        self.json_key.as_deref() == Some(key)
+    }
+
+    fn json_key_of(name: &str, type_code: Option<&str>) -> Option<String> {
+        match name.strip_suffix("[x]") {
+            Some(prefix) => type_code.map(|t| {
                 let mut expected = prefix.to_owned();
                 let mut chars = t.chars();
                 if let Some(first) = chars.next() {
                     expected.push(first.to_ascii_uppercase());
                     expected.push_str(chars.as_str());
                 }
-                key == expected
+                expected
             }),
-            None => key == self.name,
+            None => Some(name.to_owned()),
         }
     }
 
@@ -516,13 +524,15 @@ impl Profile {
             let fixed = ["fixedUri", "fixedCode", "fixedString"]
                 .iter()
                 .find_map(|k| e[*k].as_str().map(str::to_owned));
+            let type_code = ty["code"].as_str().map(str::to_owned);
             let def = ElementDef {
+                json_key: ElementDef::json_key_of(&name, type_code.as_deref()),
                 name,
                 slice,
                 min: e["min"].as_u64().unwrap_or(0) as usize,
                 max,
                 base_array: e["base"]["max"].as_str() == Some("*"),
-                type_code: ty["code"].as_str().map(str::to_owned),
+                type_code,
                 type_profile: ty["profile"][0].as_str().map(str::to_owned),
                 fixed,
                 binding: (e["binding"]["strength"].as_str() == Some("required"))

@@ -359,7 +359,7 @@ pub fn execute(
 /// A plan whose end date has passed is no longer active (DOMAIN.md "Retention"; the period end
 /// is inclusive, so a plan ending today is active until tomorrow).
 pub fn ended(mut row: FlagRow, today: chrono::NaiveDate) -> FlagRow {
-    let today = today.format("%Y-%m-%d").to_string();
+    let today = today.to_string();
     if row.status == FlagStatus::Active
         && row.period_end.as_deref().is_some_and(|end| *end < *today)
     {
