@@ -196,7 +196,6 @@ pub fn parse_as(scanned: &Scanned, body: &[u8], expected_type: &str) -> Result<V
     Ok(value)
 }
 
-/// Serialises a resource for the wire.
 /// [`render`] of a document that can be written straight to JSON without first being built
 /// as a value (XML still goes through one: the codec reads values).
 pub fn render_doc<T: serde::Serialize>(doc: &T, format: Format) -> Result<Vec<u8>, ApiError> {
@@ -209,6 +208,7 @@ pub fn render_doc<T: serde::Serialize>(doc: &T, format: Format) -> Result<Vec<u8
     }
 }
 
+/// Serialises a resource for the wire.
 pub fn render(value: &Value, format: Format) -> Result<Vec<u8>, ApiError> {
     match format {
         Format::Json => serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string())),

@@ -206,6 +206,7 @@ fn entry(e: Value, index: usize, base_url: &str) -> Result<EntryRequest, Vec<Iss
         resource,
     })
 }
+
 /// One entry's result, as the response Bundle shows it.
 pub struct EntryResponse {
     /// `201 Created`, `200 OK`, …
@@ -227,22 +228,22 @@ pub enum EntryOutcome {
     Refused(Value),
 }
 
-/// The success code's `coding`, the same for every accepted entry.
-static SUCCESS_CODING: std::sync::LazyLock<Value> =
-    std::sync::LazyLock::new(|| SubmissionResult::Success.coding());
-
 /// The outcome shown for an entry that was accepted, with the CP-IS success code.
 pub fn success_outcome(text: Option<&str>) -> Value {
+    let result = SubmissionResult::Success;
     json!({
         "resourceType": "OperationOutcome",
         "issue": [{
             "severity": "information",
             "code": "informational",
-            "details": { "coding": [&*SUCCESS_CODING] },
+            "details": { "coding": [result.coding()] },
             "diagnostics": text.unwrap_or("accepted"),
         }],
     })
 }
+
+/// [`success_outcome`] without a note: nearly every accepted entry's, made once.
+static ACCEPTED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| success_outcome(None));
 
 /// A `transaction-response` or `batch-response`, ready to be written: straight to JSON bytes
 /// (`serde_json::to_vec`), or as a value for the XML codec (`serde_json::to_value`) — the same
@@ -318,38 +319,9 @@ impl Serialize for EntryOutcome {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             EntryOutcome::Refused(outcome) => outcome.serialize(s),
-            EntryOutcome::Accepted(note) => {
-                let mut m = s.serialize_map(None)?;
-                m.serialize_entry("resourceType", "OperationOutcome")?;
-                m.serialize_entry("issue", &[SuccessIssue(note.as_deref())])?;
-                m.end()
-            }
+            EntryOutcome::Accepted(None) => ACCEPTED.serialize(s),
+            EntryOutcome::Accepted(Some(note)) => success_outcome(Some(note)).serialize(s),
         }
-    }
-}
-
-/// The one issue of an accepted entry's outcome, as [`success_outcome`] writes it.
-struct SuccessIssue<'a>(Option<&'a str>);
-
-impl Serialize for SuccessIssue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("severity", "information")?;
-        m.serialize_entry("code", "informational")?;
-        m.serialize_entry("details", &SuccessDetails)?;
-        m.serialize_entry("diagnostics", self.0.unwrap_or("accepted"))?;
-        m.end()
-    }
-}
-
-/// `{"coding": [the success code]}`.
-struct SuccessDetails;
-
-impl Serialize for SuccessDetails {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("coding", &[&*SUCCESS_CODING])?;
-        m.end()
     }
 }
 
