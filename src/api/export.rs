@@ -17,7 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::audit::export::{self as job, Job, EXPORT};
-use crate::audit::{disclose, AccessContext, Disclosure, Interaction};
+use crate::audit::{disclose, disclose_writing, AccessContext, Disclosure, Interaction};
 use crate::auth::Caller;
 use crate::error::{ApiError, Issue};
 use crate::fhir::search::{instant_param, invalid, lenient, pairs, Params};
@@ -112,7 +112,7 @@ async fn kick_off(
     );
     let at_once = state.settings.audit.exports_at_once;
     let (export_id, ctx_for_job) = (id.clone(), ctx.clone());
-    let filter = disclose(state.trail(), ctx, EXPORT, None, move |conn, ctx| {
+    let filter = disclose_writing(state.trail(), ctx, EXPORT, None, move |conn, ctx| {
         let scope = decide(&ctx.caller, Action::SearchAuditTrail)?;
         let mut filter = super::search::audit_event::trail_filter(&params, nhs, &scope)?;
         if let Some(f) = filter.as_mut() {

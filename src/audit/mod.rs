@@ -139,9 +139,11 @@ pub struct Interaction {
 }
 
 /// Runs a read (`f`), then writes its audit row, on the same connection and in the same
-/// transaction. Refusals from `f` are audited and returned inside `Ok`, with whether the access
-/// was listed (and so is to be notified); only a failure to write the audit row is an outer
-/// `Err`, which rolls back and answers 503.
+/// transaction: for an audited access whose read must share the audit row's transaction because
+/// it writes too (an export's kick-off, which records the export it starts). Refusals from `f`
+/// are audited and returned inside `Ok`, with whether the access was listed (and so is to be
+/// notified); only a failure to write the audit row is an outer `Err`, which rolls back and
+/// answers 503.
 pub fn audited<T>(
     conn: &mut DbConn,
     ctx: &AccessContext,
@@ -155,14 +157,15 @@ pub fn audited<T>(
         Ok(_) => f(conn),
     };
     let row = row_for(ctx, what, patient_hint, now, &outcome);
-    audit_store::insert(conn, &row)
-        .map_err(|e| ApiError::Unavailable(format!("the audit trail could not be written: {e}")))?;
-    let recorded = Recorded {
-        listed: row.listed,
-        unscheduled: row.unscheduled,
-        found: row.outcome == "0" && !row.disclosed.0.is_empty(),
-    };
+    let recorded = Recorded::of(&row);
+    record(conn, &row)?;
     Ok((outcome.map(|(t, _)| t), recorded))
+}
+
+/// Writes an audited access's row; failing, nothing may be disclosed (fail closed).
+fn record(conn: &mut DbConn, row: &AuditRow) -> Result<(), ApiError> {
+    audit_store::insert(conn, row)
+        .map_err(|e| ApiError::Unavailable(format!("the audit trail could not be written: {e}")))
 }
 
 /// What an audited read's row says, for what follows its commit.
@@ -173,6 +176,16 @@ pub struct Recorded {
     pub unscheduled: bool,
     /// A plan was shown.
     pub found: bool,
+}
+
+impl Recorded {
+    fn of(row: &AuditRow) -> Self {
+        Self {
+            listed: row.listed,
+            unscheduled: row.unscheduled,
+            found: row.outcome == "0" && !row.disclosed.0.is_empty(),
+        }
+    }
 }
 
 fn row_for<T>(
@@ -250,8 +263,18 @@ pub struct Trail<'a> {
     pub watch: &'a watch::Watch,
 }
 
-/// Runs an audited read on the writer and returns its result once the audit row is committed.
-/// `f` gets the connection and the access context; a refusal it returns is audited too.
+/// Runs an audited read and returns its result once its audit row is committed.
+/// (On PostgreSQL, as [`disclose_writing`].)
+/// `f` gets a connection and the access context; a refusal it returns is audited too.
+///
+/// `f` only reads, so it runs on a read connection inside one read-only transaction (a
+/// consistent snapshot, `Store::read_snapshot`) beside the writer; its audit row — built from
+/// what `f` returned, so it names exactly the versions disclosed — is then the one job this
+/// access gives the writer. Nothing is returned before that row is committed; if it cannot be
+/// written the caller gets 503 and nothing is disclosed (audit before disclosure, DESIGN.md).
+/// A look-up thus waits for the writer only for its row's INSERT and commit, never for its own
+/// reads, which shortens every writer batch a council's upload is sliced between (issue: "a
+/// clinician's look-up never waits behind a council's upload").
 pub async fn disclose<T, F>(
     trail: Trail<'_>,
     ctx: AccessContext,
@@ -263,13 +286,60 @@ where
     T: Send + 'static,
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
+    if trail.store.backend == crate::store::Backend::Postgres {
+        // PostgreSQL's writers are several and a read holds no lock there, so a read in the
+        // audit row's own transaction waits for no upload; it also saves a hop to a read
+        // connection over the network.
+        return disclose_writing(trail, ctx, what, patient_hint, f).await;
+    }
     let now = micros((trail.clock)());
     // Past the look-up limits the request is refused — and the refusal is audited like any.
     let (admitted, warn) = trail
         .watch
         .look_up(&ctx.caller, patient_hint.as_deref(), now);
-    // `f` only reads; the audit row is the job's one write (its outbox row is written by the
-    // same statement). A failed audit write rolls back the whole batch: nothing is disclosed.
+    let ctx = std::sync::Arc::new(ctx);
+    let outcome = match (&ctx.unscheduled, admitted) {
+        (Err(why), _) => Err(ApiError::PreconditionHeader(why.clone())),
+        (Ok(_), Err(refused)) => Err(refused),
+        (Ok(_), Ok(())) => {
+            let reader = std::sync::Arc::clone(&ctx);
+            trail
+                .store
+                .read_snapshot(move |c| f(c, &reader))
+                .await
+                // No snapshot to read from: an access that failed, and is audited as one.
+                .unwrap_or_else(|e| Err(ApiError::from(e)))
+        }
+    };
+    let row = row_for(&ctx, what, patient_hint, now, &outcome);
+    let recorded = Recorded::of(&row);
+    // The row is the job's one write (its outbox row is written by the same statement), so it
+    // needs no savepoint; a failure rolls back the whole batch.
+    trail
+        .store
+        .write_unguarded(move |conn| record(conn, &row))
+        .await?;
+    finish(trail, warn, recorded).await;
+    outcome.map(|(t, _)| t)
+}
+
+/// [`disclose`] for an access whose `f` writes as well as reads (an export's kick-off): `f`
+/// runs on the writer, in the same transaction as the audit row.
+pub async fn disclose_writing<T, F>(
+    trail: Trail<'_>,
+    ctx: AccessContext,
+    what: Interaction,
+    patient_hint: Option<String>,
+    f: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
+{
+    let now = micros((trail.clock)());
+    let (admitted, warn) = trail
+        .watch
+        .look_up(&ctx.caller, patient_hint.as_deref(), now);
     let (outcome, recorded) = trail
         .store
         .write_unguarded(move |conn| {
@@ -279,6 +349,13 @@ where
             })
         })
         .await?;
+    finish(trail, warn, recorded).await;
+    outcome
+}
+
+/// What follows an audited access's commit: its metrics, the misuse watch's warning (an audit
+/// row of its own), and waking the notifier when the access is to be notified.
+async fn finish(trail: Trail<'_>, warn: Option<AuditRow>, recorded: Recorded) {
     crate::metrics::disclosure(recorded.unscheduled, recorded.found);
     if let Some(row) = warn {
         log::warn!(
@@ -296,7 +373,6 @@ where
     if recorded.listed {
         trail.wake.wake();
     }
-    outcome
 }
 
 /// Whether an access goes into the person's access history — and so is notified to the
