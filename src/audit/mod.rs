@@ -303,9 +303,12 @@ where
         (Ok(_), Err(refused)) => Err(refused),
         (Ok(_), Ok(())) => {
             let reader = std::sync::Arc::clone(&ctx);
+            // A look-up reads a few indexed rows: on this worker. The audit team's searches
+            // may read thousands (an organisation's share of millions of rows): on the pool.
+            let here = what.resource_type != "AuditEvent";
             trail
                 .store
-                .read_snapshot(move |c| f(c, &reader))
+                .read_snapshot(here, move |c| f(c, &reader))
                 .await
                 // No snapshot to read from: an access that failed, and is audited as one.
                 .unwrap_or_else(|e| Err(ApiError::from(e)))

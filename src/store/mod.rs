@@ -315,10 +315,15 @@ impl Store {
     /// transaction; PostgreSQL's `REPEATABLE READ`). What `f` returns is handed back as is; the
     /// outer `Err` says the snapshot itself could not be had (no connection, no transaction).
     ///
+    /// `here`: on SQLite, with a read connection idle, run `f` on the calling thread (an HTTP
+    /// worker) rather than hand it to the blocking pool and back — for reads of a few indexed
+    /// rows, where the hand-over costs more than the read. Anything longer goes to the pool, so
+    /// it never holds up the other requests sharing the worker.
+    ///
     /// For the audited read (`audit::disclose`): it reads here, beside the writer, and only its
     /// audit row goes to the writer, so a look-up's time on the one writer is the row's INSERT,
     /// not the read (issue: "a clinician's look-up never waits behind a council's upload").
-    pub async fn read_snapshot<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub async fn read_snapshot<T, F>(&self, here: bool, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> T + Send + 'static,
@@ -337,9 +342,7 @@ impl Store {
             })?;
             out.ok_or_else(|| StoreError::Other("the snapshot read did not run".into()))
         }
-        // An idle connection: read on this thread (SQLite reads a cached page in microseconds;
-        // a hop to another thread and back costs more than the read).
-        if self.backend == Backend::Sqlite {
+        if here && self.backend == Backend::Sqlite {
             if let Some(mut pooled) = self.read.try_get() {
                 return in_snapshot(&mut pooled, f);
             }
@@ -560,7 +563,7 @@ mod tests {
         let (first, second, after) = actix_web::rt::System::new()
             .block_on(async move {
                 let seen = store
-                    .read_snapshot(move |c| {
+                    .read_snapshot(true, move |c| {
                         let first = count(c);
                         // Another connection commits a council between the snapshot's two reads.
                         let mut w = diesel::SqliteConnection::establish(&other).unwrap();
@@ -575,7 +578,7 @@ mod tests {
                     .await
                     .unwrap();
                 let after = store
-                    .read_snapshot(move |c| count(c))
+                    .read_snapshot(false, move |c| count(c))
                     .await
                     .unwrap();
                 (seen.0, seen.1, after)
