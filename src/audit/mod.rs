@@ -1,8 +1,11 @@
 //! Audit before disclosure (DESIGN.md "The disclosure path"; DOMAIN.md "Interactions": every
 //! look-up is recorded). Every read or search of Patient, Flag or AuditEvent data — hit, miss or
-//! refusal, by any authenticated caller — writes exactly one audit row in the same transaction
-//! as the read; the response is sent only after that transaction commits. If the row cannot be
-//! written the caller gets 503 and nothing is disclosed (fail closed).
+//! refusal, by any authenticated caller — writes exactly one audit row naming exactly what the
+//! read disclosed; the response is sent only after that row commits. If the row cannot be
+//! written the caller gets 503 and nothing is disclosed (fail closed). On SQLite the read takes
+//! a consistent snapshot beside the writer and only the row goes to the writer ([`disclose`]);
+//! on PostgreSQL, and where the access writes too, read and row share one transaction
+//! ([`disclose_writing`]).
 
 pub mod export;
 pub mod refusals;
