@@ -141,8 +141,8 @@ pub struct Interaction {
     pub listable: bool,
 }
 
-/// Runs a read (`f`), then writes its audit row, on the same connection and in the same
-/// transaction: for an audited access whose read must share the audit row's transaction because
+/// Runs a read (`f`) if the access is `permitted` (see [`admit`]), then writes its audit row,
+/// on the same connection and in the same transaction: for an audited access whose read must share the audit row's transaction because
 /// it writes too (an export's kick-off, which records the export it starts). Refusals from `f`
 /// are audited and returned inside `Ok`, with whether the access was listed (and so is to be
 /// notified); only a failure to write the audit row is an outer `Err`, which rolls back and
@@ -152,13 +152,10 @@ pub fn audited<T>(
     ctx: &AccessContext,
     what: Interaction,
     patient_hint: Option<String>,
-    now: i64,
+    (now, permitted): (i64, Result<(), ApiError>),
     f: impl FnOnce(&mut DbConn) -> Result<(T, Disclosure), ApiError>,
 ) -> Result<(Result<T, ApiError>, Recorded), ApiError> {
-    let outcome = match &ctx.unscheduled {
-        Err(why) => Err(ApiError::PreconditionHeader(why.clone())),
-        Ok(_) => f(conn),
-    };
+    let outcome = permitted.and_then(|()| f(conn));
     let row = row_for(ctx, what, patient_hint, now, &outcome);
     let recorded = Recorded::of(&row);
     record(conn, &row)?;
@@ -295,16 +292,11 @@ where
         // connection over the network.
         return disclose_writing(trail, ctx, what, patient_hint, f).await;
     }
-    let now = micros((trail.clock)());
-    // Past the look-up limits the request is refused — and the refusal is audited like any.
-    let (admitted, warn) = trail
-        .watch
-        .look_up(&ctx.caller, patient_hint.as_deref(), now);
+    let (now, permitted, warn) = admit(trail, &ctx, patient_hint.as_deref());
     let ctx = std::sync::Arc::new(ctx);
-    let outcome = match (&ctx.unscheduled, admitted) {
-        (Err(why), _) => Err(ApiError::PreconditionHeader(why.clone())),
-        (Ok(_), Err(refused)) => Err(refused),
-        (Ok(_), Ok(())) => {
+    let outcome = match permitted {
+        Err(refused) => Err(refused),
+        Ok(()) => {
             let reader = std::sync::Arc::clone(&ctx);
             // A look-up reads a few indexed rows: on this worker. The audit team's searches
             // may read thousands (an organisation's share of millions of rows): on the pool.
@@ -342,21 +334,34 @@ where
     T: Send + 'static,
     F: FnOnce(&mut DbConn, &AccessContext) -> Result<(T, Disclosure), ApiError> + Send + 'static,
 {
-    let now = micros((trail.clock)());
-    let (admitted, warn) = trail
-        .watch
-        .look_up(&ctx.caller, patient_hint.as_deref(), now);
+    let (now, permitted, warn) = admit(trail, &ctx, patient_hint.as_deref());
     let (outcome, recorded) = trail
         .store
         .write_unguarded(move |conn| {
-            audited(conn, &ctx, what, patient_hint, now, |c| {
-                admitted?;
+            audited(conn, &ctx, what, patient_hint, (now, permitted), |c| {
                 f(c, &ctx)
             })
         })
         .await?;
     finish(trail, warn, recorded).await;
     outcome
+}
+
+/// An audited access as it starts: its time, whether it may read — refused for a bad
+/// `IsUnscheduledAccessEvent` header, then past the look-up limits; either refusal is audited
+/// like any — and the misuse watch's warning row, if this access raised one.
+fn admit(
+    trail: Trail<'_>,
+    ctx: &AccessContext,
+    patient_hint: Option<&str>,
+) -> (i64, Result<(), ApiError>, Option<AuditRow>) {
+    let now = micros((trail.clock)());
+    let (admitted, warn) = trail.watch.look_up(&ctx.caller, patient_hint, now);
+    let permitted = match &ctx.unscheduled {
+        Err(why) => Err(ApiError::PreconditionHeader(why.clone())),
+        Ok(_) => admitted,
+    };
+    (now, permitted, warn)
 }
 
 /// What follows an audited access's commit: its metrics, the misuse watch's warning (an audit
