@@ -471,10 +471,12 @@ fn bulk_entries(council: &str, n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Submits `entries` as a batch from `council` while three clients keep making the council's
-/// audited Flag search (a job on the writer, like a clinician's look-up), so that one of them is
-/// nearly always waiting whatever the scheduler does. Returns the Bundle's answer and the plan
-/// counts the readers saw.
+/// Submits `entries` as a batch from `council` while five clients keep making the council's
+/// audited Flag search (its audit row a job on the writer, like a clinician's look-up's), so
+/// that one of them is nearly always waiting whatever the scheduler does — the read itself runs
+/// beside the writer, so each client spends part of its turn away from the writer's queue, and
+/// on a loaded machine three were too few. Returns the Bundle's answer and the plan counts the
+/// readers saw.
 async fn batch_under_reads(app: &TestApp, council: &str, entries: Vec<Value>) -> (Resp, Vec<u64>) {
     let done = std::cell::Cell::new(false);
     let bundle = async {
@@ -489,12 +491,9 @@ async fn batch_under_reads(app: &TestApp, council: &str, entries: Vec<Value>) ->
         }
         seen
     };
-    let (r, (a, b, c)) = futures_util::future::join(
-        bundle,
-        futures_util::future::join3(reader(), reader(), reader()),
-    )
-    .await;
-    (r, [a, b, c].concat())
+    let readers = futures_util::future::join_all((0..5).map(|_| reader()));
+    let (r, seen) = futures_util::future::join(bundle, readers).await;
+    (r, seen.concat())
 }
 
 #[actix_rt::test]
